@@ -1,0 +1,390 @@
+"""Procedurally generated shapes with ground-truth masks and an optional planted shortcut.
+
+Every image shows one shape (its class) at a random position, scale, rotation and colour on a textured, noisy
+background. The ground-truth mask marks the shape's pixels: the evidence a well-behaved classifier should use.
+A small class-coloured square in a corner (the *marker*) can be planted as a shortcut, switched on mid-training with
+:meth:`ShapesDataset.set_shortcut`, or placed with the colour and corner of a wrong class (``marker="counter"``) to
+probe whether a model reads the shape or the marker.
+
+Nothing here touches the global random number generators: sample ``index`` is drawn from its own
+``torch.Generator`` seeded with a hash of ``(seed, index)``, so an item is the same whatever order, process or
+DataLoader worker asks for it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = ["MARKER_COLORS", "SHAPES_MEAN", "SHAPES_STD", "SHAPE_NAMES", "ShapesDataset"]
+
+#: Every shape the generator can draw, in class-index order. ``num_classes=k`` uses the first ``k``.
+SHAPE_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring", "star")
+
+#: Per-channel mean and standard deviation used when ``normalize=True`` (measured on clean images; fixed constants
+#: so that any consumer can de-normalise with ``image * std + mean``).
+SHAPES_MEAN: tuple[float, float, float] = (0.496, 0.499, 0.497)
+SHAPES_STD: tuple[float, float, float] = (0.210, 0.210, 0.209)
+
+#: RGB colour of the marker of each class (values in [0, 1]); the corner is ``class % 4``
+#: (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right).
+MARKER_COLORS: tuple[tuple[float, float, float], ...] = (
+    (1.0, 0.0, 0.0),  # red
+    (0.0, 1.0, 0.0),  # green
+    (0.0, 0.2, 1.0),  # blue
+    (1.0, 1.0, 0.0),  # yellow
+    (1.0, 0.0, 1.0),  # magenta
+    (0.0, 1.0, 1.0),  # cyan
+)
+
+_MARKER_MODES = ("class", "none", "counter")
+_MASK64 = (1 << 64) - 1
+_NUM_CENTRE_TRIES = 16
+_TEXTURE_CELLS = 6
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _item_seed(seed: int, index: int, stream: int = 0) -> int:
+    """A 63-bit seed that depends on ``(seed, index, stream)`` only (stable across runs and platforms)."""
+    return _splitmix64(_splitmix64(_splitmix64(seed & _MASK64) ^ (index & _MASK64)) ^ stream) >> 1
+
+
+def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[float, float, float]:
+    i = int(h * 6.0) % 6
+    f = h * 6.0 - math.floor(h * 6.0)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    return [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
+
+
+def _shape_inside(name: str, u: Tensor, v: Tensor) -> Tensor:
+    """Boolean membership of points ``(u, v)`` (shape-centred, rotated, radius-normalised) in shape ``name``.
+
+    Every shape lies inside the unit disk, so a shape of radius ``r`` never leaves the disk of radius ``r``.
+    """
+    if name == "circle":
+        return u * u + v * v <= 0.88**2
+    if name == "square":
+        return torch.maximum(u.abs(), v.abs()) <= 0.68
+    if name == "triangle":
+        inside = torch.ones_like(u, dtype=torch.bool)
+        for k in range(3):  # equilateral triangle inscribed in the circle of radius 0.96 (inradius 0.48)
+            a = math.pi / 2 + 2 * math.pi * k / 3
+            inside &= u * math.cos(a) + v * math.sin(a) <= 0.48
+        return inside
+    if name == "cross":
+        au, av = u.abs(), v.abs()
+        return ((au <= 0.27) & (av <= 0.92)) | ((av <= 0.27) & (au <= 0.92))
+    if name == "ring":
+        rho2 = u * u + v * v
+        return (rho2 <= 0.92**2) & (rho2 >= 0.52**2)
+    if name == "star":
+        rho = torch.sqrt(u * u + v * v)
+        t = torch.remainder(torch.atan2(v, u) * (5 / (2 * math.pi)), 1.0)
+        return rho <= 0.40 + 0.56 * (1.0 - 2.0 * (t - 0.5).abs())
+    raise ValueError(f"unknown shape {name!r}")  # pragma: no cover - SHAPE_NAMES is closed
+
+
+class ShapesDataset(Dataset):
+    """Coloured shapes on textured, noisy backgrounds, with ground-truth masks and an optional shortcut marker.
+
+    Sample ``index`` is generated from a ``torch.Generator`` seeded with a hash of ``(seed, index)``: it is identical
+    on every call, run, process and DataLoader worker, and the global RNGs (torch, ``random``, numpy) are never
+    used, neither when constructing the dataset nor when generating items. Labels are balanced: each consecutive
+    block of ``num_classes`` indices holds every class once, in a per-block shuffled order.
+
+    Shape, position (the shape never overlaps any of the four marker corners), scale (radius 20-32 % of the image
+    side), rotation and colour (saturated, random hue) vary per sample; the background is a smooth random colour
+    texture plus a faint grating plus pixel noise.
+
+    **Shortcut marker.** With ``marker="class"`` a ``marker_size`` square of flat colour is drawn in a corner with
+    probability ``shortcut_strength``; colour (:data:`MARKER_COLORS`) and corner (``class % 4``) encode the label.
+    ``marker="counter"`` draws, with the same probability, the marker of the wrong class ``(label + 1) %
+    num_classes`` (for evaluation: does the model follow the shape or the marker?). ``marker="none"`` never draws
+    one. The marker never covers the shape and is *not* part of the ground-truth mask; :meth:`marker_mask` gives its
+    pixels. Whether sample ``index`` carries the marker depends only on ``(seed, index)`` and the strength, and all
+    other pixels are identical with and without it.
+
+    **Switching mid-training.** :meth:`set_shortcut` changes the items returned afterwards. DataLoader workers hold
+    copies of the dataset: use ``num_workers=0``, or ``persistent_workers=False`` (workers are re-created, with a
+    fresh copy, at every epoch) for the change to reach the loader.
+
+    Args:
+        num_samples: number of samples (``len(dataset)``).
+        image_size: side of the square images, in pixels (>= 16).
+        num_classes: number of shape classes, 2 to 6 (first ``num_classes`` of :data:`SHAPE_NAMES`).
+        seed: dataset seed; two datasets with different seeds share no images (use different seeds for train/val).
+        shortcut_strength: probability in [0, 1] that a sample carries the marker (``marker`` "class"/"counter").
+        marker: ``"class"``, ``"counter"`` or ``"none"``.
+        marker_size: side of the marker square in pixels; default ``max(3, round(image_size / 8))``.
+        normalize: if True, images are standardised with :data:`SHAPES_MEAN` / :data:`SHAPES_STD`; else in [0, 1].
+
+    Returns (``dataset[i]``):
+        ``(image, label, mask)``: ``image`` float32 ``(3, H, W)``, ``label`` an ``int``, ``mask`` float32
+        ``(1, H, W)`` with 1.0 on the shape's pixels and 0.0 elsewhere.
+
+    Example::
+
+        >>> ds = ShapesDataset(8, image_size=32, seed=1)
+        >>> image, label, mask = ds[0]
+        >>> tuple(image.shape), tuple(mask.shape), ds.classes[label] in ds.classes
+        ((3, 32, 32), (1, 32, 32), True)
+        >>> ds.set_shortcut(1.0)
+        >>> bool(ds.marker_mask(0).any())
+        True
+    """
+
+    #: Class names; an instance's ``classes`` holds the first ``num_classes`` of them.
+    classes: list[str] = list(SHAPE_NAMES)
+
+    def __init__(
+        self,
+        num_samples: int,
+        *,
+        image_size: int = 64,
+        num_classes: int = 4,
+        seed: int = 0,
+        shortcut_strength: float = 0.0,
+        marker: str = "class",
+        marker_size: int | None = None,
+        normalize: bool = True,
+    ) -> None:
+        errors = []
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
+            errors.append(f"`num_samples` must be an int >= 0, got {num_samples!r}")
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 16:
+            errors.append(f"`image_size` must be an int >= 16, got {image_size!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= len(SHAPE_NAMES):
+            errors.append(f"`num_classes` must be an int in [2, {len(SHAPE_NAMES)}], got {num_classes!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            errors.append(f"`seed` must be an int, got {seed!r}")
+        if not isinstance(normalize, bool):
+            errors.append(f"`normalize` must be a bool, got {normalize!r}")
+        if marker_size is not None and (
+            isinstance(marker_size, bool)
+            or not isinstance(marker_size, int)
+            or not (isinstance(image_size, int) and 2 <= marker_size <= max(2, image_size // 4))
+        ):
+            errors.append(f"`marker_size` must be None or an int in [2, image_size // 4], got {marker_size!r}")
+        try:
+            self._check_shortcut(shortcut_strength, marker)
+        except (TypeError, ValueError) as err:
+            errors.append(str(err))
+        if errors:
+            raise ValueError("ShapesDataset: " + "; ".join(errors))
+
+        self.num_samples = num_samples
+        self.image_size = image_size
+        self.num_classes = num_classes
+        self.seed = seed
+        self.normalize = normalize
+        self.marker_size = marker_size if marker_size is not None else max(3, round(image_size / 8))
+        self.shortcut_strength = float(shortcut_strength)
+        self.marker = marker
+        self.classes = list(SHAPE_NAMES[:num_classes])
+        self._mean = torch.tensor(SHAPES_MEAN).view(3, 1, 1)
+        self._std = torch.tensor(SHAPES_STD).view(3, 1, 1)
+        # Pixel-centre coordinates: low resolution for the background, 2x supersampled for anti-aliased shapes.
+        s = image_size
+        lo = torch.arange(s, dtype=torch.float32) + 0.5
+        hi = (torch.arange(2 * s, dtype=torch.float32) + 0.5) / 2
+        self._ylo, self._xlo = torch.meshgrid(lo, lo, indexing="ij")
+        self._yhi, self._xhi = torch.meshgrid(hi, hi, indexing="ij")
+        off = max(1, s // 32)
+        m = self.marker_size
+        # (x0, y0) of each corner's marker square: top-left, top-right, bottom-left, bottom-right.
+        self._corners = [(off, off), (s - off - m, off), (off, s - off - m), (s - off - m, s - off - m)]
+
+    # ------------------------------------------------------------------ shortcut control
+    @staticmethod
+    def _check_shortcut(strength: Any, marker: Any) -> None:
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= float(strength) <= 1.0:
+            raise ValueError(f"`shortcut_strength` must be a float in [0, 1], got {strength!r}")
+        if marker not in _MARKER_MODES:
+            raise ValueError(f"`marker` must be one of {_MARKER_MODES}, got {marker!r}")
+
+    def set_shortcut(self, strength: float, marker: str | None = None) -> None:
+        """Change the marker for items generated from now on.
+
+        Args:
+            strength: probability in [0, 1] that a sample carries the marker.
+            marker: ``"class"``, ``"counter"`` or ``"none"``; ``None`` keeps the current mode.
+
+        DataLoader workers hold copies of the dataset: the change reaches a loader only with ``num_workers=0`` or
+        non-persistent workers (re-created at the next epoch).
+        """
+        marker = self.marker if marker is None else marker
+        self._check_shortcut(strength, marker)
+        self.shortcut_strength = float(strength)
+        self.marker = marker
+
+    # ------------------------------------------------------------------ Dataset protocol
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, Tensor]:
+        item = self.sample(index)
+        return item["image"], item["label"], item["mask"]
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(num_samples={self.num_samples}, image_size={self.image_size}, "
+            f"num_classes={self.num_classes}, seed={self.seed}, shortcut_strength={self.shortcut_strength}, "
+            f"marker={self.marker!r}, marker_size={self.marker_size}, normalize={self.normalize})"
+        )
+
+    # ------------------------------------------------------------------ public helpers
+    def label(self, index: int) -> int:
+        """Class of sample ``index`` (cheap: does not render the image)."""
+        index = self._check_index(index)
+        block, pos = divmod(index, self.num_classes)
+        g = torch.Generator().manual_seed(_item_seed(self.seed, block, stream=1))
+        return int(torch.randperm(self.num_classes, generator=g)[pos])
+
+    def marker_class(self, index: int) -> int:
+        """Class encoded by the marker drawn on sample ``index`` under the current settings; -1 if it has none."""
+        index = self._check_index(index)
+        params = self._params(index)
+        return self._marker_class(self.label(index), params["marker_u"])
+
+    def marker_mask(self, index: int) -> Tensor:
+        """Pixels of the marker on sample ``index`` under the current settings.
+
+        Returns:
+            float32 ``(1, H, W)``: 1.0 on the marker square, all zeros if this sample carries no marker.
+        """
+        cls = self.marker_class(index)
+        return self._marker_pixels(cls)
+
+    def marker_region(self, class_index: int) -> Tensor:
+        """Where the marker of class ``class_index`` would be drawn (whether or not any sample carries it).
+
+        Returns:
+            float32 ``(1, H, W)`` mask of the marker square for that class.
+        """
+        if isinstance(class_index, bool) or not isinstance(class_index, int) or not 0 <= class_index < self.num_classes:
+            raise ValueError(f"`class_index` must be an int in [0, {self.num_classes}), got {class_index!r}")
+        return self._marker_pixels(class_index)
+
+    def sample(self, index: int) -> dict[str, Any]:
+        """Sample ``index`` with everything known about it.
+
+        Returns:
+            dict with ``image`` (float32 ``(3, H, W)``), ``label`` (int), ``mask`` (float32 ``(1, H, W)``, the
+            shape), ``marker_mask`` (float32 ``(1, H, W)``, the marker, zeros if none), ``marker_class`` (int, -1 if
+            no marker), ``index`` (int).
+        """
+        index = self._check_index(index)
+        label = self.label(index)
+        params = self._params(index)
+        image, mask = self._render(label, params)
+        marker_cls = self._marker_class(label, params["marker_u"])
+        marker_mask = self._marker_pixels(marker_cls)
+        if marker_cls >= 0:
+            color = torch.tensor(MARKER_COLORS[marker_cls]).view(3, 1, 1)
+            image = torch.where(marker_mask.bool(), color, image)
+        if self.normalize:
+            image = (image - self._mean) / self._std
+        return {
+            "image": image,
+            "label": label,
+            "mask": mask,
+            "marker_mask": marker_mask,
+            "marker_class": marker_cls,
+            "index": index,
+        }
+
+    def denormalize(self, images: Tensor) -> Tensor:
+        """Undo ``normalize=True``: ``images * SHAPES_STD + SHAPES_MEAN`` (``(3, H, W)`` or ``(N, 3, H, W)``)."""
+        return images * self._std.to(images) + self._mean.to(images)
+
+    # ------------------------------------------------------------------ internals
+    def _check_index(self, index: Any) -> int:
+        if isinstance(index, Tensor) and index.numel() == 1 and not index.is_floating_point():
+            index = int(index)
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(f"index must be an int, got {type(index).__name__}")
+        if index < 0:
+            index += self.num_samples
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"index {index} out of range for ShapesDataset of length {self.num_samples}")
+        return index
+
+    def _marker_class(self, label: int, marker_u: float) -> int:
+        if self.marker == "none" or not marker_u < self.shortcut_strength:
+            return -1
+        if self.marker == "counter":
+            return (label + 1) % self.num_classes
+        return label
+
+    def _marker_pixels(self, marker_cls: int) -> Tensor:
+        s, m = self.image_size, self.marker_size
+        out = torch.zeros(1, s, s)
+        if marker_cls >= 0:
+            x0, y0 = self._corners[marker_cls % 4]
+            out[:, y0 : y0 + m, x0 : x0 + m] = 1.0
+        return out
+
+    def _params(self, index: int) -> dict[str, Any]:
+        """All random draws of sample ``index``, always the same number in the same order (marker or not)."""
+        g = torch.Generator().manual_seed(_item_seed(self.seed, index))
+        u = torch.rand(16, generator=g, dtype=torch.float64).tolist()
+        centres = torch.rand(_NUM_CENTRE_TRIES, 2, generator=g, dtype=torch.float64)
+        texture = torch.rand(1, 3, _TEXTURE_CELLS, _TEXTURE_CELLS, generator=g)
+        noise = torch.randn(3, self.image_size, self.image_size, generator=g)
+        return {"u": u, "centres": centres, "texture": texture, "noise": noise, "marker_u": u[13]}
+
+    def _centre(self, radius: float, centres: Tensor) -> tuple[float, float]:
+        """First candidate centre whose disk of ``radius`` (+1 px) stays inside the image and off all marker corners."""
+        s, m = self.image_size, self.marker_size
+        lo, hi = radius + 1.0, s - radius - 1.0
+        c = lo + centres * (hi - lo)  # (T, 2) as (x, y)
+        ok = torch.ones(c.shape[0], dtype=torch.bool)
+        for x0, y0 in self._corners:
+            dx = (c[:, 0] - c[:, 0].clamp(x0, x0 + m)).abs()
+            dy = (c[:, 1] - c[:, 1].clamp(y0, y0 + m)).abs()
+            ok &= (dx * dx + dy * dy).sqrt() > radius + 1.5
+        idx = torch.nonzero(ok)
+        if idx.numel() == 0:  # the image centre is always far enough from the corners
+            return s / 2, s / 2
+        cx, cy = c[int(idx[0, 0])].tolist()
+        return cx, cy
+
+    def _render(self, label: int, p: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        s = self.image_size
+        u = p["u"]
+        # Background: muted base colour + smooth random colour texture + faint grating + pixel noise.
+        grey = 0.35 + 0.3 * u[5]
+        base = torch.tensor([grey + 0.24 * (u[6] - 0.5), grey + 0.24 * (u[7] - 0.5), grey + 0.24 * (u[8] - 0.5)])
+        texture = F.interpolate(p["texture"] - 0.5, size=(s, s), mode="bicubic", align_corners=False)[0]
+        texture = 0.3 * texture.mean(0, keepdim=True) + 0.12 * texture  # mostly luminance, a little colour
+        freq = (2.0 + 5.0 * u[9]) * 2 * math.pi / s
+        theta = math.pi * u[10]
+        grating = torch.sin(freq * (self._xlo * math.cos(theta) + self._ylo * math.sin(theta)) + 2 * math.pi * u[11])
+        background = base.view(3, 1, 1) + texture + 0.06 * grating
+
+        # Shape: anti-aliased coverage from a 2x supersampled membership test.
+        radius = s * (0.20 + 0.12 * u[0])
+        cx, cy = self._centre(radius, p["centres"])
+        rot = 2 * math.pi * u[1]
+        dx, dy = (self._xhi - cx) / radius, (self._yhi - cy) / radius
+        cu = dx * math.cos(rot) + dy * math.sin(rot)
+        cv = -dx * math.sin(rot) + dy * math.cos(rot)
+        inside = _shape_inside(SHAPE_NAMES[label], cu, cv).float()
+        coverage = F.avg_pool2d(inside[None, None], 2)[0]  # (1, H, W)
+        color = torch.tensor(_hsv_to_rgb(u[2], 0.55 + 0.45 * u[3], 0.75 + 0.25 * u[4])).view(3, 1, 1)
+
+        image = background * (1 - coverage) + color * coverage
+        image = image + (0.03 + 0.04 * u[12]) * p["noise"]
+        mask = (coverage >= 0.5).float()
+        return image.clamp(0.0, 1.0), mask

@@ -1,0 +1,150 @@
+"""Similarity of two sets of heatmaps: used for epoch-to-epoch stability, method agreement and sanity checks.
+
+Both measures compare *per-sample* maps after an adaptive average pool to ``size x size`` cells, which removes
+pixel-level noise and makes the cost independent of the image size.
+
+Degenerate maps have defined values and never give NaN: two flat (constant, e.g. all-zero) maps are identical (1.0);
+a flat map against a non-flat one scores 0.0. Values closer than ``1e-6`` times a map's largest magnitude count as
+ties. The only NaN output is for a sample whose map itself contains NaN/inf, so that callers (e.g.
+:class:`~lightning_xai.drift.DriftDetector`) can skip it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.functional import spearman_corrcoef
+
+from lightning_xai.metrics._utils import _as_heatmap, _check_size, _flat_rows, _snap
+
+__all__ = ["downsample", "spearman_similarity", "topk_overlap"]
+
+
+def downsample(maps: Tensor, size: int = 16) -> Tensor:
+    """Adaptive-average-pool heatmaps to ``size x size`` cells and flatten them.
+
+    Args:
+        maps: heatmaps ``(N, 1, H, W)``; ``(N, C, H, W)`` is first reduced to one channel by summing absolute values
+            over channels (the ``to_heatmap`` rule); ``(N, H, W)`` is accepted too.
+        size: side of the pooled grid. Maps smaller than ``size`` are repeated (adaptive pooling), not padded.
+
+    Returns:
+        Detached float tensor on the input's device (float64 stays float64).
+
+    Shape:
+        - maps: ``(N, C, H, W)``
+        - output: ``(N, size * size)``
+
+    Cost: one pooling pass, ``O(N * C * H * W)``.
+    """
+    size = _check_size(size)
+    heat = _as_heatmap(maps, "maps")
+    return F.adaptive_avg_pool2d(heat, (size, size)).flatten(1)
+
+
+def _pair(a: Tensor, b: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    da = downsample(a, size)
+    db = downsample(b, size)
+    if da.shape[0] != db.shape[0]:
+        raise ValueError(f"`a` and `b` must hold the same number of maps, got {da.shape[0]} and {db.shape[0]}")
+    dtype = torch.promote_types(da.dtype, db.dtype)
+    if da.device != db.device:
+        raise ValueError(f"`a` and `b` must be on the same device, got {da.device} and {db.device}")
+    return da.to(dtype), db.to(dtype)
+
+
+def _degenerate(da: Tensor, db: Tensor, value: Tensor) -> Tensor:
+    """Apply the flat-map and non-finite rules to a per-sample ``value``."""
+    flat_a, flat_b = _flat_rows(da), _flat_rows(db)
+    value = torch.where(flat_a & flat_b, torch.ones_like(value), value)
+    value = torch.where(flat_a ^ flat_b, torch.zeros_like(value), value)
+    finite = torch.isfinite(da).all(dim=1) & torch.isfinite(db).all(dim=1)
+    return torch.where(finite, value, torch.full_like(value, float("nan")))
+
+
+def spearman_similarity(a: Tensor, b: Tensor, size: int = 16) -> Tensor:
+    """Per-sample Spearman rank correlation between two sets of heatmaps.
+
+    The maps are downsampled with :func:`downsample`, then each sample's ``size * size`` cells are ranked (ties get
+    their average rank, as in ``torchmetrics.functional.spearman_corrcoef``) and Pearson-correlated. 1.0 means the
+    same ordering of regions, 0.0 unrelated, -1.0 reversed.
+
+    Args:
+        a: heatmaps ``(N, C, H, W)`` (see :func:`downsample` for the accepted shapes).
+        b: heatmaps with the same ``N``; ``H, W`` and ``C`` may differ from ``a``.
+        size: side of the pooled grid.
+
+    Returns:
+        Detached ``(N,)`` float tensor in ``[-1, 1]`` on the input's device. Flat vs flat gives 1.0, flat vs non-flat
+        0.0; NaN only for samples whose maps contain NaN/inf.
+
+    Shape:
+        - a, b: ``(N, C, H, W)``
+        - output: ``(N,)``
+
+    Cost: pooling plus one sort per sample of ``size**2`` values (torchmetrics ranks sample by sample), negligible
+    next to any model forward pass.
+
+    Example::
+
+        >>> a = torch.tensor([[[[1.0, 2.0], [2.0, 3.0]]]])
+        >>> spearman_similarity(a, a.flip(-1).flip(-2), size=2)
+        tensor([-1.0000])
+    """
+    da, db = _pair(a, b, size)
+    finite = torch.isfinite(da).all(dim=1) & torch.isfinite(db).all(dim=1)
+    # Ranks of non-finite rows would be meaningless; give them a harmless placeholder and mark NaN afterwards.
+    sa = torch.where(finite[:, None], _snap(da), torch.zeros_like(da))
+    sb = torch.where(finite[:, None], _snap(db), torch.zeros_like(db))
+    if sa.shape[1] == 1:
+        rho = torch.zeros(sa.shape[0], dtype=sa.dtype, device=sa.device)
+    else:
+        # torchmetrics correlates columns: (D, N) gives one coefficient per sample.
+        rho = spearman_corrcoef(sa.T.contiguous(), sb.T.contiguous()).reshape(-1).to(sa.dtype)
+    return _degenerate(da, db, rho)
+
+
+def topk_overlap(a: Tensor, b: Tensor, k: float = 0.1, size: int = 16) -> Tensor:
+    """Per-sample share of the top-``k`` cells of ``a`` that are also top-``k`` cells of ``b``.
+
+    ``k`` is a fraction of the ``size * size`` cells; at least one cell is used. Ties are broken by cell index (a
+    stable sort), so identical maps always overlap fully.
+
+    Args:
+        a: heatmaps ``(N, C, H, W)`` (see :func:`downsample`).
+        b: heatmaps with the same ``N``.
+        k: fraction of cells in ``(0, 1]``.
+        size: side of the pooled grid.
+
+    Returns:
+        Detached ``(N,)`` float tensor in ``[0, 1]``. Flat vs flat gives 1.0, flat vs non-flat 0.0; NaN only for
+        samples whose maps contain NaN/inf.
+
+    Shape:
+        - a, b: ``(N, C, H, W)``
+        - output: ``(N,)``
+
+    Cost: pooling plus one sort per sample of ``size**2`` values.
+
+    Example::
+
+        >>> a = torch.tensor([[[[4.0, 3.0], [2.0, 1.0]]]])
+        >>> b = torch.tensor([[[[4.0, 1.0], [3.0, 2.0]]]])
+        >>> topk_overlap(a, b, k=0.5, size=2)
+        tensor([0.5000])
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or not (0.0 < float(k) <= 1.0):
+        raise ValueError(f"`k` must be a fraction in (0, 1], got {k!r}")
+    da, db = _pair(a, b, size)
+    num_cells = da.shape[1]
+    kk = max(1, int(round(float(k) * num_cells)))
+    finite = torch.isfinite(da).all(dim=1) & torch.isfinite(db).all(dim=1)
+    sa = torch.where(finite[:, None], _snap(da), torch.zeros_like(da))
+    sb = torch.where(finite[:, None], _snap(db), torch.zeros_like(db))
+    top_a = torch.argsort(sa, dim=1, descending=True, stable=True)[:, :kk]
+    top_b = torch.argsort(sb, dim=1, descending=True, stable=True)[:, :kk]
+    mask_a = torch.zeros_like(sa, dtype=torch.bool).scatter_(1, top_a, True)
+    mask_b = torch.zeros_like(sb, dtype=torch.bool).scatter_(1, top_b, True)
+    overlap = (mask_a & mask_b).sum(dim=1).to(da.dtype) / kk
+    return _degenerate(da, db, overlap)

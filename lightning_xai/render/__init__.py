@@ -1,0 +1,29 @@
+"""Rendering: heatmaps to ``uint8`` RGB images (colormap, normalisation, overlay, caption, grid).
+
+Pure torch + torchvision + Pillow (no Lightning). Every function returns tensors in RGB channel order; images
+returned for display are ``uint8`` ``(3, H, W)`` or ``(N, 3, H, W)`` (channels first), ready for
+``SummaryWriter.add_image(..., dataformats="CHW")`` without rescaling.
+"""
+
+from lightning_xai.render.blend import overlay, to_uint8
+from lightning_xai.render.colormap import COLORMAPS, apply_colormap, colormap_lut
+from lightning_xai.render.grid import DEGENERATE_MARKER, make_overlay_grid, overlay_grid_size, upscale_factor
+from lightning_xai.render.normalize import denormalize, normalize_maps
+from lightning_xai.render.text import caption, caption_height, default_font_size
+
+__all__ = [
+    "COLORMAPS",
+    "DEGENERATE_MARKER",
+    "apply_colormap",
+    "caption",
+    "caption_height",
+    "colormap_lut",
+    "default_font_size",
+    "denormalize",
+    "make_overlay_grid",
+    "normalize_maps",
+    "overlay",
+    "overlay_grid_size",
+    "to_uint8",
+    "upscale_factor",
+]

@@ -1,0 +1,87 @@
+"""Write explanation results through a TensorBoard ``SummaryWriter``."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+
+from lightning_xai.writers.base import check_image, check_step, check_tag, finite_scalars
+
+__all__ = ["TensorBoardWriter"]
+
+_REQUIRED = ("add_image", "add_scalar", "add_text")
+
+
+class TensorBoardWriter:
+    """Adapter from the :class:`~lightning_xai.writers.Writer` interface to a ``SummaryWriter``-like object.
+
+    Works with ``torch.utils.tensorboard.SummaryWriter``, tensorboardX's, and Lightning's
+    ``TensorBoardLogger.experiment``. Images are passed as ``uint8`` with ``dataformats="CHW"``, so TensorBoard
+    stores them as they are (a float image would be multiplied by 255). Non-finite scalars are never written.
+
+    Args:
+        summary_writer: an object with ``add_image``, ``add_scalar`` and ``add_text`` (and optionally ``flush``).
+
+    Attributes:
+        skipped_counts: per tag, how many non-finite scalar values were skipped so far.
+
+    Example::
+
+        >>> import tempfile, torch
+        >>> from torch.utils.tensorboard import SummaryWriter
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     sw = SummaryWriter(d)
+        ...     writer = TensorBoardWriter(sw)
+        ...     writer.add_image("xai/grad_cam/overlay", torch.zeros(3, 8, 8, dtype=torch.uint8), step=0)
+        ...     writer.add_scalars({"xai/grad_cam/stability": 0.9, "xai/saliency/stability": float("nan")}, step=0)
+        ...     sw.close()
+        ['xai/saliency/stability']
+    """
+
+    def __init__(self, summary_writer: Any) -> None:
+        missing = [name for name in _REQUIRED if not callable(getattr(summary_writer, name, None))]
+        if missing:
+            raise TypeError(
+                f"`summary_writer` must be a SummaryWriter-like object with {', '.join(_REQUIRED)}; "
+                f"{type(summary_writer).__name__} lacks {', '.join(missing)} "
+                "(for a Lightning TensorBoardLogger pass `logger.experiment`)"
+            )
+        self.summary_writer = summary_writer
+        self.skipped_counts: Counter[str] = Counter()
+
+    def add_image(self, tag: str, img: Tensor, step: int) -> None:
+        """Log a ``uint8`` RGB image of shape ``(3, H, W)`` under ``tag`` at ``step``."""
+        check_tag(tag)
+        step = check_step(step)
+        img = check_image(img)
+        self.summary_writer.add_image(tag, img, global_step=step, dataformats="CHW")
+
+    def add_scalars(self, values: Mapping[str, float], step: int) -> list[str]:
+        """Log each finite value as its own scalar (``add_scalar(tag, value, step)``).
+
+        Returns:
+            The tags whose value was non-finite and therefore not written (also counted in ``skipped_counts``).
+        """
+        step = check_step(step)
+        kept, skipped = finite_scalars(values)
+        for tag, value in kept.items():
+            self.summary_writer.add_scalar(tag, value, global_step=step)
+        self.skipped_counts.update(skipped)
+        return skipped
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        """Log ``text`` (Markdown) under ``tag`` at ``step``; TensorBoard shows it in the Text tab."""
+        check_tag(tag)
+        step = check_step(step)
+        if not isinstance(text, str):
+            raise TypeError(f"`text` must be a str, got {type(text).__name__}")
+        self.summary_writer.add_text(tag, text, global_step=step)
+
+    def flush(self) -> None:
+        """Flush the underlying writer (if it can)."""
+        flush = getattr(self.summary_writer, "flush", None)
+        if callable(flush):
+            flush()

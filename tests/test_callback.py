@@ -1,0 +1,412 @@
+"""ExplanationMonitor in real Trainer runs: interference, logged events, resume, drift, failures, errors."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from lit_models import (
+    NUM_CLASSES,
+    DictDataset,
+    TinyCNN,
+    TinyCNNNoVal,
+    TinyDataModule,
+    TrainOnlyDataModule,
+    TupleOutputCNN,
+    make_images,
+    trainer_kwargs,
+)
+from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from tb_events import read_events
+from torch.utils.data import DataLoader
+
+from lightning_xai import ExplanationMonitor
+from lightning_xai.callbacks import ExplanationMonitor as ExplanationMonitorFromCallbacks
+
+METHODS = ("grad_cam", "saliency", "integrated_gradients")
+
+
+def fit(tmp_path, callbacks=(), model=None, datamodule=None, seed=7, ckpt_path=None, **overrides):
+    pl.seed_everything(seed, workers=True)
+    model = model if model is not None else TinyCNN()
+    trainer = pl.Trainer(callbacks=list(callbacks), **trainer_kwargs(tmp_path, **overrides))
+    trainer.fit(model, datamodule=datamodule if datamodule is not None else TinyDataModule(), ckpt_path=ckpt_path)
+    return trainer, model
+
+
+def small_monitor(**kwargs) -> ExplanationMonitor:
+    kwargs.setdefault("num_probes", 6)
+    kwargs.setdefault("n_steps", 8)
+    return ExplanationMonitor(**kwargs)
+
+
+def tb_dir(trainer) -> str:
+    return trainer.logger.log_dir
+
+
+# ---------------------------------------------------------------------------------------------- the observer
+@pytest.mark.parametrize(
+    "datamodule_cls, overrides",
+    [
+        (TinyDataModule, {}),  # validation under inference_mode
+        (TinyDataModule, {"inference_mode": False}),  # validation under no_grad
+        (TrainOnlyDataModule, {}),  # no validation loop: explained at on_train_epoch_end
+        (TinyDataModule, {"accumulate_grad_batches": 2}),
+    ],
+    ids=["inference_mode", "no_grad", "no_val_loop", "accumulate"],
+)
+def test_training_is_bitwise_identical_with_and_without_monitor(tmp_path, datamodule_cls, overrides):
+    trainer_a, model_a = fit(tmp_path / "a", datamodule=datamodule_cls(), **overrides)
+    rng_a = torch.get_rng_state()
+    monitor = small_monitor()
+    trainer_b, model_b = fit(tmp_path / "b", callbacks=[monitor], datamodule=datamodule_cls(), **overrides)
+    rng_b = torch.get_rng_state()
+
+    assert len(monitor.history) == 3, "the monitor must actually have run at every epoch"
+    state_a, state_b = model_a.state_dict(), model_b.state_dict()
+    assert state_a.keys() == state_b.keys()
+    for key in state_a:  # weights and BatchNorm buffers
+        assert torch.equal(state_a[key], state_b[key]), key
+    opt_a = trainer_a.optimizers[0].state_dict()["state"]
+    opt_b = trainer_b.optimizers[0].state_dict()["state"]
+    for idx in opt_a:
+        assert torch.equal(opt_a[idx]["momentum_buffer"], opt_b[idx]["momentum_buffer"])
+    assert torch.equal(rng_a, rng_b)
+    for (name, mod_a), (_, mod_b) in zip(model_a.named_modules(), model_b.named_modules()):
+        assert mod_a.training == mod_b.training, name
+    for p_a, p_b in zip(model_a.parameters(), model_b.parameters()):
+        assert p_a.requires_grad == p_b.requires_grad
+
+
+class SentinelMonitor(ExplanationMonitor):
+    """Puts a sentinel in every .grad right before explaining and checks grads, flags and hooks right after."""
+
+    checked = 0
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        sentinels = []
+        for p in pl_module.parameters():
+            p.grad = torch.full_like(p, 3.25)
+            sentinels.append(p.grad)
+        pl_module.features[1].train()  # a user-frozen mix of train/eval flags must come back as it was
+        flags = [m.training for m in pl_module.modules()]
+        super().on_validation_epoch_end(trainer, pl_module)
+        for p, s in zip(pl_module.parameters(), sentinels):
+            assert p.grad is s and torch.all(p.grad == 3.25)
+        assert flags == [m.training for m in pl_module.modules()]
+        hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+                    for m in pl_module.modules())
+        assert hooks == 0
+        self.checked += 1
+        for p in pl_module.parameters():
+            p.grad = None
+
+
+def test_grad_sentinel_flags_and_hooks_untouched(tmp_path):
+    monitor = SentinelMonitor(num_probes=4, n_steps=4)
+    fit(tmp_path, callbacks=[monitor], max_epochs=2)
+    assert monitor.checked == 3  # sanity check + 2 epochs
+    assert len(monitor.history) == 2
+
+
+# ---------------------------------------------------------------------------------------------- what is logged
+def test_events_read_back(tmp_path):
+    monitor = small_monitor(every_n_epochs=1)
+    trainer, _ = fit(tmp_path, callbacks=[monitor], max_epochs=3, num_sanity_val_steps=2)
+    events = read_events(tb_dir(trainer))
+    assert len(events["files"]) == 1
+    steps_per_epoch = 4
+    expected_steps = [steps_per_epoch * (e + 1) for e in range(3)]
+    for m in METHODS:
+        images = events["images"][f"xai/{m}/overlay"]
+        assert [s for s, *_ in images] == expected_steps  # one per epoch, none from the sanity check
+        for _, width, height, pixels in images:
+            # 6 probes in one row of 8 (nrow=8): 6 tiles of 96 px (16 px probes upscaled) + caption strip
+            assert width == 2 + 6 * (96 + 2)
+            assert height > 96 + 2 * 2
+            assert pixels.shape[:2] == (height, width)
+        stability = events["scalars"][f"xai/{m}/stability"]
+        assert [s for s, _ in stability] == expected_steps
+        assert all(-1.0 <= v <= 1.0 for _, v in stability)
+        assert [s for s, _ in events["scalars"][f"xai/{m}/drift"]] == expected_steps
+    ig_err = events["scalars"]["xai/integrated_gradients/completeness_error"]
+    assert len(ig_err) == 3 and all(math.isfinite(v) and v >= 0 for _, v in ig_err)
+    texts = events["texts"]["xai/drift"]
+    assert [s for s, _ in texts] == expected_steps
+    assert "stability" in texts[0][1]
+    for m in METHODS:
+        assert f"xai/{m}/stability" in trainer.callback_metrics
+
+
+def test_every_n_epochs_and_no_validation_loop(tmp_path):
+    monitor = small_monitor(every_n_epochs=2, methods=("grad_cam",))
+    trainer, _ = fit(tmp_path, callbacks=[monitor], datamodule=TrainOnlyDataModule(), max_epochs=5)
+    events = read_events(tb_dir(trainer))
+    assert [s for s, *_ in events["images"]["xai/grad_cam/overlay"]] == [8, 16]
+    assert [r["epoch"] for r in monitor.history] == [1, 3]
+    assert "xai/saliency/overlay" not in events["images"]
+
+
+def test_no_arguments_ordinary_module(tmp_path):
+    """The headline promise: ExplanationMonitor() with no arguments on an ordinary module and datamodule."""
+    monitor = ExplanationMonitor()
+    trainer, _ = fit(tmp_path, callbacks=[monitor], max_epochs=1)
+    assert monitor.layer_name == "features.4"  # last module with a 4-D output before the head (the conv; ReLU
+    # shares its output shape, either is a valid 4-D choice but the name must be a real module)
+    assert len(monitor.probe_set) == 16
+    labels = monitor.probe_set.labels.tolist()
+    assert sorted(labels.count(k) for k in range(NUM_CLASSES)) in ([5, 5, 6], [5, 6, 5], [6, 5, 5])
+    assert len(monitor.history) == 1
+
+
+def test_dict_samples_and_tuple_outputs(tmp_path):
+    val = DataLoader(DictDataset(12, seed=3), batch_size=4)
+    monitor = small_monitor(probes=val, input_key="pixels", label_key="target", output_transform=_first)
+    pl.seed_everything(0)
+    images, labels = make_images(24, seed=1)
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=2))
+    trainer.fit(TupleOutputCNN(), train_dataloaders=DataLoader(list(zip(images, labels)), batch_size=8))
+    assert len(monitor.history) == 2
+    assert monitor.probe_set.labels.tolist() == [0, 1, 2, 0, 1, 2]
+
+
+def _first(output):
+    return output[0]
+
+
+def test_file_writer_without_tensorboard(tmp_path):
+    monitor = small_monitor(methods=("saliency",))
+    with pytest.warns(UserWarning, match="no TensorBoardLogger"):
+        fit(tmp_path, callbacks=[monitor], max_epochs=2, logger=pl.loggers.CSVLogger(str(tmp_path), name="csv"))
+    pngs = [f for _, _, files in os.walk(tmp_path) for f in files if f.endswith(".png")]
+    assert len(pngs) == 2
+    csv_metrics = [os.path.join(d, f) for d, _, files in os.walk(tmp_path) for f in files if f == "metrics.csv"]
+    assert csv_metrics and "xai/saliency/drift" in open(csv_metrics[0]).read()
+
+
+# ---------------------------------------------------------------------------------------------- monitoring
+def test_early_stopping_and_checkpoint_can_monitor_from_first_epoch(tmp_path):
+    monitor = small_monitor(methods=("grad_cam",))
+    stop = EarlyStopping(monitor="xai/grad_cam/stability", mode="max", patience=10)
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), monitor="xai/grad_cam/stability", mode="max")
+    trainer, _ = fit(tmp_path, callbacks=[monitor, stop, ckpt], max_epochs=2, enable_checkpointing=True)
+    assert trainer.current_epoch == 2
+    assert ckpt.best_model_score is not None and math.isfinite(float(ckpt.best_model_score))
+    ckpt_data = torch.load(ckpt.best_model_path, weights_only=True)
+    assert any(k.startswith("ExplanationMonitor") for k in ckpt_data["callbacks"])
+
+
+def test_monitoring_an_unknown_xai_key_fails_at_setup(tmp_path):
+    stop = EarlyStopping(monitor="xai/gradcam/stability")
+    with pytest.raises(MisconfigurationException, match="xai/grad_cam/stability"):
+        fit(tmp_path, callbacks=[small_monitor(), stop], max_epochs=1)
+
+
+def test_two_monitors_coexist(tmp_path):
+    a = small_monitor(methods=("grad_cam",))
+    b = small_monitor(methods=("saliency",), num_probes=3)
+    assert a.state_key != b.state_key
+    trainer, _ = fit(tmp_path, callbacks=[a, b], max_epochs=1)
+    assert len(a.history) == len(b.history) == 1
+
+
+# ---------------------------------------------------------------------------------------------- resume
+def test_resume_gives_the_same_history(tmp_path):
+    kwargs = dict(methods=("grad_cam", "saliency"), warmup_epochs=1, drift_threshold=0.95)
+    straight = small_monitor(**kwargs)
+    fit(tmp_path / "straight", callbacks=[straight], max_epochs=4)
+
+    first = small_monitor(**kwargs)
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True)
+    fit(tmp_path / "part1", callbacks=[first, ckpt], max_epochs=2, enable_checkpointing=True)
+    torch.load(ckpt.last_model_path, weights_only=True)  # plain state only
+    second = small_monitor(**kwargs)
+    fit(tmp_path / "part2", callbacks=[second], max_epochs=4, ckpt_path=ckpt.last_model_path,
+        enable_checkpointing=True)
+
+    assert [r["epoch"] for r in second.history] == [0, 1, 2, 3]
+    assert second.history == straight.history
+    flags = [r["flags"] for r in straight.history]
+    assert any(any(any(v) for v in f.values()) for f in flags), "threshold 0.95 should flag something to compare"
+
+
+# ---------------------------------------------------------------------------------------------- drift
+class SwapWeights(Callback):
+    """Replaces the model's weights with another model's at the start of a given epoch (evidence moved on purpose)."""
+
+    def __init__(self, epoch: int, state: dict) -> None:
+        self.epoch, self.state = epoch, state
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            pl_module.load_state_dict(self.state)
+
+
+class MaskedCNN(TinyCNN):
+    """TinyCNN that only sees a fixed vertical band (set by a buffer), so the band is where it looks."""
+
+    def __init__(self, lr: float = 0.0) -> None:
+        super().__init__(lr=lr)
+        self.register_buffer("band", torch.zeros(1, 1, 16, 16))
+        self.band[..., :, 0:5] = 1.0
+
+    def forward(self, x):
+        return self.head(self.features(x * self.band))
+
+
+def test_planted_drift_is_flagged_and_unchanged_weights_are_not(tmp_path):
+    # lr=0: weights never change, so every epoch's maps equal the previous ones
+    steady = small_monitor(warmup_epochs=1)
+    fit(tmp_path / "steady", callbacks=[steady], model=MaskedCNN(lr=0.0), max_epochs=4)
+    for record in steady.history:
+        for m in METHODS:
+            assert min(record["stability"][m]) > 0.999, (m, record["stability"][m])
+            assert not any(record["flags"][m])
+
+    moved = MaskedCNN(lr=0.0)
+    moved.band.zero_()
+    moved.band[..., :, 11:16] = 1.0  # the same weights, now looking at the other side of the image
+    reports = []
+    drifting = small_monitor(warmup_epochs=1, on_drift=reports.append)
+    with pytest.warns(UserWarning, match="explanation drift at epoch 3"):
+        fit(tmp_path / "moved", callbacks=[drifting, SwapWeights(3, moved.state_dict())],
+            model=MaskedCNN(lr=0.0), max_epochs=4)
+    flagged = {m: sum(drifting.history[-1]["flags"][m]) for m in METHODS}
+    assert all(n >= 4 for n in flagged.values()), flagged  # most of the 6 probes, every method
+    assert [sum(any(r["flags"][m]) for m in METHODS) for r in drifting.history[:-1]] == [0, 0, 0]
+    assert len(reports) == 1 and reports[0].any
+
+
+# ---------------------------------------------------------------------------------------------- failures
+class NaNAfter(TinyCNN):
+    """Produces NaN logits from epoch 1 on (only outside training steps, so training itself survives)."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        if not self.training and self.current_epoch >= 1:
+            out = out * float("nan")
+        return out
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+
+def test_nan_model_logs_no_nan_and_warns(tmp_path):
+    monitor = small_monitor()
+    with pytest.warns(UserWarning, match="non-finite"):
+        trainer, _ = fit(tmp_path, callbacks=[monitor], model=NaNAfter(), max_epochs=3)
+    events = read_events(tb_dir(trainer))
+    for tag, values in events["scalars"].items():
+        if tag.startswith("xai/"):
+            assert all(math.isfinite(v) for _, v in values), tag
+    for _, _, _, pixels in events["images"]["xai/grad_cam/overlay"]:
+        assert pixels.dtype.name == "uint8"
+
+
+class ExplodingOnEpoch(TinyCNN):
+    """Raises inside forward when explained at epoch 1 (eval mode, gradients enabled)."""
+
+    def forward(self, x):
+        if not self.training and torch.is_grad_enabled() and self.current_epoch == 1:
+            raise RuntimeError("boom in forward")
+        return super().forward(x)
+
+
+def test_failure_while_explaining_warns_and_training_continues(tmp_path):
+    monitor = small_monitor()
+    with pytest.warns(UserWarning, match="boom in forward"):
+        trainer, _ = fit(tmp_path, callbacks=[monitor], model=ExplodingOnEpoch(), max_epochs=3)
+    assert trainer.current_epoch == 3
+    assert [r["epoch"] for r in monitor.history] == [0, 2]
+
+
+def test_failure_with_on_error_raise_stops(tmp_path):
+    with pytest.raises(RuntimeError, match="boom in forward"):
+        fit(tmp_path, callbacks=[small_monitor(on_error="raise")], model=ExplodingOnEpoch(), max_epochs=3)
+
+
+def test_flat_memory_and_event_size_over_20_epochs(tmp_path):
+    import gc
+
+    sizes, tensors = [], []
+
+    class Measure(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            trainer.logger.experiment.flush()
+            sizes.append(sum(os.path.getsize(os.path.join(trainer.logger.log_dir, f))
+                             for f in os.listdir(trainer.logger.log_dir) if "tfevents" in f))
+            gc.collect()
+            tensors.append(sum(t.numel() for t in gc.get_objects() if isinstance(t, torch.Tensor)))
+
+    monitor = small_monitor(methods=("grad_cam", "saliency"))
+    fit(tmp_path, callbacks=[monitor, Measure()], max_epochs=20, limit_train_batches=1, limit_val_batches=1)
+    growth = [b - a for a, b in zip(sizes, sizes[1:])]
+    # bytes per epoch: the same from epoch 5 to the end, within 10% (PNG sizes vary a little)
+    assert max(growth[4:]) <= 1.1 * min(growth[4:]), growth
+    # live tensor elements: no growth after warm-up beyond the small history lists (which hold Python floats)
+    assert tensors[-1] <= tensors[5] * 1.01 + 1000, (tensors[5], tensors[-1])
+
+
+# ---------------------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"methods": ("gradcam",)}, "methods"),
+        ({"methods": ()}, "methods"),
+        ({"num_probes": 0}, "num_probes"),
+        ({"every_n_epochs": 0}, "every_n_epochs"),
+        ({"target": "truth"}, "target"),
+        ({"n_steps": 0}, "n_steps"),
+        ({"alpha": 1.5}, "alpha"),
+        ({"on_error": "ignore"}, "on_error"),
+        ({"mean": (0.5, 0.5, 0.5)}, "mean/std"),
+        ({"colormap": "rainbow"}, "colormap"),
+        ({"probes": "images/"}, "probes"),
+        ({"ig_tolerance": -1.0}, "ig_tolerance"),
+        ({"drift_threshold": 2.0}, "threshold"),
+    ],
+)
+def test_bad_arguments_raise_in_init(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        ExplanationMonitor(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "monitor_kwargs, model, match",
+    [
+        ({"layer": "features.9"}, TinyCNN(), "features.4"),  # unknown name: lists candidates
+        ({"probes": torch.zeros(4, 16, 16)}, TinyCNN(), "probe"),  # wrong probe shape
+        ({"probes": (torch.zeros(4, 3, 16, 16), torch.tensor([0, 1, 2, 7]))}, TinyCNN(), "label 7"),
+        ({"target": 5}, TinyCNN(), "target=5"),
+        ({}, TupleOutputCNN(), "output_transform"),
+    ],
+    ids=["layer", "probe_shape", "label_range", "target_range", "tuple_output"],
+)
+def test_model_dependent_problems_raise_before_training(tmp_path, monitor_kwargs, model, match):
+    started = []
+
+    class Spy(Callback):
+        def on_train_batch_start(self, *args):
+            started.append(1)
+
+    with pytest.raises(MisconfigurationException, match=match):
+        fit(tmp_path, callbacks=[small_monitor(**monitor_kwargs), Spy()], model=model, max_epochs=1)
+    assert not started
+
+
+def test_import_paths():
+    assert ExplanationMonitor is ExplanationMonitorFromCallbacks
+
+
+def test_no_warning_noise_in_a_clean_run(tmp_path):
+    monitor = small_monitor(methods=("grad_cam",))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(tmp_path, callbacks=[monitor], max_epochs=1)
+    ours = [str(w.message) for w in caught if "ExplanationMonitor" in str(w.message)]
+    assert ours == []
