@@ -132,8 +132,9 @@ class DriftDetector:
         min_drop: float = 0.2,
     ) -> None:
         problems = []
-        if not _is_number(threshold):
-            problems.append(f"`threshold` must be a finite number, got {threshold!r}")
+        if not _is_number(threshold) or not -1.0 <= float(threshold) <= 1.0:
+            # similarities are rank correlations in [-1, 1]: a threshold outside flags always or never
+            problems.append(f"`threshold` must be a number in [-1, 1], got {threshold!r}")
         if not _is_int(warmup_epochs) or warmup_epochs < 0:
             problems.append(f"`warmup_epochs` must be an int >= 0, got {warmup_epochs!r}")
         if not _is_int(window) or window < 1:
@@ -244,7 +245,8 @@ class DriftDetector:
                     reasons.append(f"probe {probe} ({name}): similarity {float(current[j]):.3f} {why[j]}{suffix}")
             flags[name] = flag.to(sim.device)
             # Update after deciding; NaN stays as a placeholder that the statistics skip.
-            self.history[name] = torch.cat([history, current[None]])[-self.window :].clone()
+            with torch.inference_mode(False):  # keep the history a normal tensor even when called in inference mode
+                self.history[name] = torch.cat([history, current[None]])[-self.window :].clone()
             self.method_updates[name] = self.method_updates.get(name, 0) + 1
         self.num_updates += 1
         self.last_epoch = int(epoch)

@@ -25,14 +25,15 @@ def make_images(n: int, seed: int, size: int = IMAGE_SIZE) -> tuple[torch.Tensor
 class TinyCNN(pl.LightningModule):
     """Conv-BN-ReLU-Dropout-Conv-ReLU-pool-linear: BatchNorm and Dropout make interference visible."""
 
-    def __init__(self, lr: float = 0.05, num_classes: int = NUM_CLASSES, inplace: bool = False) -> None:
+    def __init__(self, lr: float = 0.05, num_classes: int = NUM_CLASSES, inplace: bool = False,
+                 dropout: float = 0.2) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.features = nn.Sequential(
             nn.Conv2d(3, 8, 3, padding=1),
             nn.BatchNorm2d(8),
             nn.ReLU(inplace=inplace),
-            nn.Dropout(0.2),
+            nn.Dropout(dropout),
             nn.Conv2d(8, 8, 3, padding=1),
             nn.ReLU(inplace=inplace),
         )
@@ -85,16 +86,16 @@ class DictDataset(Dataset):
 
 
 class TinyDataModule(pl.LightningDataModule):
-    def __init__(self, n_train: int = 48, n_val: int = 24, batch_size: int = 8) -> None:
+    def __init__(self, n_train: int = 48, n_val: int = 24, batch_size: int = 8, shuffle: bool = True) -> None:
         super().__init__()
-        self.n_train, self.n_val, self.batch_size = n_train, n_val, batch_size
+        self.n_train, self.n_val, self.batch_size, self.shuffle = n_train, n_val, batch_size, shuffle
 
     def setup(self, stage: str) -> None:
         self.train_set = TensorDataset(*make_images(self.n_train, seed=1))
         self.val_set = TensorDataset(*make_images(self.n_val, seed=2))
 
     def train_dataloader(self):
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=self.shuffle)
 
     def val_dataloader(self):
         return DataLoader(self.val_set, batch_size=self.batch_size)

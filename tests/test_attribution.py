@@ -318,3 +318,37 @@ def test_type_errors(batch):
         saliency(net, x.long(), target)
     with pytest.raises(TypeError, match="model"):
         saliency(lambda t: t, x, target)
+
+
+# --------------------------------------------------------------------------------------------- docs and layering
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["lightning_xai.attribution._core", "lightning_xai.attribution._layers", "lightning_xai.attribution._state",
+     "lightning_xai.attribution._heatmap"],
+)
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_attribution_does_not_import_lightning():
+    import ast
+    from pathlib import Path
+
+    import lightning_xai.attribution as pkg
+
+    files = sorted(Path(pkg.__file__).parent.glob("*.py"))
+    assert len(files) >= 6
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.startswith(("lightning", "pytorch_lightning")) or name.startswith("lightning_xai"), (
+                    path, name)
+                assert not name.startswith(("lightning_xai.callbacks", "lightning_xai.metrics")), (path, name)

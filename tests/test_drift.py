@@ -177,3 +177,16 @@ def test_state_dict_is_plain():
     assert fresh.num_updates == 0 and fresh.last_epoch is None and fresh.history == {}
     with pytest.raises(KeyError, match="history"):
         fresh.load_state_dict({"num_updates": 0, "last_epoch": -1, "methods": [], "method_updates": []})
+
+
+def test_inference_tensors_and_device_of_flags():
+    det = DriftDetector(warmup_epochs=0)
+    with torch.inference_mode():
+        sims = {"m": torch.tensor([0.1, 0.9])}
+        changed = torch.tensor([True, False])
+    report = det.update(0, sims, prediction_changed=changed)
+    assert report.flags["m"].device == sims["m"].device and report.flags["m"].tolist() == [True, False]
+    with torch.inference_mode():
+        report = det.update(1, {"m": torch.tensor([0.9, 0.9])})
+    assert det.state_dict()["history"][0].shape == (2, 2)
+    assert not det.history["m"].is_inference()

@@ -77,9 +77,10 @@ def test_correct_map_beats_random_map_and_model_state_is_untouched():
     auc_random = deletion_auc(model, x, 0, random_map, perturbation="mean")
     assert (auc_true < auc_random).all()
     assert auc_true.mean() < auc_random.mean() - 0.2
-    assert (insertion_auc(model, x, 0, true_map, perturbation="mean") > insertion_auc(
-        model, x, 0, random_map, perturbation="mean"
-    )).all()
+    assert (
+        insertion_auc(model, x, 0, true_map, perturbation="mean")
+        > insertion_auc(model, x, 0, random_map, perturbation="mean")
+    ).all()
 
     assert model.training and model.drop.training and not model.norm.training
     assert all(torch.equal(buffers[k], v) for k, v in model.state_dict().items())
@@ -131,5 +132,7 @@ def test_output_transform_and_validation():
         deletion_curve(OnePixel(), x, 0, heat, batch_size=0)
     with pytest.raises(ValueError, match="one map per input"):
         deletion_curve(OnePixel(), x, 0, heat[:1])
+    with pytest.raises(ValueError, match=r"target.*\[0, 2\)"):
+        deletion_curve(OnePixel(), x, torch.tensor([0, 2]), heat)
     with pytest.raises(TypeError, match="target"):
         deletion_curve(OnePixel(), x, torch.tensor([0.5, 1.0]), heat)

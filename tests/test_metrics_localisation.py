@@ -50,10 +50,10 @@ def test_masks_are_resized_nearest_and_boxes_accepted():
 
 
 def test_relevance_mass_hand_computed():
-    maps = torch.tensor([[[[3.0, 1.0], [-2.0, 0.0]]], [[[-1.0, -1.0], [-1.0, -1.0]]]])
+    maps = torch.tensor([[[[3.0, 1.0], [-2.0, 0.0]]], [[[0.0, 0.0], [0.0, 0.0]]]])
     masks = torch.tensor([[True, False], [True, True]]).expand(2, 1, 2, 2)
     out = relevance_mass(maps, masks)
-    torch.testing.assert_close(out, torch.tensor([0.75, 0.0]))  # negatives ignored; no positive mass -> 0
+    torch.testing.assert_close(out, torch.tensor([5 / 6, 0.0]))  # magnitudes (to_heatmap rule); no mass -> 0
     # multi-channel maps: sum of |.| over channels -> [[2, 2], [4, 0]], inside = 6 / 8
     rgb = torch.tensor([[[[1.0, -1.0], [2.0, 0.0]], [[-1.0, 1.0], [2.0, 0.0]]]])
     torch.testing.assert_close(relevance_mass(rgb, masks[:1]), torch.tensor([0.75]))
@@ -67,3 +67,10 @@ def test_mask_validation():
         pointing_game(maps, torch.ones(3, 1, 4, 4))
     with pytest.raises(ValueError, match="masks"):
         relevance_mass(maps, torch.ones(2, 3, 4, 4))
+
+
+def test_signed_maps_use_magnitude_like_to_heatmap():
+    maps = torch.tensor([[[[0.5, 0.0], [-2.0, 0.0]]]])
+    mask = torch.tensor([[[[False, False], [True, False]]]])
+    assert pointing_game(maps, mask).item() == 1.0
+    torch.testing.assert_close(relevance_mass(maps, mask), torch.tensor([0.8]))

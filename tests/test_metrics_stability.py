@@ -52,7 +52,9 @@ def test_spearman_is_rank_based():
     gen = torch.Generator().manual_seed(1)
     a = torch.rand(3, 1, 8, 8, generator=gen)
     torch.testing.assert_close(spearman_similarity(a, a**3 + 2.0, size=8), torch.ones(3), atol=1e-5, rtol=0)
-    torch.testing.assert_close(spearman_similarity(a, -a, size=8), -torch.ones(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(spearman_similarity(a, 1.5 - a, size=8), -torch.ones(3), atol=1e-5, rtol=0)
+    # like to_heatmap, signed maps are compared by magnitude
+    torch.testing.assert_close(spearman_similarity(a, -a, size=8), torch.ones(3), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("fn", [spearman_similarity, topk_overlap])
@@ -125,3 +127,16 @@ def test_rank_and_pairwise_agreement():
     assert pairwise_agreement({"only": a}) == {}
     with pytest.raises(ValueError, match="_vs_"):
         pairwise_agreement({"a_vs_b": a, "c": b})
+
+
+def test_inference_mode_tensors_are_accepted():
+    # Lightning's validation hooks create inference tensors; metrics are called on them outside inference mode.
+    with torch.inference_mode():
+        a = torch.rand(2, 3, 8, 8)
+        b = torch.rand(2, 3, 8, 8)
+    assert spearman_similarity(a, b, size=4).shape == (2,)
+    assert topk_overlap(a, b, size=4).shape == (2,)
+    assert list(pairwise_agreement({"a": a, "b": b})) == ["a_vs_b"]
+    with torch.inference_mode():
+        inside = spearman_similarity(a, b, size=4)
+    torch.testing.assert_close(inside, spearman_similarity(a, b, size=4))

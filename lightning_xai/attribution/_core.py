@@ -303,7 +303,9 @@ class _Engine:
                 size = min(_batching.PROBE_ROWS, total - start)
                 counter = _batching.SavedBytes(self.net)
             else:
-                size = min(self.rows, total - start)
+                # Balanced chunks: 1000 rows at <= 64 per chunk run as 16 chunks of 62-63, not 15 x 64 + one of 40.
+                remaining = total - start
+                size = -(-remaining // -(-remaining // self.rows))
             sl = slice(start, start + size)
             cam = start < cam_rows
             logits, g_x, act, g_a = self.evaluate(idx[sl], alpha[sl], cam=cam, counter=counter)

@@ -440,7 +440,9 @@ class ExplanationMonitor(Callback):
         device = _module_device(pl_module)
         images = shard.images.to(device)
         out: dict[str, Tensor] = {"pred": torch.zeros(0, dtype=torch.long), "prob": torch.zeros(0),
-                                  "ig_error": torch.zeros(0), "target": torch.zeros(0, dtype=torch.long)}
+                                  "target": torch.zeros(0, dtype=torch.long)}
+        if "integrated_gradients" in self.methods:
+            out["ig_error"] = torch.zeros(0)
         if len(shard) == 0:  # more ranks than probes: still take part in every collective
             h, w = probes.images.shape[-2:]
             for m in self.methods:
@@ -462,7 +464,7 @@ class ExplanationMonitor(Callback):
         out["pred"] = pred.cpu()
         out["prob"] = probs.gather(1, pred[:, None])[:, 0].cpu()
         out["target"] = targets.cpu()
-        if explanation.ig_relative_error is not None:
+        if "integrated_gradients" in self.methods:
             out["ig_error"] = explanation.ig_relative_error.float().cpu()
         for m in self.methods:
             out[f"map/{m}"] = to_heatmap(explanation.maps[m]).float().cpu()
@@ -643,9 +645,10 @@ def _module_device(module: torch.nn.Module) -> torch.device:
 
 def _default_probe_source(trainer: pl.Trainer) -> tuple[Any, str]:
     """The validation DataLoader's dataset (training data if there is no validation), without iterating a loader."""
-    connector = trainer._data_connector
-    for source, what in ((connector._val_dataloader_source, "the validation data"),
-                         (connector._train_dataloader_source, "the training data")):
+    # Lightning keeps where each loader comes from (module hook, datamodule hook or a loader passed to fit) on the
+    # loops; calling the source builds the loader object without iterating it (no RNG use, no workers started).
+    for source, what in ((trainer.fit_loop.epoch_loop.val_loop._data_source, "the validation data"),
+                         (trainer.fit_loop._data_source, "the training data")):
         if not source.is_defined():
             continue
         loaders = source.dataloader()

@@ -28,8 +28,8 @@ SHAPE_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring",
 
 #: Per-channel mean and standard deviation used when ``normalize=True`` (measured on clean images; fixed constants
 #: so that any consumer can de-normalise with ``image * std + mean``).
-SHAPES_MEAN: tuple[float, float, float] = (0.496, 0.499, 0.497)
-SHAPES_STD: tuple[float, float, float] = (0.210, 0.210, 0.209)
+SHAPES_MEAN: tuple[float, float, float] = (0.438, 0.439, 0.437)
+SHAPES_STD: tuple[float, float, float] = (0.176, 0.176, 0.176)
 
 #: RGB colour of the marker of each class (values in [0, 1]); the corner is ``class % 4``
 #: (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right).
@@ -151,7 +151,7 @@ class ShapesDataset(Dataset):
         self,
         num_samples: int,
         *,
-        image_size: int = 64,
+        image_size: int = 32,
         num_classes: int = 4,
         seed: int = 0,
         shortcut_strength: float = 0.0,
@@ -164,7 +164,11 @@ class ShapesDataset(Dataset):
             errors.append(f"`num_samples` must be an int >= 0, got {num_samples!r}")
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 16:
             errors.append(f"`image_size` must be an int >= 16, got {image_size!r}")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= len(SHAPE_NAMES):
+        if (
+            isinstance(num_classes, bool)
+            or not isinstance(num_classes, int)
+            or not 2 <= num_classes <= len(SHAPE_NAMES)
+        ):
             errors.append(f"`num_classes` must be an int in [2, {len(SHAPE_NAMES)}], got {num_classes!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             errors.append(f"`seed` must be an int, got {seed!r}")
@@ -200,6 +204,11 @@ class ShapesDataset(Dataset):
         hi = (torch.arange(2 * s, dtype=torch.float32) + 0.5) / 2
         self._ylo, self._xlo = torch.meshgrid(lo, lo, indexing="ij")
         self._yhi, self._xhi = torch.meshgrid(hi, hi, indexing="ij")
+        # Separable bicubic upsampling (texture cells -> pixels) as an (s, cells) matrix: small matmuls are much
+        # cheaper than F.interpolate per item, especially on busy machines.
+        eye = torch.eye(_TEXTURE_CELLS).view(_TEXTURE_CELLS, 1, _TEXTURE_CELLS, 1)
+        cols = F.interpolate(eye, size=(s, 1), mode="bicubic", align_corners=False)  # (cells, 1, s, 1)
+        self._upsample = cols[:, 0, :, 0].T.contiguous()  # (s, cells)
         off = max(1, s // 32)
         m = self.marker_size
         # (x0, y0) of each corner's marker square: top-left, top-right, bottom-left, bottom-right.
@@ -291,8 +300,7 @@ class ShapesDataset(Dataset):
         marker_cls = self._marker_class(label, params["marker_u"])
         marker_mask = self._marker_pixels(marker_cls)
         if marker_cls >= 0:
-            color = torch.tensor(MARKER_COLORS[marker_cls]).view(3, 1, 1)
-            image = torch.where(marker_mask.bool(), color, image)
+            image = torch.where(marker_mask.bool(), self._marker_image(marker_cls), image)
         if self.normalize:
             image = (image - self._mean) / self._std
         return {
@@ -335,6 +343,16 @@ class ShapesDataset(Dataset):
             out[:, y0 : y0 + m, x0 : x0 + m] = 1.0
         return out
 
+    _marker_pattern = "checker"
+
+    def _marker_image(self, marker_cls: int) -> Tensor:
+        """Full-size image whose marker-square pixels hold the marker of ``marker_cls`` (other pixels unspecified)."""
+        color = torch.tensor(MARKER_COLORS[marker_cls]).view(3, 1, 1)
+        if self._marker_pattern == "flat":
+            return color.expand(3, self.image_size, self.image_size)
+        checker = ((self._xlo.floor() + self._ylo.floor()) % 2 == 0).float()[None]
+        return color * checker
+
     def _params(self, index: int) -> dict[str, Any]:
         """All random draws of sample ``index``, always the same number in the same order (marker or not)."""
         g = torch.Generator().manual_seed(_item_seed(self.seed, index))
@@ -349,11 +367,9 @@ class ShapesDataset(Dataset):
         s, m = self.image_size, self.marker_size
         lo, hi = radius + 1.0, s - radius - 1.0
         c = lo + centres * (hi - lo)  # (T, 2) as (x, y)
-        ok = torch.ones(c.shape[0], dtype=torch.bool)
-        for x0, y0 in self._corners:
-            dx = (c[:, 0] - c[:, 0].clamp(x0, x0 + m)).abs()
-            dy = (c[:, 1] - c[:, 1].clamp(y0, y0 + m)).abs()
-            ok &= (dx * dx + dy * dy).sqrt() > radius + 1.5
+        corners = torch.tensor(self._corners, dtype=c.dtype)  # (4, 2) top-left of each marker square
+        d = c[:, None, :] - torch.maximum(torch.minimum(c[:, None, :], corners + m), corners)  # (T, 4, 2)
+        ok = ((d * d).sum(-1) > (radius + 1.5) ** 2).all(dim=1)
         idx = torch.nonzero(ok)
         if idx.numel() == 0:  # the image centre is always far enough from the corners
             return s / 2, s / 2
@@ -364,25 +380,25 @@ class ShapesDataset(Dataset):
         s = self.image_size
         u = p["u"]
         # Background: muted base colour + smooth random colour texture + faint grating + pixel noise.
-        grey = 0.35 + 0.3 * u[5]
+        grey = 0.3 + 0.25 * u[5]
         base = torch.tensor([grey + 0.24 * (u[6] - 0.5), grey + 0.24 * (u[7] - 0.5), grey + 0.24 * (u[8] - 0.5)])
-        texture = F.interpolate(p["texture"] - 0.5, size=(s, s), mode="bicubic", align_corners=False)[0]
-        texture = 0.3 * texture.mean(0, keepdim=True) + 0.12 * texture  # mostly luminance, a little colour
+        texture = self._upsample @ (p["texture"][0] - 0.5) @ self._upsample.T  # bicubic, as matrix products
+        texture = 0.22 * texture.mean(0, keepdim=True) + 0.08 * texture  # mostly luminance, a little colour
         freq = (2.0 + 5.0 * u[9]) * 2 * math.pi / s
         theta = math.pi * u[10]
         grating = torch.sin(freq * (self._xlo * math.cos(theta) + self._ylo * math.sin(theta)) + 2 * math.pi * u[11])
         background = base.view(3, 1, 1) + texture + 0.06 * grating
 
         # Shape: anti-aliased coverage from a 2x supersampled membership test.
-        radius = s * (0.20 + 0.12 * u[0])
+        radius = s * (0.22 + 0.12 * u[0])
         cx, cy = self._centre(radius, p["centres"])
         rot = 2 * math.pi * u[1]
         dx, dy = (self._xhi - cx) / radius, (self._yhi - cy) / radius
         cu = dx * math.cos(rot) + dy * math.sin(rot)
         cv = -dx * math.sin(rot) + dy * math.cos(rot)
         inside = _shape_inside(SHAPE_NAMES[label], cu, cv).float()
-        coverage = F.avg_pool2d(inside[None, None], 2)[0]  # (1, H, W)
-        color = torch.tensor(_hsv_to_rgb(u[2], 0.55 + 0.45 * u[3], 0.75 + 0.25 * u[4])).view(3, 1, 1)
+        coverage = inside.view(1, s, 2, s, 2).mean(dim=(2, 4))  # (1, H, W); avoids avg_pool2d's thread overhead
+        color = torch.tensor(_hsv_to_rgb(u[2], 0.65 + 0.35 * u[3], 0.8 + 0.2 * u[4])).view(3, 1, 1)
 
         image = background * (1 - coverage) + color * coverage
         image = image + (0.03 + 0.04 * u[12]) * p["noise"]

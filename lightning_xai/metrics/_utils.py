@@ -21,9 +21,9 @@ def _check_tensor(value: object, name: str) -> Tensor:
 def _as_heatmap(maps: object, name: str = "maps") -> Tensor:
     """Return ``maps`` as a floating ``(N, 1, H, W)`` heatmap.
 
-    ``(N, C, H, W)`` with ``C > 1`` is reduced with the same rule as ``attribution.to_heatmap`` (sum of absolute values
-    over channels); one-channel maps pass through unchanged; ``(N, H, W)`` gets a channel axis. Non-float dtypes and
-    half precision are promoted to float32, float64 is kept.
+    The same rule as ``attribution.to_heatmap``: the sum of absolute values over channels (one-channel maps become
+    their absolute value, so non-negative Grad-CAM maps are unchanged); ``(N, H, W)`` gets a channel axis. Non-float
+    dtypes and half precision are promoted to float32, float64 is kept.
     """
     maps = _check_tensor(maps, name)
     if maps.ndim == 3:
@@ -34,10 +34,7 @@ def _as_heatmap(maps: object, name: str = "maps") -> Tensor:
         raise ValueError(f"`{name}` must be non-empty, got shape {tuple(maps.shape)}")
     if maps.dtype != torch.float64:
         maps = maps.float()
-    maps = maps.detach()
-    if maps.shape[1] != 1:
-        maps = maps.abs().sum(dim=1, keepdim=True)
-    return maps
+    return maps.detach().abs().sum(dim=1, keepdim=True)
 
 
 def _check_size(size: object, name: str = "size") -> int:

@@ -15,8 +15,8 @@ def rank_agreement(maps_a: Tensor, maps_b: Tensor, size: int = 16) -> Tensor:
     """Per-sample Spearman rank correlation between two methods' heatmaps.
 
     The same measure as :func:`~lightning_xai.metrics.stability.spearman_similarity` (maps pooled to
-    ``size x size`` cells; ``(N, C, H, W)`` reduced by summing absolute values over channels; flat vs flat 1.0, flat
-    vs non-flat 0.0). Signed one-channel maps are compared as given; pass ``abs()`` maps to compare magnitudes.
+    ``size x size`` cells after the ``to_heatmap`` rule, i.e. attribution magnitudes; flat vs flat 1.0, flat vs
+    non-flat 0.0).
 
     Args:
         maps_a: heatmaps of method a.

@@ -50,12 +50,17 @@ def relative_error(delta: Tensor, f_x: Tensor, f_b: Tensor, eps: float = 1e-4) -
     delta, f_x, f_b = (t.detach() for t in (delta, f_x, f_b))
     dtype = torch.float64 if torch.float64 in (delta.dtype, f_x.dtype, f_b.dtype) else torch.float32
     try:
-        delta, f_x, f_b = torch.broadcast_tensors(delta.to(dtype), f_x.to(dtype), f_b.to(dtype))
+        torch.broadcast_shapes(delta.shape, f_x.shape, f_b.shape)
     except RuntimeError as err:
         raise ValueError(
             f"`delta`, `f_x` and `f_b` must have matching shapes, got {tuple(delta.shape)}, {tuple(f_x.shape)} and "
             f"{tuple(f_b.shape)}"
         ) from err
+    delta, f_x, f_b = (
+        delta.to(dtype),
+        f_x.to(device=delta.device, dtype=dtype),
+        f_b.to(device=delta.device, dtype=dtype),
+    )
     denom = (f_x - f_b).abs().clamp_min(eps)
     # clamp_min keeps NaN, so a NaN output difference stays NaN instead of silently becoming eps.
     return (delta.abs() / denom).reshape(-1)

@@ -137,6 +137,8 @@ def _curve(
                     "the model output must be a (batch, num_classes) tensor of logits; pass `output_transform` to "
                     f"select it, got {type(out).__name__}{tuple(out.shape) if isinstance(out, Tensor) else ''}"
                 )
+            if out.shape[1] > 1 and start == 0 and not bool(((targets >= 0) & (targets < out.shape[1])).all()):
+                raise ValueError(f"`target` must be class indices in [0, {out.shape[1]}), got {targets.tolist()}")
             out = out.float()
             p = (
                 torch.sigmoid(out[:, 0])
@@ -163,7 +165,8 @@ def deletion_curve(
 ) -> tuple[Tensor, Tensor]:
     """Target probability while the most relevant pixels are progressively replaced by a baseline.
 
-    Pixels are ranked by the heatmap (descending; ties and NaN keep raster order, NaN last). At step ``s`` of
+    Pixels are ranked by the heatmap's magnitude (the ``to_heatmap`` rule: sum of absolute values over channels;
+    descending; ties keep raster order, NaN goes last). At step ``s`` of
     ``steps`` the top ``round(s / steps * H * W)`` pixels (all channels) are replaced by the perturbation baseline:
 
     - ``"blur"``: a Gaussian blur of the input (``sigma = blur_sigma`` or ``max(1, min(H, W) / 16)``), the RISE choice;
@@ -178,8 +181,8 @@ def deletion_curve(
         model: classifier returning logits ``(B, num_classes)`` (or anything ``output_transform`` maps to that).
         inputs: images ``(N, C, H, W)``.
         target: class index, or ``(N,)`` integer tensor of per-sample classes.
-        heatmaps: relevance maps ``(N, 1, H', W')`` (``(N, C, H', W')`` is reduced by summing absolute values over
-            channels); resized bilinearly to ``(H, W)`` if needed.
+        heatmaps: relevance maps ``(N, 1, H', W')`` or attributions ``(N, C, H', W')`` (reduced with the
+            ``to_heatmap`` rule); resized bilinearly to ``(H, W)`` if needed.
         steps: number of deletion steps; the curve has ``steps + 1`` points (step 0 is the unperturbed input).
         perturbation: ``"blur"``, ``"mean"`` or ``"zero"``.
         output_transform: maps the model output to logits (for models returning tuples/dicts).

@@ -88,8 +88,8 @@ def pointing_game(heatmaps: Tensor, masks: Tensor) -> Tensor:
     nowhere.
 
     Args:
-        heatmaps: ``(N, 1, H, W)`` maps (``(N, C, H, W)`` is reduced by summing absolute values over channels). The
-            raw values are used, so for signed one-channel maps the largest positive value counts.
+        heatmaps: ``(N, 1, H, W)`` maps or ``(N, C, H, W)`` attributions, reduced with the ``to_heatmap`` rule (sum
+            of absolute values over channels), so the largest attribution magnitude counts.
         masks: ``(N, 1, H, W)`` or ``(N, H, W)`` bool/float masks (float masks: inside when ``> 0.5``), resized with
             nearest neighbour when their resolution differs from the maps'; or ``(N, 4)`` ``xyxy`` boxes in the
             heatmaps' pixel coordinates (see :func:`boxes_to_masks`).
@@ -120,14 +120,14 @@ def pointing_game(heatmaps: Tensor, masks: Tensor) -> Tensor:
 
 
 def relevance_mass(heatmaps: Tensor, masks: Tensor) -> Tensor:
-    """Per-sample share of the positive attribution that lies inside the mask (Arras et al., 2022).
+    """Per-sample share of the attribution mass that lies inside the mask (Arras et al., 2022).
 
-    ``sum(relu(map) * mask) / sum(relu(map))``; 0.0 when the map has no positive mass. NaN/inf values in a map count
-    as zero mass.
+    ``sum(heat * mask) / sum(heat)`` with ``heat`` the ``to_heatmap`` reduction (absolute values summed over
+    channels), which for non-negative Grad-CAM maps is exactly the share of positive relevance; 0.0 when the map has
+    no mass (all zero). NaN/inf values in a map count as zero mass.
 
     Args:
-        heatmaps: ``(N, 1, H, W)`` maps (``(N, C, H, W)`` is reduced by summing absolute values over channels).
-            Negative values of a signed one-channel map are ignored.
+        heatmaps: ``(N, 1, H, W)`` maps or ``(N, C, H, W)`` attributions (see :func:`pointing_game`).
         masks: as for :func:`pointing_game`: masks ``(N, 1, H, W)`` (resized nearest) or ``(N, 4)`` boxes.
 
     Returns:
@@ -142,14 +142,14 @@ def relevance_mass(heatmaps: Tensor, masks: Tensor) -> Tensor:
 
     Example::
 
-        >>> maps = torch.tensor([[[[3.0, 1.0], [-2.0, 0.0]]]])
+        >>> maps = torch.tensor([[[[3.0, 1.0], [0.0, 0.0]]]])
         >>> relevance_mass(maps, torch.tensor([[[[True, False], [True, True]]]]))
         tensor([0.7500])
     """
     heat = _as_heatmap(heatmaps, "heatmaps")
     inside = _masks_like(masks, heat).flatten(1)
     flat = heat.flatten(1)
-    pos = torch.where(torch.isfinite(flat), flat.clamp_min(0), torch.zeros_like(flat))
+    pos = torch.where(torch.isfinite(flat), flat, torch.zeros_like(flat))
     total = pos.sum(dim=1)
     share = (pos * inside).sum(dim=1) / torch.where(total > 0, total, torch.ones_like(total))
     return torch.where(total > 0, share.clamp(0.0, 1.0), torch.zeros_like(share))

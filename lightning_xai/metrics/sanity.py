@@ -126,8 +126,8 @@ def sanity_similarity(
 ) -> dict[str, Tensor]:
     """Per-method, per-sample similarity between the real model's maps and a randomised copy's maps.
 
-    Similarity is the Spearman rank correlation of the *absolute* heatmaps (:func:`spearman_similarity` on
-    ``abs(to_heatmap(map))``), since sign flips are common under randomisation and say nothing about relevance. Low
+    Similarity is the Spearman rank correlation of the *absolute* heatmaps (:func:`spearman_similarity`, which applies
+    the ``to_heatmap`` rule), since sign flips are common under randomisation and say nothing about relevance. Low
     values are good: the method depends on the learned weights. Compare with the noise floor of recomputing the real
     model's maps (``num_layers=0`` gives exactly that for a deterministic ``explain_fn``).
 
@@ -164,7 +164,7 @@ def sanity_similarity(
         )
     return {
         name: spearman_similarity(
-            _as_heatmap(maps, f"maps[{name!r}]").abs(), _as_heatmap(random_maps[name], f"maps[{name!r}]").abs(), size
+            _as_heatmap(maps, f"maps[{name!r}]"), _as_heatmap(random_maps[name], f"random maps[{name!r}]"), size
         )
         for name, maps in real.items()
     }

@@ -1,7 +1,9 @@
 """Similarity of two sets of heatmaps: used for epoch-to-epoch stability, method agreement and sanity checks.
 
-Both measures compare *per-sample* maps after an adaptive average pool to ``size x size`` cells, which removes
-pixel-level noise and makes the cost independent of the image size.
+Both measures compare *per-sample* heatmaps after an adaptive average pool to ``size x size`` cells, which removes
+pixel-level noise and makes the cost independent of the image size. Every metric in this package first reduces maps
+with the ``attribution.to_heatmap`` rule (sum of absolute values over channels; one-channel maps become their absolute
+value), so it compares attribution magnitudes.
 
 Degenerate maps have defined values and never give NaN: two flat (constant, e.g. all-zero) maps are identical (1.0);
 a flat map against a non-flat one scores 0.0. Values closer than ``1e-6`` times a map's largest magnitude count as
@@ -25,8 +27,8 @@ def downsample(maps: Tensor, size: int = 16) -> Tensor:
     """Adaptive-average-pool heatmaps to ``size x size`` cells and flatten them.
 
     Args:
-        maps: heatmaps ``(N, 1, H, W)``; ``(N, C, H, W)`` is first reduced to one channel by summing absolute values
-            over channels (the ``to_heatmap`` rule); ``(N, H, W)`` is accepted too.
+        maps: heatmaps ``(N, 1, H, W)`` or attributions ``(N, C, H, W)``, first reduced with the ``to_heatmap`` rule
+            (sum of absolute values over channels); ``(N, H, W)`` is accepted too.
         size: side of the pooled grid. Maps smaller than ``size`` are repeated (adaptive pooling), not padded.
 
     Returns:

@@ -1,0 +1,521 @@
+"""The fixed probe set: deterministic, class-balanced selection with stable ids and a fingerprint.
+
+A probe set is chosen once per run and explained at every logging epoch, so its selection must not depend on
+anything that changes between runs (shuffling, worker seeds, the global RNG state) and must not change anything
+either: selecting probes never consumes the global torch, ``random`` or numpy RNG (PITFALLS 19), and every tensor
+is cloned, detached and moved to the CPU (PITFALLS 20: tensors created under ``torch.inference_mode``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import random
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+__all__ = ["ProbeSet", "select_probes"]
+
+#: ``select_probes`` reads at most ``MAX_SCAN_FACTOR * num_probes`` samples unless ``max_scan`` says otherwise.
+MAX_SCAN_FACTOR = 50
+
+_IMAGE_KEYS = ("image", "input", "inputs", "x", "img")
+_LABEL_KEYS = ("label", "labels", "target", "targets", "y")
+_MASK_KEYS = ("mask", "masks")
+
+Selector = int | str | Callable[[Any], Any] | None
+
+
+def _as_bytes(t: Tensor, dtype: torch.dtype) -> bytes:
+    return t.detach().to("cpu", dtype).contiguous().numpy().tobytes()
+
+
+@dataclass
+class ProbeSet:
+    """A fixed set of probe samples.
+
+    Args:
+        images: float tensor ``(N, C, H, W)``.
+        labels: long tensor ``(N,)``; ``-1`` where the label is unknown.
+        ids: long tensor ``(N,)``: dataset index of each probe (stable across runs).
+        masks: optional float tensor ``(N, 1, H, W)`` of ground-truth evidence (1 inside, 0 outside).
+
+    Shape:
+        images ``(N, C, H, W)``, labels ``(N,)``, ids ``(N,)``, masks ``(N, 1, H, W)`` or None.
+
+    Example::
+
+        >>> ps = ProbeSet(torch.zeros(2, 3, 4, 4), torch.tensor([0, 1]), torch.tensor([5, 9]))
+        >>> len(ps), ps.subset(1, 2).ids.tolist(), len(ps.fingerprint)
+        (2, [9], 64)
+    """
+
+    images: Tensor
+    labels: Tensor
+    ids: Tensor
+    masks: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.images, Tensor) or self.images.dim() != 4:
+            raise ValueError(f"`images` must be a tensor of shape (N, C, H, W), got {_describe(self.images)}")
+        if not self.images.is_floating_point():
+            raise TypeError(f"`images` must be a floating point tensor, got dtype {self.images.dtype}")
+        n = self.images.shape[0]
+        for name in ("labels", "ids"):
+            value = getattr(self, name)
+            if not isinstance(value, Tensor) or value.dim() != 1 or value.shape[0] != n:
+                raise ValueError(f"`{name}` must be a 1-D tensor of length {n} (one per image), got {_describe(value)}")
+            if value.is_floating_point() or value.is_complex():
+                raise TypeError(f"`{name}` must be an integer tensor, got dtype {value.dtype}")
+            setattr(self, name, value.long())
+        if self.masks is not None:
+            m = self.masks
+            if (
+                not isinstance(m, Tensor)
+                or m.dim() != 4
+                or m.shape[0] != n
+                or m.shape[1] != 1
+                or m.shape[2:] != self.images.shape[2:]
+            ):
+                raise ValueError(
+                    f"`masks` must be None or a tensor of shape ({n}, 1, {self.images.shape[2]}, "
+                    f"{self.images.shape[3]}), got {_describe(m)}"
+                )
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of the shapes, ids (int64), images (float32) and labels (int64), all read on the CPU.
+
+        Identical for identical probes on any device, run or process; masks are not part of it.
+        """
+        h = hashlib.sha256()
+        h.update(f"probes:{tuple(self.images.shape)}".encode())
+        h.update(_as_bytes(self.ids, torch.int64))
+        h.update(_as_bytes(self.images, torch.float32))
+        h.update(_as_bytes(self.labels, torch.int64))
+        return h.hexdigest()
+
+    def to(self, device: torch.device | str) -> ProbeSet:
+        """A copy on ``device`` (ids stay on the CPU)."""
+        return ProbeSet(
+            images=self.images.to(device),
+            labels=self.labels.to(device),
+            ids=self.ids,
+            masks=None if self.masks is None else self.masks.to(device),
+        )
+
+    def subset(self, start: int, stop: int) -> ProbeSet:
+        """Probes ``start:stop`` (e.g. one rank's shard from :func:`lightning_xai.distributed.shard_bounds`)."""
+        sl = slice(start, stop)
+        return ProbeSet(
+            images=self.images[sl],
+            labels=self.labels[sl],
+            ids=self.ids[sl],
+            masks=None if self.masks is None else self.masks[sl],
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain tensors and a string (loads with ``torch.load(weights_only=True)``); ``masks`` only if present."""
+        state: dict[str, Any] = {
+            "images": self.images.detach().cpu().clone(),
+            "labels": self.labels.detach().cpu().clone(),
+            "ids": self.ids.detach().cpu().clone(),
+            "fingerprint": self.fingerprint,
+        }
+        if self.masks is not None:
+            state["masks"] = self.masks.detach().cpu().clone()
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> ProbeSet:
+        """Rebuild from :meth:`state_dict`; raises ``ValueError`` if the stored fingerprint does not match."""
+        missing = [k for k in ("images", "labels", "ids") if k not in state]
+        if missing:
+            raise ValueError(f"ProbeSet state is missing keys {missing}; got keys {sorted(state)}")
+        probes = cls(images=state["images"], labels=state["labels"], ids=state["ids"], masks=state.get("masks"))
+        stored = state.get("fingerprint")
+        if stored is not None and stored != probes.fingerprint:
+            raise ValueError(
+                f"ProbeSet state is corrupt: stored fingerprint {stored!r} != recomputed {probes.fingerprint!r}"
+            )
+        return probes
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, Tensor):
+        return f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
+    return f"{type(x).__name__}"
+
+
+# ---------------------------------------------------------------------------------------------------- RNG isolation
+@contextlib.contextmanager
+def _isolated_rng(seed: int) -> Iterator[None]:
+    """Seed torch (CPU, and CUDA if initialised), ``random`` and numpy inside; restore all of them afterwards."""
+    py_state = random.getstate()
+    np_mod = None
+    np_state = None
+    try:
+        import numpy as np_mod  # optional: only to save/restore its global state
+
+        np_state = np_mod.random.get_state()
+    except ImportError:  # pragma: no cover - numpy ships with torchvision
+        np_mod = None
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            if np_mod is not None:
+                np_mod.random.seed(seed % 2**32)
+            yield
+    finally:
+        random.setstate(py_state)
+        if np_mod is not None:
+            np_mod.random.set_state(np_state)
+
+
+# ---------------------------------------------------------------------------------------------------- field access
+def _select(item: Any, key: Selector, defaults: tuple[str, ...], position: int | None, what: str) -> tuple[Any, bool]:
+    """Value of one field of a sample; returns ``(value, found)``. ``key`` overrides the defaults."""
+    if callable(key):
+        return key(item), True
+    if key is not None:
+        try:
+            return item[key], True
+        except (KeyError, IndexError, TypeError) as err:
+            raise ValueError(
+                f"`{what}_key`={key!r} cannot be applied to a sample of type {type(item).__name__}: {err}"
+            ) from err
+    if isinstance(item, Mapping):
+        for k in defaults:
+            if k in item:
+                return item[k], True
+        return None, False
+    if isinstance(item, (tuple, list)):
+        if position is not None and position < len(item):
+            return item[position], True
+        return None, False
+    if isinstance(item, Tensor) and what == "input":
+        return item, True
+    return None, False
+
+
+def _to_label(value: Any) -> int | None:
+    """An integer class label, or None if ``value`` is not a scalar class index."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, Tensor) and value.numel() == 1:
+        if value.is_floating_point():
+            v = float(value)
+            return int(v) if v.is_integer() else None
+        if value.dtype == torch.bool or value.is_complex():
+            return None
+        return int(value)
+    return None
+
+
+def _check_image(image: Any, where: str) -> Tensor:
+    if not isinstance(image, Tensor):
+        raise TypeError(
+            f"{where}: the image must be a tensor, got {type(image).__name__} (add a ToTensor transform or pass "
+            "`input_key` to pick the image out of each sample)"
+        )
+    if image.dim() != 3:
+        raise ValueError(f"{where}: each image must be 3-D (C, H, W), got shape {tuple(image.shape)}")
+    if not image.is_floating_point():
+        raise TypeError(
+            f"{where}: images must be floating point, got dtype {image.dtype} (convert with e.g. "
+            "`torchvision.transforms.v2.ToDtype(torch.float32, scale=True)`)"
+        )
+    return image
+
+
+def _as_mask(value: Any, image: Tensor) -> Tensor | None:
+    """``value`` as a ``(1, H, W)`` float mask if it looks like one for ``image`` (same H, W; one channel)."""
+    if not isinstance(value, Tensor):
+        return None
+    if value.dim() == 2:
+        value = value.unsqueeze(0)
+    if value.dim() != 3 or value.shape[0] != 1 or value.shape[1:] != image.shape[1:]:
+        return None
+    return value.to(torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------------- sources
+def _samples_from_tensors(source: Any) -> tuple[Iterable[tuple[int, Any]], int | None]:
+    """(index, (image, label, mask)) pairs from a tensor or a tuple of tensors."""
+    if isinstance(source, Tensor):
+        images, labels, masks = source, None, None
+    else:
+        if not 2 <= len(source) <= 3:
+            raise ValueError(
+                f"`source` as a tuple must be (images, labels) or (images, labels, masks), got {len(source)} elements"
+            )
+        images, labels = source[0], source[1]
+        masks = source[2] if len(source) == 3 else None
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        raise ValueError(f"`source` images must be a tensor of shape (N, C, H, W), got {_describe(images)}")
+    n = images.shape[0]
+    if labels is not None:
+        labels = torch.as_tensor(labels)
+        if labels.dim() != 1 or labels.shape[0] != n:
+            raise ValueError(f"`source` labels must have shape ({n},), got {_describe(labels)}")
+    if masks is not None:
+        if not isinstance(masks, Tensor) or masks.shape[0] != n:
+            raise ValueError(f"`source` masks must be a tensor with {n} rows, got {_describe(masks)}")
+        if masks.dim() == 3:
+            masks = masks.unsqueeze(1)
+
+    def gen() -> Iterator[tuple[int, Any]]:
+        for i in range(n):
+            yield (
+                i,
+                (
+                    images[i],
+                    None if labels is None else labels[i],
+                    None if masks is None else masks[i],
+                ),
+            )
+
+    return gen(), n
+
+
+def _iter_map_style(dataset: Any, limit: int) -> Iterator[tuple[int, Any]]:
+    for i in range(min(len(dataset), limit)):
+        yield i, dataset[i]
+
+
+def _iter_batches(loader: Iterable[Any]) -> Iterator[tuple[int, Any]]:
+    """Unbatch a loader's batches (tuple/list/dict of tensors with a batch dimension) into samples."""
+    index = 0
+    for batch in loader:
+        if isinstance(batch, Tensor):
+            rows = [batch[j] for j in range(batch.shape[0])]
+        elif isinstance(batch, Mapping):
+            size = _batch_size(batch.values())
+            rows = [{k: (v[j] if _is_batched(v, size) else v) for k, v in batch.items()} for j in range(size)]
+        elif isinstance(batch, (tuple, list)):
+            size = _batch_size(batch)
+            rows = [tuple(v[j] if _is_batched(v, size) else v for v in batch) for j in range(size)]
+        else:
+            raise TypeError(
+                f"`source`: DataLoader batches must be tensors, tuples/lists or dicts, got {type(batch).__name__}"
+            )
+        for row in rows:
+            yield index, row
+            index += 1
+
+
+def _is_batched(v: Any, size: int) -> bool:
+    return (isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == size) or (
+        isinstance(v, (list, tuple)) and len(v) == size
+    )
+
+
+def _batch_size(values: Iterable[Any]) -> int:
+    for v in values:
+        if isinstance(v, Tensor) and v.dim() > 0:
+            return int(v.shape[0])
+    raise TypeError("`source`: cannot find the batch dimension: no tensor in the DataLoader's batch")
+
+
+def _is_map_style(obj: Any) -> bool:
+    return (
+        not isinstance(obj, IterableDataset)
+        and hasattr(obj, "__getitem__")
+        and hasattr(obj, "__len__")
+        and not isinstance(obj, (str, bytes, Mapping))
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- selection
+def select_probes(
+    source: Any,
+    num_probes: int = 16,
+    *,
+    input_key: Selector = None,
+    label_key: Selector = None,
+    mask_key: Selector = None,
+    seed: int = 0,
+    max_scan: int | None = None,
+) -> ProbeSet:
+    """Choose a fixed, class-balanced probe set, deterministically and without touching the global RNGs.
+
+    The first ``max_scan`` samples (default ``50 * num_probes``) are read in index order; probes are then picked
+    round-robin over the classes in sorted class order, taking within each class the samples with the lowest
+    indices, until ``num_probes`` are chosen (fewer if fewer samples were read). Probes come out in that round-robin
+    order (class 0, class 1, ..., class 0, ...). If labels are unknown (no label field, or a label that is not a
+    scalar class index), the first ``num_probes`` samples are taken and their labels are ``-1``.
+
+    Sources:
+        * a tensor ``(N, C, H, W)`` of images (labels unknown);
+        * a tuple ``(images, labels)`` or ``(images, labels, masks)``;
+        * a map-style ``Dataset`` (or any sequence) of samples: a tensor, a tuple/list (``item[0]`` image,
+          ``item[1]`` label, ``item[2]`` mask if it is a ``(1, H, W)`` or ``(H, W)`` tensor matching the image), or a
+          dict (keys ``"image"``/``"input"``/``"inputs"``/``"x"``/``"img"``, ``"label"``/``"labels"``/``"target"``/
+          ``"targets"``/``"y"`` and ``"mask"``/``"masks"``);
+        * a ``DataLoader``: over a map-style dataset, its ``dataset`` is read directly (ids are dataset indices; the
+          loader's collate function is not used); over an iterable dataset, the loader is iterated and its batches
+          unbatched (ids count samples in iteration order; selectors apply to the unbatched sample);
+        * an ``IterableDataset``, iterated sample by sample.
+
+    The dataset's ``__getitem__`` / the loader iteration run with the torch (CPU and initialised CUDA), ``random`` and
+    numpy RNGs seeded with ``seed`` and restored afterwards: random transforms give the same probes on every run, and
+    the caller's RNG streams are untouched (a plain ``next(iter(loader))`` would draw the loader's base seed from the
+    global RNG and change every later shuffle and dropout mask).
+
+    Args:
+        source: where the probes come from (see above).
+        num_probes: how many probes to choose (>= 1).
+        input_key: which field of a sample is the image: an int index, a str key, or a callable ``sample -> image``.
+        label_key: which field is the label (same kinds). A label that is not a scalar class index raises when
+            ``label_key`` is given, and means "labels unknown" otherwise.
+        mask_key: which field is the ground-truth mask (same kinds); must be ``(1, H, W)`` or ``(H, W)``.
+        seed: seed of the isolated RNG streams used while reading samples.
+        max_scan: read at most this many samples (default ``50 * num_probes``).
+
+    Returns:
+        A :class:`ProbeSet` with CPU tensors (cloned, detached, normal tensors even if the source was created under
+        ``torch.inference_mode``); ``images`` keep their floating dtype, ``masks`` are float32.
+
+    Raises:
+        ValueError: ``num_probes`` or ``max_scan`` < 1, empty source, images that are not 3-D per sample or of
+            differing shapes, selectors that do not apply.
+        TypeError: unsupported ``source`` type, non-tensor or non-floating images, bad selectors.
+
+    Example::
+
+        >>> images = torch.rand(10, 3, 8, 8)
+        >>> labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+        >>> select_probes((images, labels), num_probes=4).ids.tolist()
+        [0, 3, 6, 1]
+    """
+    if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
+        raise ValueError(f"`num_probes` must be an int >= 1, got {num_probes!r}")
+    if max_scan is None:
+        max_scan = MAX_SCAN_FACTOR * num_probes
+    if isinstance(max_scan, bool) or not isinstance(max_scan, int) or max_scan < 1:
+        raise ValueError(f"`max_scan` must be None or an int >= 1, got {max_scan!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"`seed` must be an int, got {seed!r}")
+    for name, key in (("input_key", input_key), ("label_key", label_key), ("mask_key", mask_key)):
+        if not (key is None or callable(key) or (isinstance(key, (int, str)) and not isinstance(key, bool))):
+            raise TypeError(f"`{name}` must be None, an int, a str or a callable, got {key!r}")
+
+    with _isolated_rng(seed), torch.inference_mode(False), torch.no_grad():
+        samples = _read_samples(source, max_scan, input_key, label_key, mask_key)
+        if not samples:
+            raise ValueError(f"`source` is empty: no samples to choose probes from ({_describe(source)})")
+        chosen = _choose(samples, num_probes)
+        return _build(samples, chosen)
+
+
+def _read_samples(
+    source: Any, max_scan: int, input_key: Selector, label_key: Selector, mask_key: Selector
+) -> list[tuple[int, Tensor, int | None, Tensor | None]]:
+    tensor_source = isinstance(source, Tensor) or (
+        isinstance(source, tuple) and len(source) > 0 and isinstance(source[0], Tensor)
+    )
+    if tensor_source:
+        pairs, _ = _samples_from_tensors(source)
+        prepared = True
+    elif isinstance(source, DataLoader):
+        prepared = False
+        pairs = _iter_map_style(source.dataset, max_scan) if _is_map_style(source.dataset) else _iter_batches(source)
+    elif isinstance(source, IterableDataset):
+        prepared = False
+        pairs = ((i, item) for i, item in enumerate(source))
+    elif isinstance(source, Dataset) or (_is_map_style(source) and isinstance(source, Sequence)):
+        prepared = False
+        pairs = _iter_map_style(source, max_scan)
+    else:
+        raise TypeError(
+            "`source` must be a tensor of images, a tuple (images, labels[, masks]), a map-style Dataset, an "
+            f"IterableDataset or a DataLoader, got {type(source).__name__}"
+        )
+
+    out: list[tuple[int, Tensor, int | None, Tensor | None]] = []
+    shape = None
+    for index, item in pairs:
+        where = f"`source` sample {index}"
+        if prepared:
+            image, raw_label, raw_mask = item
+            has_label = raw_label is not None
+        else:
+            image, found = _select(item, input_key, _IMAGE_KEYS, 0, "input")
+            if not found:
+                raise TypeError(
+                    f"{where}: cannot find the image in a sample of type {type(item).__name__} "
+                    f"(pass `input_key`); dict keys tried: {_IMAGE_KEYS}"
+                )
+            raw_label, has_label = _select(item, label_key, _LABEL_KEYS, 1, "label")
+            raw_mask, has_mask = _select(item, mask_key, _MASK_KEYS, 2, "mask")
+            if not has_mask:
+                raw_mask = None
+        image = _check_image(image, where)
+        if shape is None:
+            shape = image.shape
+        elif image.shape != shape:
+            raise ValueError(
+                f"{where}: image shape {tuple(image.shape)} differs from the first sample's {tuple(shape)}"
+            )
+        label = _to_label(raw_label) if has_label else None
+        if has_label and label is None and label_key is not None:
+            raise ValueError(f"{where}: `label_key`={label_key!r} selects {_describe(raw_label)}, not a class index")
+        mask = None
+        if raw_mask is not None:
+            mask = _as_mask(raw_mask, image)
+            if mask is None and (mask_key is not None or prepared):
+                raise ValueError(
+                    f"{where}: the mask must be (1, H, W) or (H, W) matching the image {tuple(image.shape)}, "
+                    f"got {_describe(raw_mask)}"
+                )
+        if label is not None and label < 0:
+            label = None  # -1 (or any negative value) means "unknown", as in ProbeSet.labels
+        out.append((index, image, label, mask))
+        if len(out) >= max_scan:
+            break
+    return out
+
+
+def _choose(samples: list[tuple[int, Tensor, int | None, Tensor | None]], num_probes: int) -> list[int]:
+    """Positions (into ``samples``) of the chosen probes, in round-robin class order."""
+    if any(label is None for _, _, label, _ in samples):  # labels unknown (for some): the first samples
+        return list(range(min(num_probes, len(samples))))
+    by_class: dict[int, list[int]] = {}
+    for pos, (_, _, label, _) in enumerate(samples):
+        by_class.setdefault(int(label), []).append(pos)  # type: ignore[arg-type]
+    queues = [by_class[c] for c in sorted(by_class)]
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < num_probes:
+        progressed = False
+        for queue in queues:
+            if depth < len(queue) and len(chosen) < num_probes:
+                chosen.append(queue[depth])
+                progressed = True
+        if not progressed:
+            break
+        depth += 1
+    return chosen
+
+
+def _build(samples: list[tuple[int, Tensor, int | None, Tensor | None]], chosen: list[int]) -> ProbeSet:
+    picked = [samples[p] for p in chosen]
+    images = torch.stack([img.detach().to("cpu").clone() for _, img, _, _ in picked])
+    labels = torch.tensor([-1 if label is None else label for _, _, label, _ in picked], dtype=torch.long)
+    ids = torch.tensor([index for index, _, _, _ in picked], dtype=torch.long)
+    masks = None
+    if picked and all(m is not None for _, _, _, m in picked):
+        masks = torch.stack([m.detach().to("cpu", torch.float32).clone() for _, _, _, m in picked])  # type: ignore[union-attr]
+    return ProbeSet(images=images, labels=labels, ids=ids, masks=masks)
