@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from lightning_xai import ExplanationMonitor
 from lightning_xai.callbacks import ExplanationMonitor as ExplanationMonitorFromCallbacks
+from lightning_xai.render import overlay_grid_size
 
 METHODS = ("grad_cam", "saliency", "integrated_gradients")
 
@@ -126,10 +127,10 @@ def test_events_read_back(tmp_path):
         images = events["images"][f"xai/{m}/overlay"]
         assert [s for s, *_ in images] == expected_steps  # one per epoch, none from the sanity check
         for _, width, height, pixels in images:
-            # 6 probes in one row of 8 (nrow=8): 6 tiles of 96 px (16 px probes upscaled) + caption strip
+            # 6 probes in one row of 8: 16 px probes enlarged 6x to 96 px, two caption lines, 2 px padding
             assert width == 2 + 6 * (96 + 2)
-            assert height > 96 + 2 * 2
-            assert pixels.shape[:2] == (height, width)
+            assert (height, width) == overlay_grid_size(6, (16, 16), caption_lines=2)
+            assert pixels.shape == (height, width, 3)
         stability = events["scalars"][f"xai/{m}/stability"]
         assert [s for s, _ in stability] == expected_steps
         assert all(-1.0 <= v <= 1.0 for _, v in stability)

@@ -145,15 +145,19 @@ def test_marker_class_counter_none():
             assert mm.sum() == ds.marker_size**2
             assert torch.equal(mm, ds.marker_region(expected_cls))
             on = mm[0].bool()
-            # flat marker colour on the marker, everything else untouched
+            # a checkerboard of the marker colour and black on the marker, everything else untouched
             color = torch.tensor(MARKER_COLORS[expected_cls]).view(3, 1)
-            assert torch.equal(image[:, on], color.expand(3, int(on.sum())))
+            yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+            lit = ((yy + xx) % 2 == 0)[on]
+            assert torch.equal(image[:, on][:, lit], color.expand(3, int(lit.sum())))
+            assert torch.equal(image[:, on][:, ~lit], torch.zeros(3, int((~lit).sum())))
             assert torch.equal(image[:, ~on], clean_image[:, ~on])
             assert (mm * mask).sum() == 0  # the marker does not occlude the shape
 
 
-def test_marker_never_overlaps_any_shape():
-    ds = ShapesDataset(300, seed=2, image_size=32)
+@pytest.mark.parametrize(("image_size", "n"), [(16, 200), (32, 300), (48, 100)])
+def test_marker_never_overlaps_any_shape(image_size, n):
+    ds = ShapesDataset(n, seed=2, image_size=image_size)
     regions = torch.stack([ds.marker_region(c) for c in range(ds.num_classes)]).amax(0)
     # a 1-px dilation of the marker squares stays clear of every shape
     regions = torch.nn.functional.max_pool2d(regions[None], 3, stride=1, padding=1)[0]

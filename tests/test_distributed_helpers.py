@@ -192,7 +192,12 @@ def test_gloo_broadcast(gloo_results):
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     ("name", "match"),
-    [("err_sizes", "add up to 3, not n_total=4"), ("err_shape", "differ"), ("err_dtype", "differ"), ("err_scalar", "dims")],
+    [
+        ("err_sizes", "add up to 3, not n_total=4"),
+        ("err_shape", "differ"),
+        ("err_dtype", "differ"),
+        ("err_scalar", "dims"),
+    ],
 )
 def test_gloo_inconsistent_shards_raise_on_every_rank(gloo_results, name, match):
     for rank, res in enumerate(gloo_results):

@@ -21,13 +21,18 @@ from torch import Tensor
 from lightning_xai.attribution import explain_detailed, find_gradcam_layer, preserved_state, resolve_layer, to_heatmap
 from lightning_xai.distributed import gather_shards, shard_bounds
 from lightning_xai.drift import DriftDetector, DriftReport
+from lightning_xai.metrics.agreement import pairwise_agreement
+from lightning_xai.metrics.completeness import summarize
+from lightning_xai.metrics.faithfulness import deletion_auc, insertion_auc
 from lightning_xai.metrics.localisation import pointing_game, relevance_mass
+from lightning_xai.metrics.sanity import randomized_copy
 from lightning_xai.metrics.stability import downsample, spearman_similarity, topk_overlap
 from lightning_xai.probes import ProbeSet, select_probes
 from lightning_xai.render import make_overlay_grid
 from lightning_xai.writers import FileWriter, TensorBoardWriter
 
 METHODS = ("grad_cam", "saliency", "integrated_gradients")
+QUALITY_METRICS = ("localisation", "agreement", "faithfulness", "sanity")
 _STATE_VERSION = 1
 # Strategies where every forward is a collective (parameters sharded): a forward on one rank's probes alone hangs.
 _SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
@@ -89,11 +94,22 @@ class ExplanationMonitor(Callback):
         on_drift: Called as ``on_drift(report)`` with a :class:`~lightning_xai.drift.DriftReport` on every rank.
         on_error: ``"warn"`` skips an epoch whose explanation fails (on every rank, so DDP never hangs);
             ``"raise"`` stops training.
-        probe_seed: Seed of the deterministic probe selection.
+        probe_seed: Seed of the deterministic probe selection (and of the sanity check's re-initialisation).
+        metrics: Explanation-quality metrics besides stability and IG completeness (always on with IG):
+            ``"localisation"`` (pointing game and relevance mass, when the probes have masks; negligible cost),
+            ``"agreement"`` (rank correlation between methods; negligible), ``"faithfulness"`` (deletion and
+            insertion AUC; ``2 * (faithfulness_steps + 1)`` forward passes per probe and method, about as much as IG
+            itself: off by default), ``"sanity"`` (model-randomisation check at the start and end of fit; one extra
+            explanation round each time).
+        faithfulness_steps: Points on the deletion/insertion curves.
+        perturbation: How deleted pixels are replaced: ``"blur"``, ``"mean"`` or ``"zero"``.
+        sanity_layers: Layers re-initialised by the sanity check, from the output side; ``None``: all.
+        sanity_threshold: Warn when a method's mean similarity to its randomised-model maps exceeds this.
 
     Logged keys (step = ``trainer.global_step``):
-        - ``xai/{method}/overlay`` (image): one grid per explained epoch: probes in rows of 8, each image upscaled
-          to at least 96 px with a caption ``y=<label> p=<prediction> <probability>``.
+        - ``xai/{method}/overlay`` (image): one uint8 RGB grid per explained epoch: probes in rows of 8, each image
+          enlarged by an integer factor to at least 96 px, with a two-line caption ``y=<label>`` /
+          ``p=<prediction> <probability>``; size given by :func:`lightning_xai.render.overlay_grid_size`.
         - ``xai/{method}/stability`` (scalar): mean Spearman similarity to the previous explained epoch.
         - ``xai/{method}/topk_overlap`` (scalar): mean share of the top-``topk`` pixels kept.
         - ``xai/{method}/drift`` (scalar): number of probes flagged.
@@ -101,6 +117,13 @@ class ExplanationMonitor(Callback):
           ``|sum(attr) - (f(x) - f(baseline))| / |f(x) - f(baseline)|``.
         - ``xai/{method}/pointing_game``, ``xai/{method}/relevance_mass`` (scalars, when the probes have masks):
           share of probes whose map peaks inside the mask; mean share of the map's mass inside the mask.
+        - ``xai/integrated_gradients/completeness_error_p90``, ``..._max`` (scalars): the rest of the distribution.
+        - ``xai/agreement/{a}_vs_{b}`` (scalar): mean rank correlation between two methods' maps.
+        - ``xai/{method}/deletion_auc``, ``xai/{method}/insertion_auc`` (scalars, with ``"faithfulness"``): mean area
+          under the target probability as pixels are removed (lower is better) / inserted (higher is better) in
+          map order.
+        - ``xai/{method}/sanity_similarity`` (scalar, with ``"sanity"``, at the first and last step of fit): mean
+          similarity to the maps of a weight-randomised copy (lower is better).
         - ``xai/drift`` (text): the epoch's stability table, and flagged probes with whether their prediction changed.
 
         The scalars also go into ``trainer.callback_metrics`` (identical on every rank), so ``EarlyStopping`` and
@@ -120,7 +143,7 @@ class ExplanationMonitor(Callback):
         num_probes: int = 16,
         methods: Sequence[str] = METHODS,
         every_n_epochs: int = 1,
-        target: str | int = "label",
+        target: int | Literal["label", "pred"] = "label",
         layer: str | None = None,
         n_steps: int = 32,
         ig_tolerance: float | None = None,
@@ -146,6 +169,11 @@ class ExplanationMonitor(Callback):
         on_drift: Callable[[DriftReport], Any] | None = None,
         on_error: Literal["warn", "raise"] = "warn",
         probe_seed: int = 0,
+        metrics: Sequence[str] = ("localisation", "agreement", "sanity"),
+        faithfulness_steps: int = 8,
+        perturbation: Literal["blur", "mean", "zero"] = "blur",
+        sanity_layers: int | None = None,
+        sanity_threshold: float = 0.5,
     ) -> None:
         super().__init__()
         methods = (methods,) if isinstance(methods, str) else tuple(methods)
@@ -181,6 +209,15 @@ class ExplanationMonitor(Callback):
         _check(on_drift is None or callable(on_drift), "on_drift", on_drift, "None or a callable(report)")
         _check(on_error in ("warn", "raise"), "on_error", on_error, "'warn' or 'raise'")
         _check(_is_int(probe_seed), "probe_seed", probe_seed, "an int")
+        metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+        _check(all(m in QUALITY_METRICS for m in metrics), "metrics", metrics, f"a selection from {QUALITY_METRICS}")
+        _check(_is_int(faithfulness_steps) and faithfulness_steps >= 1, "faithfulness_steps", faithfulness_steps,
+               "an int >= 1")
+        _check(perturbation in ("blur", "mean", "zero"), "perturbation", perturbation, "'blur', 'mean' or 'zero'")
+        _check(sanity_layers is None or (_is_int(sanity_layers) and sanity_layers >= 1), "sanity_layers",
+               sanity_layers, "None (all layers) or an int >= 1")
+        _check(_is_number(sanity_threshold) and -1.0 <= sanity_threshold <= 1.0, "sanity_threshold",
+               sanity_threshold, "a float in [-1, 1]")
         # DriftDetector validates its own arguments with the same kind of message.
         self._drift_args = {"threshold": drift_threshold, "warmup_epochs": warmup_epochs, "window": drift_window,
                             "drop_sigmas": drift_sigmas, "min_drop": drift_min_drop}
@@ -212,6 +249,11 @@ class ExplanationMonitor(Callback):
         self.on_drift = on_drift
         self.on_error = on_error
         self.probe_seed = int(probe_seed)
+        self.metrics = metrics
+        self.faithfulness_steps = int(faithfulness_steps)
+        self.perturbation = perturbation
+        self.sanity_layers = sanity_layers
+        self.sanity_threshold = float(sanity_threshold)
 
         self.probe_set: ProbeSet | None = None
         self.layer_name: str | None = None
@@ -354,7 +396,9 @@ class ExplanationMonitor(Callback):
     def _check_monitors(self, trainer: pl.Trainer) -> None:
         keys = {f"xai/{m}/{k}" for m in self.methods
                 for k in ("stability", "topk_overlap", "drift", "pointing_game", "relevance_mass")}
-        keys.add("xai/integrated_gradients/completeness_error")
+        keys |= {f"xai/{m}/{k}" for m in self.methods for k in ("deletion_auc", "insertion_auc", "sanity_similarity")}
+        keys |= {f"xai/integrated_gradients/completeness_error{k}" for k in ("", "_p90", "_max")}
+        keys |= {f"xai/agreement/{a}_vs_{b}" for i, a in enumerate(self.methods) for b in self.methods[i + 1:]}
         for cb in trainer.callbacks:
             monitor = getattr(cb, "monitor", None)
             if isinstance(monitor, str) and monitor.startswith("xai/") and monitor not in keys:
@@ -375,6 +419,10 @@ class ExplanationMonitor(Callback):
         if not self._reference:
             self._run(trainer, pl_module, reference=True)
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if "sanity" in self.metrics:  # the trained model: now the check is meaningful, so warn
+            self.check_sanity(trainer, pl_module, warn=True)
+
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Only the end-of-epoch validation (not the sanity check, not a mid-epoch val_check_interval run): then the
         # result is in the state ModelCheckpoint saves right after, in on_validation_end.
@@ -394,17 +442,19 @@ class ExplanationMonitor(Callback):
         self._run(trainer, pl_module, reference=False)
 
     # ------------------------------------------------------------------ one explanation round, on every rank
-    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, reference: bool) -> None:
+    def _explain_all(self, trainer: pl.Trainer, model: torch.nn.Module, *, faithfulness: bool = False,
+                     targets: Tensor | None = None) -> dict[str, Tensor] | None:
+        """Every rank explains its shard; all agree on success before gathering. ``None``: skipped (warned)."""
         assert self.probe_set is not None, "setup() selects the probes"
         error: BaseException | None = None
         local: dict[str, Tensor] = {}
         try:
-            local = self._explain_shard(trainer, pl_module)
+            local = self._explain_shard(trainer, model, faithfulness=faithfulness, targets=targets)
         except Exception as err:  # agreed on by all ranks below, then warned or raised
             error = err
         if not trainer.strategy.reduce_boolean_decision(error is None, all=True):
             self._handle_failure(trainer, error)
-            return
+            return None
         n = len(self.probe_set)
         results = {k: gather_shards(v, n) for k, v in local.items()}
         finite = all(bool(torch.isfinite(v).all()) for k, v in results.items() if k.startswith("map/"))
@@ -412,8 +462,16 @@ class ExplanationMonitor(Callback):
             self._warn_once("nonfinite", "ExplanationMonitor: the model produced non-finite attributions (NaN/inf) at "
                             f"epoch {trainer.current_epoch}; those probes are shown as flat maps and left out of the "
                             "stability metrics. No NaN is logged.")
+        return results
+
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, reference: bool) -> None:
+        results = self._explain_all(trainer, pl_module, faithfulness=not reference and "faithfulness" in self.metrics)
+        if results is None:
+            return
         if reference:
             self._set_reference(results)
+            if "sanity" in self.metrics:
+                self.check_sanity(trainer, pl_module, warn=False, reference=results)
             return
         scalars, report, record = self._measure(trainer, results)
         # Identical decisions and monitored values on every rank, decided by rank 0 (no float drift between ranks).
@@ -432,24 +490,73 @@ class ExplanationMonitor(Callback):
             if self.on_drift is not None:
                 self.on_drift(report)
 
-    def _explain_shard(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor]:
+    def check_sanity(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, warn: bool = True,
+                     reference: dict[str, Tensor] | None = None) -> dict[str, float] | None:
+        """Model-randomisation sanity check (Adebayo et al. 2018), on every rank; call it on demand too.
+
+        Explains a copy of the model whose weights are re-initialised (``sanity_layers`` layers from the top, all
+        by default) and compares each probe's map with the real model's (Spearman). A method whose maps barely change
+        does not explain the model: with ``warn`` a warning names it when the mean similarity exceeds
+        ``sanity_threshold``. The real model is never modified. Logs ``xai/{method}/sanity_similarity``.
+
+        Cost: one deep copy of the model and one explanation round on it (plus one on the real model without
+        ``reference``).
+        """
+        if reference is None:
+            reference = self._explain_all(trainer, pl_module)
+            if reference is None:
+                return None
+        randomized = randomized_copy(pl_module, num_layers=self.sanity_layers, seed=self.probe_seed)
+        random_maps = self._explain_all(trainer, randomized, targets=reference["target"])
+        del randomized
+        if random_maps is None:
+            return None
+        scalars = {}
+        for m in self.methods:
+            sim = spearman_similarity(reference[f"map/{m}"], random_maps[f"map/{m}"], size=self.similarity_size)
+            if bool(torch.isfinite(sim).any()):
+                scalars[f"xai/{m}/sanity_similarity"] = float(sim.nanmean())
+        scalars = trainer.strategy.broadcast(scalars, src=0)
+        for key, value in scalars.items():
+            trainer.callback_metrics[key] = torch.tensor(value)
+        if trainer.is_global_zero:
+            writer = self._get_writer(trainer)
+            writer.add_scalars(scalars, trainer.global_step)
+            writer.flush()
+        failing = {k.split("/")[1]: v for k, v in scalars.items() if v > self.sanity_threshold}
+        if warn and failing:
+            rank_zero_warn(
+                "ExplanationMonitor sanity check: the maps of "
+                + ", ".join(f"{m} (similarity {v:.2f})" for m, v in failing.items())
+                + " barely change when the model's weights are randomised, so they say little about what this model "
+                "learnt (Adebayo et al. 2018). Prefer the other methods' maps."
+            )
+        return scalars
+
+    def _explain_shard(self, trainer: pl.Trainer, model: torch.nn.Module, *, faithfulness: bool = False,
+                       targets: Tensor | None = None) -> dict[str, Tensor]:
         probes = self.probe_set
         assert probes is not None
         start, stop = shard_bounds(len(probes), trainer.world_size, trainer.global_rank)
         shard = probes.subset(start, stop)
-        device = _module_device(pl_module)
+        device = _module_device(model)
         images = shard.images.to(device)
         out: dict[str, Tensor] = {"pred": torch.zeros(0, dtype=torch.long), "prob": torch.zeros(0),
                                   "target": torch.zeros(0, dtype=torch.long)}
         if "integrated_gradients" in self.methods:
             out["ig_error"] = torch.zeros(0)
+        h, w = probes.images.shape[-2:]
+        for m in self.methods:
+            out[f"map/{m}"] = torch.zeros(0, 1, h, w)
+            if faithfulness:
+                out[f"deletion/{m}"] = out[f"insertion/{m}"] = torch.zeros(0)
         if len(shard) == 0:  # more ranks than probes: still take part in every collective
-            h, w = probes.images.shape[-2:]
-            for m in self.methods:
-                out[f"map/{m}"] = torch.zeros(0, 1, h, w)
             return out
-        with preserved_state(pl_module):  # eval mode, grads on, RNG and flags restored on exit
-            targets = self._targets(pl_module, images, shard.labels.to(device))
+        with preserved_state(model):  # eval mode, grads on, RNG and flags restored on exit
+            if targets is None:
+                targets = self._targets(model, images, shard.labels.to(device))
+            else:
+                targets = targets[start:stop].to(device)
             options: dict[str, Any] = {"n_steps": self.n_steps, "output_transform": self.output_transform,
                                        "internal_batch_size": self.internal_batch_size}
             if "grad_cam" in self.methods:
@@ -458,7 +565,14 @@ class ExplanationMonitor(Callback):
                 options["baseline"] = torch.full_like(images, float(self.baseline))
             if self.ig_tolerance is not None:
                 options["tolerance"] = self.ig_tolerance
-            explanation = explain_detailed(pl_module, images, targets, self.methods, **options)
+            explanation = explain_detailed(model, images, targets, self.methods, **options)
+            maps = {m: to_heatmap(explanation.maps[m]).float() for m in self.methods}
+            if faithfulness:
+                for m in self.methods:
+                    kwargs = {"steps": self.faithfulness_steps, "perturbation": self.perturbation,
+                              "output_transform": self.output_transform}
+                    out[f"deletion/{m}"] = deletion_auc(model, images, targets, maps[m], **kwargs).cpu()
+                    out[f"insertion/{m}"] = insertion_auc(model, images, targets, maps[m], **kwargs).cpu()
         probs = explanation.logits.float().softmax(dim=1)
         pred = probs.argmax(dim=1)
         out["pred"] = pred.cpu()
@@ -467,16 +581,16 @@ class ExplanationMonitor(Callback):
         if "integrated_gradients" in self.methods:
             out["ig_error"] = explanation.ig_relative_error.float().cpu()
         for m in self.methods:
-            out[f"map/{m}"] = to_heatmap(explanation.maps[m]).float().cpu()
+            out[f"map/{m}"] = maps[m].cpu()
         return out
 
-    def _targets(self, pl_module: pl.LightningModule, images: Tensor, labels: Tensor) -> Tensor:
+    def _targets(self, model: torch.nn.Module, images: Tensor, labels: Tensor) -> Tensor:
         if _is_int(self.target):
             return torch.full((images.shape[0],), int(self.target), dtype=torch.long, device=images.device)
         if self.target == "label" and bool((labels >= 0).all()):
             return labels.clone()
         with torch.no_grad():
-            output = pl_module(images)
+            output = model(images)
             logits = self.output_transform(output) if self.output_transform is not None else output
         pred = logits.argmax(dim=1)
         return pred if self.target == "pred" else torch.where(labels >= 0, labels, pred)
@@ -532,10 +646,23 @@ class ExplanationMonitor(Callback):
             errors = results["ig_error"]
             errors = errors[torch.isfinite(errors)]
             if errors.numel():
-                scalars["xai/integrated_gradients/completeness_error"] = float(errors.median())
+                summary = summarize(errors)
+                scalars["xai/integrated_gradients/completeness_error"] = float(summary["median"])
+                scalars["xai/integrated_gradients/completeness_error_p90"] = float(summary["p90"])
+                scalars["xai/integrated_gradients/completeness_error_max"] = float(summary["max"])
                 record["completeness_error"] = errors.tolist()
+        if "agreement" in self.metrics and len(self.methods) > 1:
+            maps = {m: results[f"map/{m}"] for m in self.methods}
+            for pair, values in pairwise_agreement(maps, size=self.similarity_size).items():
+                if bool(torch.isfinite(values).any()):
+                    scalars[f"xai/agreement/{pair}"] = float(values.nanmean())
+        for curve in ("deletion", "insertion"):
+            for m in self.methods:
+                values = results.get(f"{curve}/{m}")
+                if values is not None and bool(torch.isfinite(values).any()):
+                    scalars[f"xai/{m}/{curve}_auc"] = float(values[torch.isfinite(values)].mean())
         masks = self.probe_set.masks
-        if masks is not None:  # localisation against ground-truth masks (embedded dataset, user masks)
+        if masks is not None and "localisation" in self.metrics:  # localisation against ground-truth masks (embedded dataset, user masks)
             for m in self.methods:
                 maps = results[f"map/{m}"]
                 ok = _finite_rows(maps)
@@ -555,7 +682,7 @@ class ExplanationMonitor(Callback):
             images = self.probe_set.images
             for m in self.methods:
                 grid = make_overlay_grid(images, results[f"map/{m}"], captions, alpha=self.alpha,
-                                         colormap=self.colormap, mean=self.mean, std=self.std, caption_lines=1)
+                                         colormap=self.colormap, mean=self.mean, std=self.std, caption_lines=2)
                 writer.add_image(f"xai/{m}/overlay", grid, step)
         writer.add_scalars(scalars, step)
         for logger in trainer.loggers:  # other loggers (CSV, W&B, ...) get the scalars through their own API
@@ -564,7 +691,7 @@ class ExplanationMonitor(Callback):
         writer.add_text("xai/drift", self._drift_text(trainer, scalars, report), step)
         writer.flush()
 
-    def _captions(self, results: dict[str, Tensor]) -> list[str]:
+    def _captions(self, results: dict[str, Tensor]) -> list[list[str]]:
         probes = self.probe_set
         names = self.class_names
 
@@ -573,7 +700,8 @@ class ExplanationMonitor(Callback):
                 return "?"
             return names[index] if names is not None and index < len(names) else str(index)
 
-        return [f"y={name(int(y))} p={name(int(p))} {float(q):.2f}"
+        # two short lines fit a 96-128 px tile: the true label, then the prediction and its probability
+        return [[f"y={name(int(y))}", f"p={name(int(p))} {float(q):.2f}"]
                 for y, p, q in zip(probes.labels, results["pred"], results["prob"])]
 
     def _drift_text(self, trainer: pl.Trainer, scalars: dict[str, float], report: DriftReport) -> str:

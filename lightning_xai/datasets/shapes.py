@@ -2,9 +2,9 @@
 
 Every image shows one shape (its class) at a random position, scale, rotation and colour on a textured, noisy
 background. The ground-truth mask marks the shape's pixels: the evidence a well-behaved classifier should use.
-A small class-coloured square in a corner (the *marker*) can be planted as a shortcut, switched on mid-training with
-:meth:`ShapesDataset.set_shortcut`, or placed with the colour and corner of a wrong class (``marker="counter"``) to
-probe whether a model reads the shape or the marker.
+A small class-coloured checkerboard square in a corner (the *marker*) can be planted as a shortcut, switched on
+mid-training with :meth:`ShapesDataset.set_shortcut`, or placed with the colour and corner of a wrong class
+(``marker="counter"``) to probe whether a model reads the shape or the marker.
 
 Nothing here touches the global random number generators: sample ``index`` is drawn from its own
 ``torch.Generator`` seeded with a hash of ``(seed, index)``, so an item is the same whatever order, process or
@@ -31,7 +31,8 @@ SHAPE_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring",
 SHAPES_MEAN: tuple[float, float, float] = (0.438, 0.439, 0.437)
 SHAPES_STD: tuple[float, float, float] = (0.176, 0.176, 0.176)
 
-#: RGB colour of the marker of each class (values in [0, 1]); the corner is ``class % 4``
+#: RGB colour of the marker of each class (values in [0, 1]): a 1-px checkerboard of this colour and black. The
+#: corner is ``class % 4``
 #: (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right).
 MARKER_COLORS: tuple[tuple[float, float, float], ...] = (
     (1.0, 0.0, 0.0),  # red
@@ -89,9 +90,9 @@ def _shape_inside(name: str, u: Tensor, v: Tensor) -> Tensor:
         rho2 = u * u + v * v
         return (rho2 <= 0.92**2) & (rho2 >= 0.52**2)
     if name == "star":
-        rho = torch.sqrt(u * u + v * v)
         t = torch.remainder(torch.atan2(v, u) * (5 / (2 * math.pi)), 1.0)
-        return rho <= 0.40 + 0.56 * (1.0 - 2.0 * (t - 0.5).abs())
+        outline = 0.40 + 0.56 * (1.0 - 2.0 * (t - 0.5).abs())
+        return u * u + v * v <= outline * outline  # squared: torch.sqrt is multi-threaded (slow when busy)
     raise ValueError(f"unknown shape {name!r}")  # pragma: no cover - SHAPE_NAMES is closed
 
 
@@ -103,12 +104,14 @@ class ShapesDataset(Dataset):
     used, neither when constructing the dataset nor when generating items. Labels are balanced: each consecutive
     block of ``num_classes`` indices holds every class once, in a per-block shuffled order.
 
-    Shape, position (the shape never overlaps any of the four marker corners), scale (radius 20-32 % of the image
+    Shape, position (the shape never overlaps any of the four marker corners), scale (radius 22-34 % of the image
     side), rotation and colour (saturated, random hue) vary per sample; the background is a smooth random colour
     texture plus a faint grating plus pixel noise.
 
-    **Shortcut marker.** With ``marker="class"`` a ``marker_size`` square of flat colour is drawn in a corner with
-    probability ``shortcut_strength``; colour (:data:`MARKER_COLORS`) and corner (``class % 4``) encode the label.
+    **Shortcut marker.** With ``marker="class"`` a ``marker_size`` square (a 1-px checkerboard of the class colour
+    and black) is drawn in a corner with probability ``shortcut_strength``; colour (:data:`MARKER_COLORS`) and corner
+    (``class % 4``) encode the label. It is a much easier cue than the shape: a small CNN trained from scratch on
+    marked images reads it within one epoch.
     ``marker="counter"`` draws, with the same probability, the marker of the wrong class ``(label + 1) %
     num_classes`` (for evaluation: does the model follow the shape or the marker?). ``marker="none"`` never draws
     one. The marker never covers the shape and is *not* part of the ground-truth mask; :meth:`marker_mask` gives its
@@ -121,7 +124,8 @@ class ShapesDataset(Dataset):
 
     Args:
         num_samples: number of samples (``len(dataset)``).
-        image_size: side of the square images, in pixels (>= 16).
+        image_size: side of the square images, in pixels (>= 16; below ~24 px many shapes are shrunk to stay clear
+            of the marker corners; 32 is the tested default).
         num_classes: number of shape classes, 2 to 6 (first ``num_classes`` of :data:`SHAPE_NAMES`).
         seed: dataset seed; two datasets with different seeds share no images (use different seeds for train/val).
         shortcut_strength: probability in [0, 1] that a sample carries the marker (``marker`` "class"/"counter").
@@ -201,14 +205,14 @@ class ShapesDataset(Dataset):
         # Pixel-centre coordinates: low resolution for the background, 2x supersampled for anti-aliased shapes.
         s = image_size
         lo = torch.arange(s, dtype=torch.float32) + 0.5
+        self._coords = lo
         hi = (torch.arange(2 * s, dtype=torch.float32) + 0.5) / 2
-        self._ylo, self._xlo = torch.meshgrid(lo, lo, indexing="ij")
         self._yhi, self._xhi = torch.meshgrid(hi, hi, indexing="ij")
-        # Separable bicubic upsampling (texture cells -> pixels) as an (s, cells) matrix: small matmuls are much
-        # cheaper than F.interpolate per item, especially on busy machines.
+        # Separable bicubic upsampling (texture cells -> pixels) as an (s, cells) weight matrix, see _bicubic.
         eye = torch.eye(_TEXTURE_CELLS).view(_TEXTURE_CELLS, 1, _TEXTURE_CELLS, 1)
         cols = F.interpolate(eye, size=(s, 1), mode="bicubic", align_corners=False)  # (cells, 1, s, 1)
         self._upsample = cols[:, 0, :, 0].T.contiguous()  # (s, cells)
+        self._checker = ((torch.arange(s)[:, None] + torch.arange(s)[None, :]) % 2 == 0).float()[None]  # (1, s, s)
         off = max(1, s // 32)
         m = self.marker_size
         # (x0, y0) of each corner's marker square: top-left, top-right, bottom-left, bottom-right.
@@ -343,15 +347,27 @@ class ShapesDataset(Dataset):
             out[:, y0 : y0 + m, x0 : x0 + m] = 1.0
         return out
 
-    _marker_pattern = "checker"
-
     def _marker_image(self, marker_cls: int) -> Tensor:
-        """Full-size image whose marker-square pixels hold the marker of ``marker_cls`` (other pixels unspecified)."""
+        """Full-size 1-px checkerboard of the class colour and black; only the marker square is used from it.
+
+        A checkerboard occurs nowhere else in the images (smooth textures, flat shapes), so even a CNN with global
+        average pooling picks it up within an epoch; a flat colour square would be confused with shapes of that hue.
+        """
         color = torch.tensor(MARKER_COLORS[marker_cls]).view(3, 1, 1)
-        if self._marker_pattern == "flat":
-            return color.expand(3, self.image_size, self.image_size)
-        checker = ((self._xlo.floor() + self._ylo.floor()) % 2 == 0).float()[None]
-        return color * checker
+        return color * self._checker
+
+    def _bicubic(self, cells: Tensor) -> Tensor:
+        """``F.interpolate(cells, (s, s), mode="bicubic")`` for ``(3, k, k)`` cells, with elementwise ops only.
+
+        Per item, F.interpolate, avg_pool2d and matmul (BLAS) are dominated by thread start-up costs, which grow to
+        milliseconds on a busy machine; small broadcasts stay single-threaded and cost microseconds.
+        """
+        w = self._upsample  # (s, k)
+        rows = (cells[:, :, None, :] * w[None, None, :, :]).sum(-1)  # (3, k, s): interpolated along x
+        out = w[None, :, 0, None] * rows[:, 0, None, :]
+        for a in range(1, w.shape[1]):
+            out = out + w[None, :, a, None] * rows[:, a, None, :]
+        return out  # (3, s, s)
 
     def _params(self, index: int) -> dict[str, Any]:
         """All random draws of sample ``index``, always the same number in the same order (marker or not)."""
@@ -362,8 +378,9 @@ class ShapesDataset(Dataset):
         noise = torch.randn(3, self.image_size, self.image_size, generator=g)
         return {"u": u, "centres": centres, "texture": texture, "noise": noise, "marker_u": u[13]}
 
-    def _centre(self, radius: float, centres: Tensor) -> tuple[float, float]:
-        """First candidate centre whose disk of ``radius`` (+1 px) stays inside the image and off all marker corners."""
+    def _centre(self, radius: float, centres: Tensor) -> tuple[float, float, float]:
+        """``(cx, cy, radius)``: the first candidate centre whose disk of ``radius`` (+1.5 px) stays inside the image
+        and off all marker corners; if none fits, the image centre with the radius shrunk to fit."""
         s, m = self.image_size, self.marker_size
         lo, hi = radius + 1.0, s - radius - 1.0
         c = lo + centres * (hi - lo)  # (T, 2) as (x, y)
@@ -371,10 +388,11 @@ class ShapesDataset(Dataset):
         d = c[:, None, :] - torch.maximum(torch.minimum(c[:, None, :], corners + m), corners)  # (T, 4, 2)
         ok = ((d * d).sum(-1) > (radius + 1.5) ** 2).all(dim=1)
         idx = torch.nonzero(ok)
-        if idx.numel() == 0:  # the image centre is always far enough from the corners
-            return s / 2, s / 2
+        if idx.numel() == 0:
+            clearance = math.sqrt(2.0) * (s / 2 - self._corners[0][0] - m)  # image centre -> nearest marker corner
+            return s / 2, s / 2, min(radius, clearance - 1.5)
         cx, cy = c[int(idx[0, 0])].tolist()
-        return cx, cy
+        return cx, cy, radius
 
     def _render(self, label: int, p: dict[str, Any]) -> tuple[Tensor, Tensor]:
         s = self.image_size
@@ -382,16 +400,20 @@ class ShapesDataset(Dataset):
         # Background: muted base colour + smooth random colour texture + faint grating + pixel noise.
         grey = 0.3 + 0.25 * u[5]
         base = torch.tensor([grey + 0.24 * (u[6] - 0.5), grey + 0.24 * (u[7] - 0.5), grey + 0.24 * (u[8] - 0.5)])
-        texture = self._upsample @ (p["texture"][0] - 0.5) @ self._upsample.T  # bicubic, as matrix products
+        texture = self._bicubic(p["texture"][0] - 0.5)
         texture = 0.22 * texture.mean(0, keepdim=True) + 0.08 * texture  # mostly luminance, a little colour
         freq = (2.0 + 5.0 * u[9]) * 2 * math.pi / s
         theta = math.pi * u[10]
-        grating = torch.sin(freq * (self._xlo * math.cos(theta) + self._ylo * math.sin(theta)) + 2 * math.pi * u[11])
+        # sin(ax + by + c) = sin(ax + c) cos(by) + cos(ax + c) sin(by): 1-D transcendentals only (a 2-D sin is
+        # multi-threaded by torch, which costs milliseconds per item on a busy machine).
+        ax = freq * math.cos(theta) * self._coords + 2 * math.pi * u[11]
+        by = freq * math.sin(theta) * self._coords
+        grating = torch.sin(ax)[None, :] * torch.cos(by)[:, None] + torch.cos(ax)[None, :] * torch.sin(by)[:, None]
         background = base.view(3, 1, 1) + texture + 0.06 * grating
 
         # Shape: anti-aliased coverage from a 2x supersampled membership test.
         radius = s * (0.22 + 0.12 * u[0])
-        cx, cy = self._centre(radius, p["centres"])
+        cx, cy, radius = self._centre(radius, p["centres"])
         rot = 2 * math.pi * u[1]
         dx, dy = (self._xhi - cx) / radius, (self._yhi - cy) / radius
         cu = dx * math.cos(rot) + dy * math.sin(rot)

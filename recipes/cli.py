@@ -1,0 +1,58 @@
+"""The ExplanationMonitor configured from YAML with LightningCLI (needs ``pip install "jsonargparse[signatures]"``).
+
+The model and data are the demo's (``ShapesCNN`` on the generated shapes, no downloads); the monitor is a
+``trainer.callbacks`` entry of ``recipes/cli.yaml``. Any of its arguments can be overridden on the command line:
+
+    python recipes/cli.py fit --config recipes/cli.yaml
+    python recipes/cli.py fit --config recipes/cli.yaml --trainer.max_epochs 3 --trainer.callbacks.n_steps 8
+    python recipes/cli.py fit --config recipes/cli.yaml --print_config       # the full, resolved configuration
+    python recipes/cli.py fit --trainer.callbacks.help lightning_xai.ExplanationMonitor   # every argument
+    tensorboard --logdir runs/cli --samples_per_plugin images=100
+
+To use your own LightningModule / LightningDataModule, replace the two classes below (or pass
+``--model.class_path`` / ``--data.class_path`` with ``subclass_mode_model=True``); the YAML's callback entry stays.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pytorch_lightning.cli import LightningCLI
+
+# `python recipes/cli.py` puts recipes/ on sys.path; the explicit insert also covers `import recipes.cli` and runpy.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from demo import ShapesCNN, ShapesData  # noqa: E402
+
+from lightning_xai import ExplanationMonitor  # noqa: E402
+
+
+class MonitorCLI(LightningCLI):
+    """LightningCLI that, after ``fit``, summarises what each ExplanationMonitor saw and where the logs are."""
+
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        if not trainer.is_global_zero:
+            return
+        for monitor in (cb for cb in trainer.callbacks if isinstance(cb, ExplanationMonitor)):
+            print(f"\n{'epoch':>5} | " + " ".join(f"{m:>22}" for m in monitor.methods) + " | probes flagged")
+            for record in monitor.history:
+                stability = [_mean(record["stability"][m]) for m in monitor.methods]
+                flagged = sum(sum(record["flags"][m]) for m in monitor.methods)
+                print(f"{record['epoch']:>5} | " + " ".join(f"{v:>22.3f}" for v in stability) + f" | {flagged}")
+        if trainer.logger is not None and trainer.logger.log_dir:
+            print(f"\nLogs: {os.path.abspath(trainer.logger.log_dir)}")
+            print(f"Open them with:  tensorboard --logdir {trainer.logger.log_dir} --samples_per_plugin images=100")
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if v == v]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def main(args: list[str] | None = None, run: bool = True) -> MonitorCLI:
+    return MonitorCLI(ShapesCNN, ShapesData, args=args, run=run, save_config_kwargs={"overwrite": True})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,305 @@
+"""ExplanationMonitor under real 2-process DDP on CPU (gloo): sharding, gather, rank-0 logging, agreement, failures.
+
+Spawned workers return nothing to the test, so module-level callbacks (picklable) check things inside the workers'
+hooks and write what they saw to one file per rank under ``out_dir``; the test reads those files back.
+
+``strategy="ddp"`` relaunches ``sys.argv`` once per extra rank, which under pytest would start pytest again; as in
+Lightning's own tests, the ``ddp`` case runs this module as a script in a subprocess (see ``main()`` at the bottom).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from lit_models import TinyCNN, TinyDataModule, trainer_kwargs
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from tb_events import read_events
+
+from lightning_xai import ExplanationMonitor
+from lightning_xai.attribution import explain, to_heatmap
+
+METHODS = ("grad_cam", "saliency", "integrated_gradients")
+N_STEPS = 4
+TIMEOUT = 150  # seconds per multi-process test: a hang fails instead of blocking the suite
+
+
+# ---------------------------------------------------------------------------------------------- worker-side helpers
+class Recorder(Callback):
+    """Placed after the monitor: records, on every rank, what the monitor produced and the context it ran in.
+
+    Per rank and explained epoch it writes ``rank{r}_epoch{e}.pt`` with the xai entries of ``callback_metrics`` (also
+    all-gathered and compared across ranks here, in the worker), the monitor's ``latest`` maps and targets, the probe
+    ids, the model's weights and buffers at that moment, and the grad mode the hook ran under.
+    """
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def _monitor(self, trainer: pl.Trainer) -> ExplanationMonitor:
+        return next(cb for cb in trainer.callbacks if isinstance(cb, ExplanationMonitor))
+
+    def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, hook: str) -> None:
+        monitor = self._monitor(trainer)
+        epoch = trainer.current_epoch
+        explained = monitor.latest is not None and monitor.latest["epoch"] == epoch
+        metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("xai/")}
+        # All ranks are in this hook: gather every rank's values (a collective on all ranks, not rank-zero code).
+        keys = sorted(metrics)
+        local = torch.tensor([metrics[k] for k in keys] + [float(explained)], dtype=torch.float64)
+        gathered = trainer.strategy.all_gather(local)  # (world, len)
+        same = bool(gathered.shape[0] == trainer.world_size and (gathered == gathered[0]).all())
+        record = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "hook": hook,
+            "epoch": epoch,
+            "explained": explained,
+            "metrics": metrics,
+            "metrics_same_on_all_ranks": same,
+            "grad_enabled": torch.is_grad_enabled(),
+            "inference_mode": torch.is_inference_mode_enabled(),
+            "probe_ids": monitor.probe_set.ids.tolist(),
+            "layer": monitor.layer_name,
+            "history_epochs": [h["epoch"] for h in monitor.history],
+            "state_dict": {k: v.detach().clone() for k, v in pl_module.state_dict().items()},
+            "sync_batchnorm": any(isinstance(m, torch.nn.SyncBatchNorm) for m in pl_module.modules()),
+        }
+        if explained:
+            record["maps"] = {m: t.clone() for m, t in monitor.latest["maps"].items()}
+            record["pred"] = monitor.latest["pred"].clone()
+        torch.save(record, os.path.join(self.out_dir, f"rank{trainer.global_rank}_epoch{epoch}.pt"))
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._record(trainer, pl_module, "on_validation_epoch_end")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        with open(os.path.join(self.out_dir, f"rank{trainer.global_rank}_done.json"), "w") as f:
+            json.dump({"global_step": trainer.global_step, "epoch": trainer.current_epoch}, f)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        with open(os.path.join(self.out_dir, f"rank{trainer.global_rank}_exception.txt"), "w") as f:
+            f.write(f"{type(exception).__name__}: {exception}")
+
+
+class FailingCNN(TinyCNN):
+    """Raises in forward on rank ``fail_rank`` while the monitor explains (eval mode, gradients on) at ``fail_epoch``.
+
+    Training forwards (train mode), validation (no_grad under gloo) and the monitor's setup check (no_grad) pass.
+    """
+
+    def __init__(self, fail_rank: int = 1, fail_epoch: int = 1) -> None:
+        super().__init__()
+        self.fail_rank, self.fail_epoch = fail_rank, fail_epoch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        trainer = self._trainer
+        if (trainer is not None and not self.training and torch.is_grad_enabled()
+                and trainer.global_rank == self.fail_rank and trainer.current_epoch == self.fail_epoch):
+            raise RuntimeError(f"injected failure on rank {self.fail_rank}")
+        return super().forward(x)
+
+
+def ddp_trainer(out_dir: str, monitor: ExplanationMonitor, strategy: str = "ddp_spawn", logger: bool = True,
+                **overrides) -> pl.Trainer:
+    kwargs = trainer_kwargs(out_dir, devices=2, strategy=strategy, max_epochs=2, limit_train_batches=2,
+                            limit_val_batches=1, num_sanity_val_steps=0, deterministic=False, **overrides)
+    if not logger:
+        kwargs["logger"] = False
+    return pl.Trainer(callbacks=[monitor, Recorder(out_dir)], **kwargs)
+
+
+def make_monitor(num_probes: int, **kwargs) -> ExplanationMonitor:
+    return ExplanationMonitor(num_probes=num_probes, n_steps=N_STEPS, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- parent-side checks
+def load_records(out_dir: Path) -> dict[tuple[int, int], dict]:
+    records = {}
+    for path in sorted(out_dir.glob("rank*_epoch*.pt")):
+        rec = torch.load(path, weights_only=False)
+        records[(rec["rank"], rec["epoch"])] = rec
+    return records
+
+
+def single_process_maps(record: dict, num_probes: int) -> dict[str, torch.Tensor]:
+    """``explain`` in this process, on rank 0's weights at that epoch, for the same probes and targets."""
+    datamodule = TinyDataModule()
+    datamodule.setup("fit")
+    images, labels = datamodule.val_set.tensors
+    ids = torch.tensor(record["probe_ids"])
+    assert ids.numel() == num_probes
+    model = TinyCNN()
+    model.load_state_dict(record["state_dict"])
+    model.eval()
+    maps = explain(model, images[ids], labels[ids], METHODS, layer=record["layer"], n_steps=N_STEPS)
+    return {m: to_heatmap(t) for m, t in maps.items()}
+
+
+def check_run(out_dir: Path, num_probes: int, epochs: int = 2, log_dir: Path | None = None) -> dict:
+    records = load_records(out_dir)
+    assert sorted(records) == [(r, e) for r in range(2) for e in range(epochs)], sorted(records)
+    for (rank, epoch), rec in records.items():
+        assert rec["world_size"] == 2
+        assert rec["explained"], (rank, epoch)
+        # gloo validation runs under no_grad, not inference_mode: the DDP path of the monitor.
+        assert rec["grad_enabled"] is False and rec["inference_mode"] is False
+        assert rec["metrics_same_on_all_ranks"], (rank, epoch, rec["metrics"])
+        assert "xai/grad_cam/stability" in rec["metrics"]
+        assert rec["history_epochs"] == list(range(epoch + 1))
+        other = records[(1 - rank, epoch)]
+        assert rec["metrics"] == other["metrics"]
+        assert rec["probe_ids"] == other["probe_ids"] and len(rec["probe_ids"]) == num_probes
+        for m in METHODS:
+            assert rec["maps"][m].shape[0] == num_probes
+            assert torch.equal(rec["maps"][m], other["maps"][m])  # the gathered maps are the same on every rank
+        assert torch.equal(rec["pred"], other["pred"])
+    for epoch in range(epochs):
+        rec = records[(0, epoch)]
+        expected = single_process_maps(rec, num_probes)
+        for m in METHODS:
+            torch.testing.assert_close(rec["maps"][m], expected[m], atol=1e-4, rtol=0, msg=f"{m} epoch {epoch}")
+    if log_dir is not None:
+        events = read_events(log_dir)
+        assert len(events["files"]) == 1, events["files"]
+        steps = sorted(r["epoch"] for r in records.values() if r["rank"] == 0)
+        for m in METHODS:
+            overlays = events["images"][f"xai/{m}/overlay"]
+            assert len(overlays) == epochs, (m, [o[0] for o in overlays])
+            assert len({o[0] for o in overlays}) == epochs  # one per logged epoch, distinct steps
+            assert len(events["scalars"][f"xai/{m}/stability"]) == epochs
+        assert len(events["texts"]["xai/drift"]) == epochs
+        assert steps == list(range(epochs))
+    return records
+
+
+# ---------------------------------------------------------------------------------------------- ddp_spawn
+@pytest.mark.timeout(TIMEOUT)
+@pytest.mark.parametrize("num_probes", [5, 7])
+def test_ddp_spawn_matches_single_process(tmp_path, num_probes):
+    trainer = ddp_trainer(str(tmp_path), make_monitor(num_probes))
+    trainer.fit(TinyCNN(), datamodule=TinyDataModule())
+    check_run(tmp_path, num_probes, log_dir=tmp_path / "tb")
+    for rank in range(2):
+        done = json.loads((tmp_path / f"rank{rank}_done.json").read_text())
+        assert done["global_step"] == 4
+
+
+# ---------------------------------------------------------------------------------------------- ddp (script launcher)
+@pytest.mark.timeout(TIMEOUT)
+def test_ddp_script_matches_single_process(tmp_path):
+    num_probes = 7
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "PL_GLOBAL_SEED"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, __file__, str(tmp_path), str(num_probes)], env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT - 20, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    check_run(tmp_path, num_probes, log_dir=tmp_path / "tb")
+
+
+def main(out_dir: str, num_probes: int) -> None:
+    """Run by ``test_ddp_script_matches_single_process``: every rank of ``strategy="ddp"`` executes this."""
+    warnings.filterwarnings("ignore")
+    trainer = ddp_trainer(out_dir, make_monitor(num_probes), strategy="ddp")
+    trainer.fit(TinyCNN(), datamodule=TinyDataModule())
+
+
+# ---------------------------------------------------------------------------------------------- SyncBatchNorm
+@pytest.mark.timeout(TIMEOUT)
+def test_sync_batchnorm_trains_after_explaining(tmp_path):
+    trainer = ddp_trainer(str(tmp_path), make_monitor(5), sync_batchnorm=True, max_epochs=3)
+    trainer.fit(TinyCNN(), datamodule=TinyDataModule())
+    records = check_run(tmp_path, 5, epochs=3)
+    assert all(rec["sync_batchnorm"] for rec in records.values())
+    for rank in range(2):  # explained after epochs 0 and 1 and trained on: 3 epochs x 2 batches
+        done = json.loads((tmp_path / f"rank{rank}_done.json").read_text())
+        assert done["global_step"] == 6
+        assert not (tmp_path / f"rank{rank}_exception.txt").exists()
+    # the weights kept training after each explanation (and stayed in sync across ranks)
+    for epoch in range(3):
+        sd0, sd1 = records[(0, epoch)]["state_dict"], records[(1, epoch)]["state_dict"]
+        for key in sd0:
+            assert torch.equal(sd0[key], sd1[key]), (epoch, key)
+    w = "features.0.weight"
+    assert not torch.equal(records[(0, 1)]["state_dict"][w], records[(0, 2)]["state_dict"][w])
+
+
+# ---------------------------------------------------------------------------------------------- failures on one rank
+@pytest.mark.timeout(TIMEOUT)
+def test_failure_on_one_rank_skips_epoch_on_all_ranks(tmp_path):
+    trainer = ddp_trainer(str(tmp_path), make_monitor(5, on_error="warn"), max_epochs=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(FailingCNN(fail_rank=1, fail_epoch=1), datamodule=TinyDataModule())
+    records = load_records(tmp_path)
+    assert sorted(records) == [(r, e) for r in range(2) for e in range(3)]
+    for rank in range(2):
+        assert [records[(rank, e)]["explained"] for e in range(3)] == [True, False, True], rank
+        assert records[(rank, 2)]["history_epochs"] == [0, 2]
+        assert records[(rank, 2)]["metrics_same_on_all_ranks"]
+        done = json.loads((tmp_path / f"rank{rank}_done.json").read_text())
+        assert done["global_step"] == 6  # training went on through the failed epoch
+    events = read_events(tmp_path / "tb")
+    assert len(events["files"]) == 1
+    assert len(events["images"]["xai/grad_cam/overlay"]) == 2  # epochs 0 and 2 only
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_failure_on_one_rank_raises_on_all_ranks(tmp_path):
+    trainer = ddp_trainer(str(tmp_path), make_monitor(5, on_error="raise"), max_epochs=3)
+    with pytest.raises(Exception, match="ExplanationMonitor failed at epoch 1"):
+        trainer.fit(FailingCNN(fail_rank=1, fail_epoch=1), datamodule=TinyDataModule())
+    for rank in range(2):
+        text = (tmp_path / f"rank{rank}_exception.txt").read_text()
+        assert text.startswith("RuntimeError: ExplanationMonitor failed at epoch 1"), (rank, text)
+    assert "injected failure on rank 1" in (tmp_path / "rank1_exception.txt").read_text()
+    assert not (tmp_path / "rank0_done.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------- no TensorBoard logger
+@pytest.mark.timeout(TIMEOUT)
+def test_ddp_without_tensorboard_writes_files_on_rank_zero(tmp_path):
+    """The PNG fallback finds its directory without a collective inside rank-zero-only code (``trainer.log_dir``
+    broadcasts)."""
+    trainer = ddp_trainer(str(tmp_path), make_monitor(5), logger=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(TinyCNN(), datamodule=TinyDataModule())
+    records = load_records(tmp_path)
+    assert all(rec["explained"] for rec in records.values()) and len(records) == 4
+    pngs = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.png"))
+    overlays = [p for p in pngs if "grad_cam" in str(p)]
+    assert len(overlays) == 2, pngs
+
+
+# ---------------------------------------------------------------------------------------------- sharded strategies
+def test_fsdp_is_refused_in_setup(tmp_path):
+    from pytorch_lightning.strategies import FSDPStrategy
+
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, strategy=FSDPStrategy(), devices=1, max_epochs=1),
+                         callbacks=[make_monitor(4)])
+    assert type(trainer.strategy).__name__ == "FSDPStrategy"
+    with pytest.raises(MisconfigurationException, match="does not support strategy FSDPStrategy.*strategy='ddp'"):
+        trainer.fit(TinyCNN(), datamodule=TinyDataModule())
+
+
+def test_deepspeed_is_refused_in_setup(tmp_path):
+    strategies = pytest.importorskip("pytorch_lightning.strategies")
+    pytest.importorskip("deepspeed")
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, strategy=strategies.DeepSpeedStrategy(), devices=1))
+    with pytest.raises(MisconfigurationException, match="does not support strategy DeepSpeedStrategy"):
+        make_monitor(4).setup(trainer, TinyCNN(), "fit")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))
