@@ -16,11 +16,22 @@ the CPU. Results come back on the device of the tensor passed in.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["all_ranks_agree", "broadcast_tensor", "gather_shards", "is_distributed", "shard_bounds", "world_info"]
+__all__ = [
+    "all_ranks_agree",
+    "broadcast_tensor",
+    "gather_shards",
+    "is_distributed",
+    "rank_zero_buffers",
+    "shard_bounds",
+    "world_info",
+]
 
 _MAX_DIMS = 16
 # dtype <-> small integer code, so ranks can compare dtypes inside an int64 header.
@@ -221,3 +232,38 @@ def broadcast_tensor(t: Tensor, src: int = 0, *, group: dist.ProcessGroup | None
     )
     dist.broadcast(buf, src=src, group=group)
     return buf.to(device=t.device, dtype=dtype)
+
+
+@contextmanager
+def rank_zero_buffers(module: torch.nn.Module, src: int = 0, *, group: dist.ProcessGroup | None = None
+                      ) -> Iterator[None]:
+    """Inside the block, ``module``'s buffers hold rank ``src``'s values on every rank; each rank's own come back
+    on exit (also after an exception).
+
+    DDP broadcasts rank 0's buffers (e.g. BatchNorm running statistics) at the start of each training forward, then
+    every rank updates its own copy on its own batch: after the last step of an epoch the ranks' buffers differ, so
+    shards explained in eval mode would each see a slightly different model. A collective on entry (all ranks must
+    enter, with the same module structure); nothing on exit. A no-op without distributed or with one rank.
+    """
+    if not is_distributed(group) or dist.get_world_size(group) == 1:
+        yield
+        return
+    buffers = list(module.buffers())
+    saved = [b.detach().clone() for b in buffers]
+    by_dtype: dict[torch.dtype, list[Tensor]] = {}
+    for b in buffers:
+        by_dtype.setdefault(b.dtype, []).append(b)
+    try:
+        with torch.no_grad():
+            for dtype in sorted(by_dtype, key=str):  # the same order on every rank
+                group_buffers = by_dtype[dtype]
+                flat = broadcast_tensor(torch.cat([b.detach().reshape(-1) for b in group_buffers]), src, group=group)
+                offset = 0
+                for b in group_buffers:
+                    b.copy_(flat[offset : offset + b.numel()].view_as(b))
+                    offset += b.numel()
+        yield
+    finally:
+        with torch.no_grad():
+            for b, s in zip(buffers, saved):
+                b.copy_(s)

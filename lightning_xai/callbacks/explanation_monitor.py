@@ -19,7 +19,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
 from lightning_xai.attribution import explain_detailed, find_gradcam_layer, preserved_state, resolve_layer, to_heatmap
-from lightning_xai.distributed import gather_shards, shard_bounds
+from lightning_xai.distributed import gather_shards, rank_zero_buffers, shard_bounds
 from lightning_xai.drift import DriftDetector, DriftReport
 from lightning_xai.metrics.agreement import pairwise_agreement
 from lightning_xai.metrics.completeness import summarize
@@ -315,7 +315,7 @@ class ExplanationMonitor(Callback):
         if stage != "fit":
             return
         strategy = type(trainer.strategy).__name__
-        if strategy in _SHARDED_STRATEGIES:
+        if any(cls.__name__ in _SHARDED_STRATEGIES for cls in type(trainer.strategy).__mro__):  # subclasses too
             raise MisconfigurationException(
                 f"ExplanationMonitor does not support strategy {strategy}: its parameters are sharded, so every "
                 "forward pass is a collective. Use strategy='ddp' (or 'ddp_spawn'), or explain a saved checkpoint "
@@ -449,7 +449,8 @@ class ExplanationMonitor(Callback):
         error: BaseException | None = None
         local: dict[str, Tensor] = {}
         try:
-            local = self._explain_shard(trainer, model, faithfulness=faithfulness, targets=targets)
+            with rank_zero_buffers(model):  # every shard explained with rank 0's BatchNorm statistics
+                local = self._explain_shard(trainer, model, faithfulness=faithfulness, targets=targets)
         except Exception as err:  # agreed on by all ranks below, then warned or raised
             error = err
         if not trainer.strategy.reduce_boolean_decision(error is None, all=True):
@@ -722,7 +723,7 @@ class ExplanationMonitor(Callback):
                     self._writer = TensorBoardWriter(logger.experiment)
                     break
             else:
-                log_dir = trainer.log_dir or trainer.default_root_dir
+                log_dir = _log_dir_no_collective(trainer)
                 rank_zero_warn(
                     "ExplanationMonitor: no TensorBoardLogger found; overlays, scalars and drift text are written "
                     f"as PNG/CSV/Markdown files under {log_dir} (scalars also go to your loggers)."
@@ -761,6 +762,17 @@ def _pool(maps: Tensor, size: int) -> Tensor:
 
 def _finite_rows(maps: Tensor) -> Tensor:
     return torch.isfinite(maps.flatten(1)).all(dim=1)
+
+
+def _log_dir_no_collective(trainer: pl.Trainer) -> str:
+    """``trainer.log_dir`` without its ``strategy.broadcast``: the writer is made on rank 0 only, where a collective
+    would hang or abort DDP (PITFALLS 10). On rank 0 this is the value the broadcast would send."""
+    if trainer.loggers:
+        logger = trainer.loggers[0]
+        if isinstance(logger, (pl.loggers.TensorBoardLogger, pl.loggers.CSVLogger)):
+            return logger.log_dir or trainer.default_root_dir
+        return logger.save_dir or trainer.default_root_dir
+    return trainer.default_root_dir
 
 
 def _module_device(module: torch.nn.Module) -> torch.device:
