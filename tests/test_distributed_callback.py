@@ -242,20 +242,31 @@ def test_ddp_spawn_without_validation_loop(tmp_path):
 @pytest.mark.timeout(TIMEOUT)
 def test_ddp_script_matches_single_process(tmp_path):
     num_probes = 7
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "PL_GLOBAL_SEED"):
-        env.pop(key, None)
-    proc = subprocess.run([sys.executable, __file__, str(tmp_path), str(num_probes)], env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT - 20, cwd=str(tmp_path))
+    proc = run_script(tmp_path, num_probes, "ok")
     assert proc.returncode == 0, proc.stderr[-4000:]
     check_run(tmp_path, num_probes, log_dir=tmp_path / "tb")
 
 
-def main(out_dir: str, num_probes: int) -> None:
-    """Run by ``test_ddp_script_matches_single_process``: every rank of ``strategy="ddp"`` executes this."""
+def run_script(out_dir: Path, num_probes: int, mode: str) -> subprocess.CompletedProcess:
+    """This module as a script under ``strategy="ddp"``; returns when every rank has exited (they share the pipes)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "PL_GLOBAL_SEED"):
+        env.pop(key, None)
+    return subprocess.run([sys.executable, __file__, str(out_dir), str(num_probes), mode], env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT - 20, cwd=str(out_dir))
+
+
+def main(out_dir: str, num_probes: int, mode: str) -> None:
+    """Every rank of ``strategy="ddp"`` executes this (the launcher starts rank 1 with the same command line)."""
     warnings.filterwarnings("ignore")
-    trainer = ddp_trainer(out_dir, make_monitor(num_probes), strategy="ddp")
-    trainer.fit(TinyCNN(), datamodule=TinyDataModule())
+    if mode == "ok":
+        trainer = ddp_trainer(out_dir, make_monitor(num_probes), strategy="ddp")
+        trainer.fit(TinyCNN(), datamodule=TinyDataModule())
+    elif mode == "raise":
+        trainer = ddp_trainer(out_dir, make_monitor(num_probes, on_error="raise"), strategy="ddp", max_epochs=3)
+        trainer.fit(FailingCNN(fail_rank=1, fail_epoch=1), datamodule=TinyDataModule())
+    else:
+        raise ValueError(mode)
 
 
 def test_sync_batchnorm_model_explains_like_batchnorm_without_collectives():
@@ -299,14 +310,19 @@ def test_failure_on_one_rank_skips_epoch_on_all_ranks(tmp_path):
 
 @pytest.mark.timeout(TIMEOUT)
 def test_failure_on_one_rank_raises_on_all_ranks(tmp_path):
-    trainer = ddp_trainer(str(tmp_path), make_monitor(5, on_error="raise"), max_epochs=3)
-    with pytest.raises(Exception, match="ExplanationMonitor failed at epoch 1"):
-        trainer.fit(FailingCNN(fail_rank=1, fail_epoch=1), datamodule=TinyDataModule())
+    """on_error="raise": both ranks raise, none waits for the other. Run with ``strategy="ddp"``: ddp_spawn workers
+    run fit outside Lightning's exception handler (no ``on_exception`` there) and the parent kills the surviving
+    worker as soon as one dies, so only the script launcher lets each rank report its own exception."""
+    proc = run_script(tmp_path, 5, "raise")
+    assert proc.returncode != 0
+    assert "ExplanationMonitor failed at epoch 1" in proc.stderr
     for rank in range(2):
         text = (tmp_path / f"rank{rank}_exception.txt").read_text()
         assert text.startswith("RuntimeError: ExplanationMonitor failed at epoch 1"), (rank, text)
+        assert not (tmp_path / f"rank{rank}_done.json").exists()
+    assert "another rank" in (tmp_path / "rank0_exception.txt").read_text()
     assert "injected failure on rank 1" in (tmp_path / "rank1_exception.txt").read_text()
-    assert not (tmp_path / "rank0_done.json").exists()
+    assert sorted(load_records(tmp_path)) == [(0, 0), (1, 0)]  # epoch 0 explained, then both stopped at epoch 1
 
 
 # ---------------------------------------------------------------------------------------------- sharded strategies
@@ -339,4 +355,4 @@ def test_ddp_strategy_is_accepted_in_setup():
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3])

@@ -70,10 +70,16 @@ class ExplanationMonitor(Callback):
             ``"pred"`` (the current prediction) or a fixed class index.
         layer: Grad-CAM layer, a dotted name from ``model.named_modules()``; ``None`` picks the last module with a 4-D
             output before the head.
-        n_steps: Integrated Gradients steps (the starting number when ``ig_tolerance`` is set).
-        ig_tolerance: If set, Integrated Gradients refines the probes whose completeness error exceeds it.
+        n_steps: Integrated Gradients steps (trapezoid rule, both ends included); the starting number when
+            ``ig_tolerance`` is set.
+        ig_tolerance: Adaptive Integrated Gradients: a probe whose completeness error
+            ``|sum(attr) - (f(x) - f(baseline))| / |f(x) - f(baseline)|`` exceeds it gets its steps doubled, up to
+            ``ig_max_steps``, reusing the evaluations it has. ``None``: exactly ``n_steps`` for every probe.
+        ig_max_steps: Cap of the adaptive refinement (bounds the cost of a probe that converges slowly).
         baseline: Integrated Gradients baseline, a constant (in the model's input space) or ``None`` for zeros.
-        internal_batch_size: Images per forward pass inside Integrated Gradients; ``None`` chooses from memory.
+        internal_batch_size: Images per forward pass inside Integrated Gradients; ``None``: the training
+            DataLoader's batch size when known (an explanation pass then never needs more memory than a training
+            step), else chosen from the free memory.
         input_key: Selects the image from a dataset item (index, key or callable); ``None`` guesses.
         label_key: Selects the label from a dataset item; ``None`` guesses.
         mask_key: Selects a ground-truth mask from a dataset item; ``None`` guesses (used by localisation metrics).
@@ -145,8 +151,9 @@ class ExplanationMonitor(Callback):
         every_n_epochs: int = 1,
         target: int | Literal["label", "pred"] = "label",
         layer: str | None = None,
-        n_steps: int = 32,
-        ig_tolerance: float | None = None,
+        n_steps: int = 16,
+        ig_tolerance: float | None = 0.02,
+        ig_max_steps: int = 128,
         baseline: float | None = None,
         internal_batch_size: int | None = None,
         input_key: int | str | Callable | None = None,
@@ -188,6 +195,8 @@ class ExplanationMonitor(Callback):
         _check(_is_int(n_steps) and n_steps >= 1, "n_steps", n_steps, "an int >= 1")
         _check(ig_tolerance is None or (_is_number(ig_tolerance) and ig_tolerance > 0), "ig_tolerance", ig_tolerance,
                "None or a float > 0 (e.g. 0.02 for 2%)")
+        _check(_is_int(ig_max_steps) and ig_max_steps >= n_steps, "ig_max_steps", ig_max_steps,
+               f"an int >= n_steps ({n_steps})")
         _check(baseline is None or _is_number(baseline), "baseline", baseline, "None (zeros) or a float")
         _check(internal_batch_size is None or (_is_int(internal_batch_size) and internal_batch_size >= 1),
                "internal_batch_size", internal_batch_size, "None (automatic) or an int >= 1")
@@ -234,6 +243,7 @@ class ExplanationMonitor(Callback):
         self.layer = layer
         self.n_steps = int(n_steps)
         self.ig_tolerance = ig_tolerance
+        self.ig_max_steps = int(ig_max_steps)
         self.baseline = baseline
         self.internal_batch_size = internal_batch_size
         self.input_key, self.label_key, self.mask_key = input_key, label_key, mask_key
@@ -266,6 +276,9 @@ class ExplanationMonitor(Callback):
         #: The last explained epoch on every rank: ``{"epoch", "step", "maps": {method: (N, 1, H, W)}, "pred", "prob"}``.
         self.latest: dict[str, Any] | None = None
         self._warned: set[str] = set()
+        self._train_batch_size: int | None = None
+        self._latest_results: dict[str, Tensor] | None = None  # full results of the last explained epoch
+        self._latest_step = -1
 
     # ------------------------------------------------------------------ identity & state
     @property
@@ -415,13 +428,16 @@ class ExplanationMonitor(Callback):
 
     # ------------------------------------------------------------------ when to explain
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loader = trainer.train_dataloader
+        self._train_batch_size = getattr(loader, "batch_size", None) if loader is not None else None
         # The reference frame: what the model looks at before this fit trains it (skipped on resume).
         if not self._reference:
             self._run(trainer, pl_module, reference=True)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if "sanity" in self.metrics:  # the trained model: now the check is meaningful, so warn
-            self.check_sanity(trainer, pl_module, warn=True)
+            latest = self._latest_results if self._latest_step == trainer.global_step else None
+            self.check_sanity(trainer, pl_module, warn=True, reference=latest)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Only the end-of-epoch validation (not the sanity check, not a mid-epoch val_check_interval run): then the
@@ -479,6 +495,7 @@ class ExplanationMonitor(Callback):
         scalars, report, record = trainer.strategy.broadcast((scalars, report, record), src=0)
         self.history.append(record)
         self._set_reference(results)
+        self._latest_results, self._latest_step = results, trainer.global_step
         self.latest = {"epoch": trainer.current_epoch, "step": trainer.global_step, "pred": results["pred"],
                        "prob": results["prob"], "maps": {m: results[f"map/{m}"] for m in self.methods}}
         for key, value in scalars.items():
@@ -559,13 +576,14 @@ class ExplanationMonitor(Callback):
             else:
                 targets = targets[start:stop].to(device)
             options: dict[str, Any] = {"n_steps": self.n_steps, "output_transform": self.output_transform,
-                                       "internal_batch_size": self.internal_batch_size}
+                                       "internal_batch_size": self.internal_batch_size or self._train_batch_size}
             if "grad_cam" in self.methods:
                 options["layer"] = self.layer_name
             if self.baseline is not None:
                 options["baseline"] = torch.full_like(images, float(self.baseline))
             if self.ig_tolerance is not None:
                 options["tolerance"] = self.ig_tolerance
+                options["max_steps"] = self.ig_max_steps
             explanation = explain_detailed(model, images, targets, self.methods, **options)
             maps = {m: to_heatmap(explanation.maps[m]).float() for m in self.methods}
             if faithfulness:
