@@ -71,6 +71,9 @@ class Recorder(Callback):
             "inference_mode": torch.is_inference_mode_enabled(),
             "probe_ids": monitor.probe_set.ids.tolist(),
             "layer": monitor.layer_name,
+            # the Integrated Gradients settings the monitor used, for the single-process reference
+            "ig_options": {"n_steps": monitor.n_steps, "tolerance": monitor.ig_tolerance,
+                           "max_steps": getattr(monitor, "ig_max_steps", 256)},
             "history_epochs": [h["epoch"] for h in monitor.history],
             "state_dict": {k: v.detach().clone() for k, v in pl_module.state_dict().items()},
             "sync_batchnorm": any(isinstance(m, torch.nn.SyncBatchNorm) for m in pl_module.modules()),
@@ -151,7 +154,7 @@ def single_process_maps(record: dict, num_probes: int) -> dict[str, torch.Tensor
     model = TinyCNN()
     model.load_state_dict(record["state_dict"])
     model.eval()
-    maps = explain(model, images[ids], labels[ids], METHODS, layer=record["layer"], n_steps=N_STEPS)
+    maps = explain(model, images[ids], labels[ids], METHODS, layer=record["layer"], **record["ig_options"])
     return {m: to_heatmap(t) for m, t in maps.items()}
 
 

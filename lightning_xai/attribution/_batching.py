@@ -11,6 +11,11 @@ Rule (documented in :func:`lightning_xai.attribution.integrated_gradients`):
    2 GiB, since the host is shared with the training run.
 4. Clamped to ``[1, cap]``: 2048 rows on CUDA; :data:`CPU_MAX_ROWS` on CPU, where larger batches do not run faster
    (measured in ``bench/attribution.py``) and only cost memory.
+
+Given or automatic, ``rows`` is a memory budget of ``rows`` rows of saved activations: the buffers the explanation
+itself holds (inputs, maps, adaptive IG's stored per-node gradients) take their share of it (:func:`chunk_rows`), so
+an explanation at ``internal_batch_size=B`` needs no more memory than a training step at batch ``B``
+(``bench/memory.py``).
 """
 
 from __future__ import annotations
@@ -71,3 +76,9 @@ def auto_rows(bytes_per_row: float, device: torch.device) -> int:
     budget, cap = memory_budget(device)
     rows = int(budget // (SAFETY * max(bytes_per_row, 1.0)))
     return max(1, min(rows, cap))
+
+
+def chunk_rows(rows: int, bytes_per_row: float, held_bytes: int) -> int:
+    """Rows per chunk when ``held_bytes`` of the ``rows * bytes_per_row`` budget are already taken (at least 1)."""
+    taken = -(-int(held_bytes) // max(int(bytes_per_row), 1))
+    return max(1, rows - taken)

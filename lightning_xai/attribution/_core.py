@@ -189,6 +189,8 @@ class _Engine:
         self.cam_layer, self.cam_name = cam_layer, cam_name
         self.output_transform = output_transform
         self.rows = internal_batch_size
+        self.bytes_per_row: float | None = None  # autograd-saved bytes per path point, measured by the first chunk
+        self.held_bytes: Callable[[], int] = lambda: 0  # bytes of the caller's buffers alive during the run
         self.autocast_dtype = autocast_dtype
         self.channels_last = channels_last
         self.num_classes: int | None = None
@@ -295,23 +297,33 @@ class _Engine:
         return logits.detach(), g_x.detach(), None if act is None else act.detach(), g_a
 
     def run(self, idx: Tensor, alpha: Tensor, *, cam_rows: int, consume: Callable[..., None]) -> None:
-        """Evaluate all points in chunks; the first ``cam_rows`` points also produce Grad-CAM quantities."""
+        """Evaluate all points in chunks; the first ``cam_rows`` points also produce Grad-CAM quantities.
+
+        The first chunk ever (at most :data:`_batching.PROBE_ROWS` rows) measures the bytes autograd saves per row.
+        Later chunks hold ``rows`` rows (given, or automatic) minus the rows that the explanation's own buffers
+        (``held_bytes()``: inputs, maps, adaptive IG's stored node gradients) already take, so the peak stays that of
+        ``rows`` rows of activations (:func:`_batching.chunk_rows`).
+        """
         total, start = idx.shape[0], 0
         while start < total:
             counter = None
-            if self.rows is None:
-                size = min(_batching.PROBE_ROWS, total - start)
+            remaining = total - start
+            if self.bytes_per_row is None:
+                size = min(_batching.PROBE_ROWS, remaining, self.rows or _batching.PROBE_ROWS)
                 counter = _batching.SavedBytes(self.net)
             else:
+                assert self.rows is not None  # set with bytes_per_row
+                rows = _batching.chunk_rows(self.rows, self.bytes_per_row, self.held_bytes())
                 # Balanced chunks: 1000 rows at <= 64 per chunk run as 16 chunks of 62-63, not 15 x 64 + one of 40.
-                remaining = total - start
-                size = -(-remaining // -(-remaining // self.rows))
+                size = -(-remaining // -(-remaining // rows))
             sl = slice(start, start + size)
             cam = start < cam_rows
             logits, g_x, act, g_a = self.evaluate(idx[sl], alpha[sl], cam=cam, counter=counter)
             consume(sl, logits, g_x, act, g_a)
             if counter is not None:
-                self.rows = _batching.auto_rows(counter.bytes / size, self.x.device)
+                self.bytes_per_row = counter.bytes / size
+                if self.rows is None:
+                    self.rows = _batching.auto_rows(self.bytes_per_row, self.x.device)
             start += size
 
     def forward_scores(self, inputs: Tensor) -> Tensor:
@@ -324,6 +336,115 @@ class _Engine:
                 logits = self._logits(self.net(chunk), chunk.shape[0])
                 out.append(logits.gather(1, self.target[start:start + step].unsqueeze(1)).squeeze(1))
         return torch.cat(out)
+
+
+
+class _AdaptivePaths:
+    """The nodes of every sample's IG path for adaptive refinement, and where to refine them.
+
+    Each node ``alpha`` of sample ``i`` stores the target score ``f_j``, the path derivative ``g_j = grad f . (x - b)``
+    (a scalar) and the input gradient (a map). On the interval ``[a_j, a_{j+1}]`` the completeness residual
+
+        ``r_j = (f_{j+1} - f_j) - (a_{j+1} - a_j) / 2 * (g_j + g_{j+1})``
+
+    is what the trapezoid rule misses there (``sum_j r_j = -delta``), at no extra cost: ``f`` is known at every node.
+    For a ReLU network ``f`` is piecewise linear along the path, so ``r_j`` is exactly zero on intervals without a
+    kink and refinement only needs to go where the kinks are. Each round, every sample whose relative completeness
+    error exceeds the tolerance bisects its intervals with ``|r_j| >= REFINE_FRACTION * max |r|`` (largest first,
+    within ``max_steps`` nodes). The result is the trapezoid rule on the final, non-uniform nodes, so the sum rule
+    ``sum(attr) = f(x) - f(b) + delta`` holds as for fixed steps.
+
+    Refining an interval changes its end nodes' weights, which is why the node gradients are kept; a sample's nodes
+    are dropped as soon as it is done (within tolerance, at ``max_steps``, or nothing left to refine).
+    """
+
+    REFINE_FRACTION = 0.5
+
+    def __init__(self, x_minus_b: Tensor, target: Tensor) -> None:
+        self.diff = x_minus_b
+        self.target = target
+        self.n = x_minus_b.shape[0]
+        self.count = torch.zeros(self.n, dtype=torch.long, device=x_minus_b.device)
+        self.start_count: Tensor | None = None
+        self.active = torch.ones(self.n, dtype=torch.bool, device=x_minus_b.device)
+        self.sample: list[Tensor] = []
+        self.alpha: list[Tensor] = []
+        self.f: list[Tensor] = []
+        self.g: list[Tensor] = []
+        self.grads: list[Tensor] = []
+
+    def add(self, idx: Tensor, alpha: Tensor, logits: Tensor, g_x: Tensor) -> None:
+        self.count.index_add_(0, idx, torch.ones_like(idx))
+        self.sample.append(idx)
+        self.alpha.append(alpha.double())
+        self.f.append(logits.gather(1, self.target[idx].unsqueeze(1)).squeeze(1).double())
+        self.g.append((g_x.double() * self.diff[idx].double()).flatten(1).sum(1))
+        self.grads.append(g_x)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.grads)
+
+    def _sorted(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        sample, alpha = torch.cat(self.sample), torch.cat(self.alpha)
+        order = torch.argsort(sample.double() * 2 + alpha)  # by sample, then alpha (alpha in [0, 1])
+        return order, sample[order], alpha[order], torch.cat(self.f)[order], torch.cat(self.g)[order]
+
+    def _keep(self, keep_samples: Tensor) -> None:
+        rows = keep_samples[torch.cat(self.sample)]
+        for name in ("sample", "alpha", "f", "g", "grads"):
+            setattr(self, name, [torch.cat(getattr(self, name))[rows]])
+
+    def refined(self) -> Tensor:
+        """``(N,)`` bool: samples with more nodes than the first pass gave them."""
+        return self.count > (self.start_count if self.start_count is not None else self.count)
+
+    def refinement(self, need: Tensor, max_steps: int) -> tuple[Tensor, Tensor]:
+        """The next round's path points ``(sample index, alpha)`` for the samples in ``need``; empty when done."""
+        if self.start_count is None:
+            self.start_count = self.count.clone()
+        need = need & self.active & (self.count < max_steps)
+        if not bool(need.all()) and self.sample:
+            self.active &= need  # a sample that needs nothing now never will: its integral is final
+            self._keep(self.active)
+        if not bool(need.any()):
+            return torch.zeros(0, dtype=torch.long, device=need.device), self.diff.new_zeros(0)
+        _, sample, alpha, f, g = self._sorted()
+        same = sample[1:] == sample[:-1]
+        s_int = sample[:-1][same]
+        a_lo, a_hi = alpha[:-1][same], alpha[1:][same]
+        h = a_hi - a_lo
+        resid = (f[1:] - f[:-1])[same] - h / 2 * (g[1:] + g[:-1])[same]
+        score = resid.abs()
+        top = torch.zeros(self.n, dtype=torch.float64, device=score.device).scatter_reduce_(
+            0, s_int, score, "amax", include_self=True)
+        pick = need[s_int] & (score >= self.REFINE_FRACTION * top[s_int]) & (score > 0)
+        cand = pick.nonzero().squeeze(1)
+        # Largest residuals first, then at most max_steps - count new nodes per sample.
+        cand = cand[torch.argsort(score[cand], descending=True, stable=True)]
+        cand = cand[torch.argsort(s_int[cand], stable=True)]
+        cs = s_int[cand]
+        first = torch.ones_like(cs, dtype=torch.bool)
+        first[1:] = cs[1:] != cs[:-1]
+        position = torch.arange(cs.numel(), device=cs.device)
+        rank = position - torch.cummax(torch.where(first, position, 0), 0).values
+        cand = cand[rank < (max_steps - self.count[cs])]
+        stuck = need.clone()
+        stuck[s_int[cand]] = False
+        self.active &= ~stuck  # needs refining but every residual is zero: nothing left to do
+        return s_int[cand], ((a_lo[cand] + a_hi[cand]) / 2).to(self.diff.dtype)
+
+    def integral(self, dtype: torch.dtype) -> Tensor:
+        """Trapezoid rule on every kept sample's nodes, ``sum_j (h_{j-1} + h_j) / 2 * grad_j`` (zero elsewhere)."""
+        order, sample, alpha, _, _ = self._sorted()
+        weight = torch.zeros_like(alpha)
+        same = sample[1:] == sample[:-1]
+        half = torch.where(same, (alpha[1:] - alpha[:-1]) / 2, torch.zeros_like(alpha[1:]))
+        weight[:-1] += half
+        weight[1:] += half
+        grads = torch.cat(self.grads)[order]
+        out = torch.zeros_like(self.diff)
+        out.index_add_(0, sample, (grads * weight.view(-1, 1, 1, 1).to(grads.dtype)).to(dtype))
+        return out
 
 
 def _grad_cam_map(act: Tensor, grad: Tensor, size: Sequence[int], dtype: torch.dtype) -> Tensor:
@@ -382,6 +503,16 @@ def _attribute(model: nn.Module, inputs: Tensor, target: Any, methods: tuple[str
         cam_map = torch.zeros(n, 1, *x.shape[-2:], dtype=dtype, device=device) if do_cam else None
         integral = torch.zeros_like(x) if do_ig else None
         f_b = torch.zeros(n, device=device)
+        # Adaptive IG keeps every node's (target score, input gradient): refining an interval changes its end nodes'
+        # trapezoid weights, which needs their gradients again (see _AdaptivePaths).
+        paths = _AdaptivePaths(x - b, tgt) if do_ig and tolerance is not None else None
+
+        def held_bytes() -> int:
+            buffers = (x, b, integral, saliency_map, cam_map, None if paths is None else paths.diff)
+            held = sum(t.untyped_storage().nbytes() for t in buffers if t is not None)
+            return held + (paths.nbytes() if paths is not None else 0)
+
+        engine.held_bytes = held_bytes
 
         def consume(sl: slice, logits: Tensor, g_x: Tensor, act: Tensor | None, g_a: Tensor | None) -> None:
             nonlocal logits_x
@@ -401,6 +532,8 @@ def _attribute(model: nn.Module, inputs: Tensor, target: Any, methods: tuple[str
                     f_b[rows_idx[at_b]] = logits[at_b].gather(1, tgt[rows_idx[at_b]].unsqueeze(1)).squeeze(1)
                 w = weight[sl].view(-1, 1, 1, 1).to(g_x.dtype)
                 integral.index_add_(0, rows_idx, (g_x * w).to(dtype))
+            if paths is not None:
+                paths.add(rows_idx, rows_alpha, logits, g_x)
 
         engine.run(idx, alpha, cam_rows=n if do_cam else 0, consume=consume)
 
@@ -419,32 +552,23 @@ def _attribute(model: nn.Module, inputs: Tensor, target: Any, methods: tuple[str
                 return attr, delta, _relative_error(delta, f_x, f_b)
 
             attr, delta, rel = completeness()
-            if tolerance is not None:
-                intervals = torch.full((n,), n_steps - 1, dtype=torch.long, device=device)
+            if paths is not None:
+                assert tolerance is not None
                 while True:
-                    need = (rel > tolerance) & (evals + intervals <= max_steps)
-                    if not bool(need.any()):
+                    ref_idx, ref_alpha = paths.refinement(rel > tolerance, max_steps)
+                    if ref_idx.numel() == 0:
                         break
-                    # Trapezoid on the doubled grid reuses every old node: T_2m = T_m / 2 + sum(new midpoints) / (2m).
-                    samples = need.nonzero().squeeze(1)
-                    m = intervals[samples]
-                    ref_idx = torch.repeat_interleave(samples, m)
-                    m_rows = torch.repeat_interleave(m, m)
-                    offsets = torch.arange(ref_idx.shape[0], device=device) - torch.repeat_interleave(
-                        torch.cumsum(m, 0) - m, m)
-                    ref_alpha = ((2 * offsets + 1).double() / (2 * m_rows).double()).to(dtype)
-                    ref_weight = (1.0 / (2 * m_rows).double()).to(dtype)
-                    integral[samples] *= 0.5
-
-                    def consume_refine(sl: slice, logits: Tensor, g_x: Tensor, act: Any, g_a: Any,
-                                       ref_idx: Tensor = ref_idx, ref_weight: Tensor = ref_weight) -> None:
-                        w = ref_weight[sl].view(-1, 1, 1, 1).to(g_x.dtype)
-                        integral.index_add_(0, ref_idx[sl], (g_x * w).to(dtype))
-
-                    engine.run(ref_idx, ref_alpha, cam_rows=0, consume=consume_refine)
-                    evals[samples] += m
-                    intervals[samples] *= 2
+                    engine.run(ref_idx, ref_alpha, cam_rows=0,
+                               consume=lambda sl, logits, g_x, *_, i=ref_idx, a=ref_alpha: paths.add(
+                                   i[sl], a[sl], logits, g_x))
+                    # The samples refined in this round get the trapezoid rule on their non-uniform nodes; samples
+                    # never refined keep the streamed fixed-step integral bit for bit.
+                    now = torch.zeros(n, dtype=torch.bool, device=device)
+                    now[ref_idx] = True
+                    integral[now] = paths.integral(dtype)[now]
                     attr, delta, rel = completeness()
+                evals = paths.count.clone()
+                paths = None  # frees the stored node gradients
             maps_ig = attr
             result.ig_delta, result.ig_relative_error, result.ig_evals = delta.detach(), rel.detach(), evals
         for m_name in methods:

@@ -462,15 +462,13 @@ class ExplanationMonitor(Callback):
                      targets: Tensor | None = None) -> dict[str, Tensor] | None:
         """Every rank explains its shard; all agree on success before gathering. ``None``: skipped (warned)."""
         assert self.probe_set is not None, "setup() selects the probes"
-        error: BaseException | None = None
-        local: dict[str, Tensor] = {}
-        try:
+
+        def explain_shard() -> dict[str, Tensor]:
             with rank_zero_buffers(model):  # every shard explained with rank 0's BatchNorm statistics
-                local = self._explain_shard(trainer, model, faithfulness=faithfulness, targets=targets)
-        except Exception as err:  # agreed on by all ranks below, then warned or raised
-            error = err
-        if not trainer.strategy.reduce_boolean_decision(error is None, all=True):
-            self._handle_failure(trainer, error)
+                return self._explain_shard(trainer, model, faithfulness=faithfulness, targets=targets)
+
+        ok, local = self._agreed(trainer, explain_shard)
+        if not ok:
             return None
         n = len(self.probe_set)
         results = {k: gather_shards(v, n) for k, v in local.items()}
@@ -490,9 +488,11 @@ class ExplanationMonitor(Callback):
             if "sanity" in self.metrics:
                 self.check_sanity(trainer, pl_module, warn=False, reference=results)
             return
-        scalars, report, record = self._measure(trainer, results)
+        ok, measured = self._agreed(trainer, lambda: self._measure(trainer, results))
+        if not ok:
+            return
         # Identical decisions and monitored values on every rank, decided by rank 0 (no float drift between ranks).
-        scalars, report, record = trainer.strategy.broadcast((scalars, report, record), src=0)
+        scalars, report, record = trainer.strategy.broadcast(measured, src=0)
         self.history.append(record)
         self._set_reference(results)
         self._latest_results, self._latest_step = results, trainer.global_step
@@ -500,8 +500,8 @@ class ExplanationMonitor(Callback):
                        "prob": results["prob"], "maps": {m: results[f"map/{m}"] for m in self.methods}}
         for key, value in scalars.items():
             trainer.callback_metrics[key] = torch.tensor(value)
-        if trainer.is_global_zero:
-            self._write(trainer, results, scalars, report)
+        # rank 0 writes; a failure there is still agreed on, so no rank goes on alone to the next collective
+        self._agreed(trainer, lambda: self._write(trainer, results, scalars, report) if trainer.is_global_zero else None)
         if report.any:
             rank_zero_warn(f"ExplanationMonitor: explanation drift at epoch {trainer.current_epoch} "
                            f"(step {trainer.global_step}).\n{report.summary()}")
@@ -613,6 +613,19 @@ class ExplanationMonitor(Callback):
             logits = self.output_transform(output) if self.output_transform is not None else output
         pred = logits.argmax(dim=1)
         return pred if self.target == "pred" else torch.where(labels >= 0, labels, pred)
+
+    def _agreed(self, trainer: pl.Trainer, fn: Callable[[], Any]) -> tuple[bool, Any]:
+        """Run ``fn`` on this rank; every rank learns whether it failed on any rank, then all warn or all raise."""
+        error: BaseException | None = None
+        value = None
+        try:
+            value = fn()
+        except Exception as err:
+            error = err
+        if trainer.strategy.reduce_boolean_decision(error is None, all=True):
+            return True, value
+        self._handle_failure(trainer, error)
+        return False, None
 
     def _handle_failure(self, trainer: pl.Trainer, error: BaseException | None) -> None:
         where = f"rank {trainer.global_rank}: {type(error).__name__}: {error}" if error else "another rank"
