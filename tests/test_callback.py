@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from lightning_xai import ExplanationMonitor
 from lightning_xai.callbacks import ExplanationMonitor as ExplanationMonitorFromCallbacks
+from lightning_xai.attribution import explain, to_heatmap
 from lightning_xai.render import overlay_grid_size
 
 METHODS = ("grad_cam", "saliency", "integrated_gradients")
@@ -421,3 +422,19 @@ def test_no_warning_noise_in_a_clean_run(tmp_path):
         fit(tmp_path, callbacks=[monitor], max_epochs=1)
     ours = [str(w.message) for w in caught if "ExplanationMonitor" in str(w.message)]
     assert ours == []
+
+
+def test_bf16_mixed_precision_training(tmp_path):
+    """Callback hooks run outside Lightning's autocast; explanations stay fp32 and finite (PITFALLS 13)."""
+    monitor = small_monitor(methods=("grad_cam", "integrated_gradients"))
+    trainer, _ = fit(tmp_path, callbacks=[monitor], max_epochs=2, precision="bf16-mixed")
+    assert len(monitor.history) == 2
+    for maps in monitor.latest["maps"].values():
+        assert maps.dtype == torch.float32 and torch.isfinite(maps).all() and maps.abs().sum() > 0
+    # the same maps as a plain fp32 computation on the final weights: Lightning's autocast did not leak in
+    model = trainer.lightning_module
+    probes = monitor.probe_set
+    expected = explain(model, probes.images, probes.labels, methods=("grad_cam", "integrated_gradients"),
+                       layer=monitor.layer_name, n_steps=8)
+    for method, maps in monitor.latest["maps"].items():
+        assert torch.allclose(maps, to_heatmap(expected[method]), rtol=1e-4, atol=1e-6), method
