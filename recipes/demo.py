@@ -10,7 +10,7 @@ ground-truth shape masks let the demo report how much of each map falls on the s
 
     python recipes/demo.py                 # ~3 min on 2 CPU cores
     python recipes/demo.py --fast          # a few seconds: what the tests run
-    tensorboard --logdir runs/demo --samples_per_plugin images=100
+    tensorboard --logdir runs/demo --samples_per_plugin images=1000
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = print_table(monitor, report, args.shortcut_epoch)
     print(f"\nTrained {args.epochs} epochs in {elapsed:.0f} s; shortcut planted at epoch {args.shortcut_epoch}.")
     print(f"TensorBoard logs: {os.path.abspath(logger.log_dir)}")
-    print(f"Open them with:  tensorboard --logdir {args.out} --samples_per_plugin images=100")
+    print(f"Open them with:  tensorboard --logdir {args.out} --samples_per_plugin images=1000")
     return rows
 
 
