@@ -438,3 +438,17 @@ def test_bf16_mixed_precision_training(tmp_path):
                        layer=monitor.layer_name, n_steps=8)
     for method, maps in monitor.latest["maps"].items():
         assert torch.allclose(maps, to_heatmap(expected[method]), rtol=1e-4, atol=1e-6), method
+
+
+def test_resume_with_a_different_probe_set_warns_and_resets(tmp_path):
+    images, labels = make_images(6, seed=5)
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True)
+    first = small_monitor(probes=(images, labels), methods=("grad_cam",))
+    fit(tmp_path / "a", callbacks=[first, ckpt], max_epochs=2, enable_checkpointing=True)
+    other_images, other_labels = make_images(6, seed=6)
+    second = small_monitor(probes=(other_images, other_labels), methods=("grad_cam",))
+    assert second.state_key == first.state_key  # same configuration: the checkpoint's state is offered to it
+    with pytest.warns(UserWarning, match="probe set differs"):
+        fit(tmp_path / "b", callbacks=[second], max_epochs=3, ckpt_path=ckpt.last_model_path,
+            enable_checkpointing=True)
+    assert [r["epoch"] for r in second.history] == [2]  # history restarted with the new probes
