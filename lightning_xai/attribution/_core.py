@@ -816,21 +816,32 @@ def integrated_gradients(
     Quadrature: the trapezoid rule on ``n_steps`` equally spaced nodes ``alpha = 0, 1/(n-1), ..., 1`` (both ends
     included, weights ``1/(n-1)``, halved at the ends). It is exact for linear models, second-order accurate for
     smooth ones, has ``alpha = 1`` as a node (so :func:`explain` gets saliency and Grad-CAM for free) and ``alpha =
-    0`` (so ``f(b)`` for the delta costs nothing), and doubling the grid reuses every old node (adaptive mode).
+    0`` (so ``f(b)`` for the delta costs nothing), and bisecting an interval reuses its end nodes (adaptive mode).
     ``n_steps = 1`` is the single node ``alpha = 1``: gradient x (input - baseline). Note: Captum's
     ``method="riemann_trapezoid"`` uses the same nodes but weights ``1/n`` instead of ``1/(n-1)``, so its
     attributions are ours times ``(n-1)/n`` and miss completeness by that factor.
 
     Adaptive mode (``tolerance`` set): after the first ``n_steps`` nodes, every sample whose completeness relative
-    error ``|delta| / max(|f(x) - f(b)|, 1e-4)`` exceeds ``tolerance`` gets the midpoints of its current grid
-    (``m`` intervals become ``2m``: ``m`` new evaluations, all old ones reused), until it meets the tolerance or its
-    next refinement would exceed ``max_steps`` nodes. ReLU networks converge very unevenly across images, so this
-    spends evaluations only where needed; :attr:`Explanation.ig_evals` reports them per sample.
+    error ``|delta| / max(|f(x) - f(b)|, 1e-4)`` exceeds ``tolerance`` is refined where its error is: on each interval
+    ``[a_j, a_{j+1}]`` of its path, ``r_j = (f(a_{j+1}) - f(a_j)) - (a_{j+1} - a_j) (g_j + g_{j+1}) / 2`` (with
+    ``g = grad f . (x - b)``) is the part of the completeness error made there (``sum_j r_j = -delta``; free, since
+    ``f`` is known at every node), and each round bisects the intervals with ``|r_j| >= 0.5 max |r|``, until the
+    sample meets the tolerance or has ``max_steps`` nodes. A ReLU network is piecewise linear along the path, so
+    ``r_j`` is zero where there is no kink and the new nodes go where the kinks are. The result is the trapezoid rule
+    on each sample's final, non-uniform nodes (sum rule as above); a sample within tolerance after the first pass
+    keeps exactly the fixed-step result. :attr:`Explanation.ig_evals` reports the nodes per sample. Measured in
+    ``bench/adaptive_ig.py``: the worst-case error of fixed 65 steps at 0.20x its evaluations (from 9 nodes). The
+    criterion is completeness, a scalar: a map can still differ from the converged one more than that of a fixed
+    run with the same worst-case completeness error (the bench prints both). Memory: the node gradients are kept
+    (one image per evaluation) until a sample is done, and count against ``internal_batch_size`` (below).
 
     ``internal_batch_size=None`` (automatic): the first forward pass (16 path points at most) measures the bytes
     autograd saves per point; then ``rows = budget // (3 * bytes_per_point)``, with budget half of the free CUDA
     memory, or on CPU a quarter of the available RAM capped at 2 GiB; clamped to at most 2048 rows on CUDA and 64 on
-    CPU (where larger batches are not faster).
+    CPU (where larger batches are not faster). Given or automatic, ``internal_batch_size`` rows of saved activations
+    are the memory budget of one chunk, and the explanation's own buffers (inputs, maps, stored node gradients) take
+    their share of it, so at ``internal_batch_size=B`` the peak stays that of a training step at batch ``B``
+    (``bench/memory.py``); the first chunk holds at most 16 rows to measure the bytes per row.
 
     Args:
         model: the classifier (see :func:`explain_detailed` for wrappers and side effects).
@@ -838,7 +849,8 @@ def integrated_gradients(
         target: class index for all samples (int or 0-d tensor) or one per sample.
         baseline: ``None`` (zeros), a number, or a tensor shaped like ``inputs`` or like one sample.
         n_steps: nodes per sample, >= 1 (>= 2 with ``tolerance``).
-        internal_batch_size: path points per forward/backward; ``None``: automatic. Results do not depend on it.
+        internal_batch_size: path points per forward/backward at most (a memory budget, see above); ``None``:
+            automatic. Results do not depend on it beyond float rounding.
         return_delta: also return the completeness delta.
         output_transform: maps the model's output to logits ``(N, num_classes)``.
         tolerance: adaptive mode's target relative completeness error (e.g. ``0.02``); ``None`` for fixed steps.
