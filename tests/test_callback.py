@@ -348,6 +348,7 @@ def test_flat_memory_and_event_size_over_20_epochs(tmp_path):
 
     class Measure(Callback):
         def on_train_epoch_end(self, trainer, pl_module):
+            monitor._finish_images()  # the epoch's overlays are written on a background thread: measure after it
             trainer.logger.experiment.flush()
             sizes.append(sum(os.path.getsize(os.path.join(trainer.logger.log_dir, f))
                              for f in os.listdir(trainer.logger.log_dir) if "tfevents" in f))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -72,9 +73,11 @@ class ExplanationMonitor(Callback):
             output before the head.
         n_steps: Integrated Gradients steps (trapezoid rule, both ends included); the starting number when
             ``ig_tolerance`` is set.
-        ig_tolerance: Adaptive Integrated Gradients: a probe whose completeness error
-            ``|sum(attr) - (f(x) - f(baseline))| / |f(x) - f(baseline)|`` exceeds it gets its steps doubled, up to
-            ``ig_max_steps``, reusing the evaluations it has. ``None``: exactly ``n_steps`` for every probe.
+        ig_tolerance: Adaptive Integrated Gradients: while a probe's completeness error
+            ``|sum(attr) - (f(x) - f(baseline))| / |f(x) - f(baseline)|`` exceeds it, the path intervals that carry
+            the error are split (up to ``ig_max_steps`` nodes), reusing every evaluation made. ``None``: exactly
+            ``n_steps`` for every probe. Do not lower ``n_steps`` far below 16: completeness is one number per probe
+            and can be met by a coarse map.
         ig_max_steps: Cap of the adaptive refinement (bounds the cost of a probe that converges slowly).
         baseline: Integrated Gradients baseline, a constant (in the model's input space) or ``None`` for zeros.
         internal_batch_size: Images per forward pass inside Integrated Gradients; ``None``: the training
@@ -279,6 +282,8 @@ class ExplanationMonitor(Callback):
         self._train_batch_size: int | None = None
         self._latest_results: dict[str, Tensor] | None = None  # full results of the last explained epoch
         self._latest_step = -1
+        self._image_executor: ThreadPoolExecutor | None = None
+        self._image_job: Future | None = None
 
     # ------------------------------------------------------------------ identity & state
     @property
@@ -435,9 +440,27 @@ class ExplanationMonitor(Callback):
             self._run(trainer, pl_module, reference=True)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the last overlays are in the event file before the loggers finalise; a failure is agreed on like any other
+        self._agreed(trainer, self._finish_images)
         if "sanity" in self.metrics:  # the trained model: now the check is meaningful, so warn
             latest = self._latest_results if self._latest_step == trainer.global_step else None
             self.check_sanity(trainer, pl_module, warn=True, reference=latest)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._shutdown_images()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._shutdown_images()
+
+    def _shutdown_images(self) -> None:
+        try:
+            self._finish_images()
+        except Exception as err:  # the run is ending anyway: report, don't mask what ended it
+            rank_zero_warn(f"ExplanationMonitor: writing the last overlays failed: {type(err).__name__}: {err}")
+        finally:
+            if self._image_executor is not None:
+                self._image_executor.shutdown(wait=True)
+                self._image_executor = None
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Only the end-of-epoch validation (not the sanity check, not a mid-epoch val_check_interval run): then the
@@ -707,21 +730,37 @@ class ExplanationMonitor(Callback):
     # ------------------------------------------------------------------ rank 0: render and write
     def _write(self, trainer: pl.Trainer, results: dict[str, Tensor], scalars: dict[str, float],
                report: DriftReport) -> None:
+        self._finish_images()  # a failure of the previous epoch's overlays surfaces here, inside the rank agreement
         writer = self._get_writer(trainer)
         step = trainer.global_step
         if self.log_images:
-            captions = self._captions(results)
-            images = self.probe_set.images
-            for m in self.methods:
-                grid = make_overlay_grid(images, results[f"map/{m}"], captions, alpha=self.alpha,
-                                         colormap=self.colormap, mean=self.mean, std=self.std, caption_lines=2)
-                writer.add_image(f"xai/{m}/overlay", grid, step)
+            # Rendering and PNG encoding overlap with training on a background thread (rank 0 only, no collectives);
+            # the inputs are this epoch's own tensors, never modified afterwards.
+            maps = {m: results[f"map/{m}"] for m in self.methods}
+            if self._image_executor is None:
+                self._image_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lightning_xai")
+            self._image_job = self._image_executor.submit(self._write_overlays, writer, maps,
+                                                          self._captions(results), step)
         writer.add_scalars(scalars, step)
         for logger in trainer.loggers:  # other loggers (CSV, W&B, ...) get the scalars through their own API
             if not isinstance(logger, pl.loggers.TensorBoardLogger):
                 logger.log_metrics(scalars, step)
         writer.add_text("xai/drift", self._drift_text(trainer, scalars, report), step)
         writer.flush()
+
+    def _write_overlays(self, writer: TensorBoardWriter | FileWriter, maps: dict[str, Tensor],
+                        captions: list[list[str]], step: int) -> None:
+        for m, heatmaps in maps.items():
+            grid = make_overlay_grid(self.probe_set.images, heatmaps, captions, alpha=self.alpha,
+                                     colormap=self.colormap, mean=self.mean, std=self.std, caption_lines=2)
+            writer.add_image(f"xai/{m}/overlay", grid, step)
+        writer.flush()
+
+    def _finish_images(self) -> None:
+        """Wait for the pending overlay job; re-raises its exception."""
+        job, self._image_job = self._image_job, None
+        if job is not None:
+            job.result()
 
     def _captions(self, results: dict[str, Tensor]) -> list[list[str]]:
         probes = self.probe_set

@@ -78,6 +78,24 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, max_width: float, elli
     )
 
 
+def _strip(lines: tuple[str, ...], width: int, size: int, background: int, foreground: int) -> Tensor:
+    """The drawn caption strip ``(3, h, W)``."""
+    font, line_height, unicode_ok = _font(size)
+    height = caption_height(width, len(lines), font_size=size)
+    strip = Image.new("RGB", (width, height), (background,) * 3)
+    draw = ImageDraw.Draw(strip)
+    ellipsis = "\u2026" if unicode_ok else "..."
+    max_width = width - 2 * CAPTION_PADDING
+    for i, line in enumerate(lines):
+        text = " ".join(line.splitlines())
+        if not unicode_ok:
+            text = text.encode("latin-1", errors="replace").decode("latin-1")
+        text = _fit(draw, text, font, max_width, ellipsis)
+        if text:
+            draw.text((CAPTION_PADDING, CAPTION_PADDING + i * line_height), text, font=font, fill=(foreground,) * 3)
+    return torch.frombuffer(bytearray(strip.tobytes()), dtype=torch.uint8).view(height, width, 3).permute(2, 0, 1)
+
+
 def caption(
     image: Tensor,
     lines: Sequence[str],
@@ -126,19 +144,5 @@ def caption(
         return image.clone()
     width = int(image.shape[2])
     size = default_font_size(width) if font_size is None else font_size
-    font, line_height, unicode_ok = _font(size)
-    height = caption_height(width, len(lines), font_size=size)
-    strip = Image.new("RGB", (width, height), (background,) * 3)
-    draw = ImageDraw.Draw(strip)
-    ellipsis = "\u2026" if unicode_ok else "..."
-    max_width = width - 2 * CAPTION_PADDING
-    for i, line in enumerate(lines):
-        text = " ".join(line.splitlines())
-        if not unicode_ok:
-            text = text.encode("latin-1", errors="replace").decode("latin-1")
-        text = _fit(draw, text, font, max_width, ellipsis)
-        if text:
-            draw.text((CAPTION_PADDING, CAPTION_PADDING + i * line_height), text, font=font, fill=(foreground,) * 3)
-    strip_t = torch.frombuffer(bytearray(strip.tobytes()), dtype=torch.uint8).view(height, width, 3)
-    strip_t = strip_t.permute(2, 0, 1).to(image.device)
+    strip_t = _strip(tuple(lines), width, size, background, foreground).to(image.device)
     return torch.cat([image, strip_t], dim=1)

@@ -78,7 +78,7 @@ class FileWriter:
         img = check_image(img)
         path = self.image_path(tag, step)
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img.permute(1, 2, 0).contiguous().numpy()).save(path, format="PNG")
+        Image.fromarray(img.permute(1, 2, 0).contiguous().numpy()).save(path, format="PNG", compress_level=1)
 
     def add_scalars(self, values: Mapping[str, float], step: int) -> list[str]:
         """Append one ``step,tag,value`` row per finite value; return the tags skipped as non-finite."""

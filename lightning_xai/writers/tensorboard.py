@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from PIL import Image
 from torch import Tensor
 
 from lightning_xai.writers.base import check_image, check_step, check_tag, finite_scalars
@@ -57,7 +59,19 @@ class TensorBoardWriter:
         check_tag(tag)
         step = check_step(step)
         img = check_image(img)
-        self.summary_writer.add_image(tag, img, global_step=step, dataformats="CHW")
+        get_file_writer = getattr(self.summary_writer, "_get_file_writer", None)
+        if not callable(get_file_writer):
+            self.summary_writer.add_image(tag, img, global_step=step, dataformats="CHW")
+            return
+        # Same record as add_image, but the PNG is encoded at zlib level 1: encoding is most of the monitor's
+        # per-epoch cost after the explanation itself (48 -> 21 ms per grid, files ~6% larger; bench/overhead.py).
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        height, width = img.shape[1:]
+        buffer = io.BytesIO()
+        Image.fromarray(img.permute(1, 2, 0).contiguous().cpu().numpy()).save(buffer, format="PNG", compress_level=1)
+        image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=buffer.getvalue())
+        get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
     def add_scalars(self, values: Mapping[str, float], step: int) -> list[str]:
         """Log each finite value as its own scalar (``add_scalar(tag, value, step)``).
