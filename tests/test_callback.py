@@ -453,3 +453,14 @@ def test_resume_with_a_different_probe_set_warns_and_resets(tmp_path):
         fit(tmp_path / "b", callbacks=[second], max_epochs=3, ckpt_path=ckpt.last_model_path,
             enable_checkpointing=True)
     assert [r["epoch"] for r in second.history] == [2]  # history restarted with the new probes
+
+
+def test_a_second_fit_writes_to_its_own_logger(tmp_path):
+    monitor = small_monitor(methods=("grad_cam",))
+    model = TinyCNN()
+    trainer_a = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path / "a", max_epochs=1))
+    trainer_a.fit(model, datamodule=TinyDataModule())
+    trainer_b = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path / "b", max_epochs=2))
+    trainer_b.fit(model, datamodule=TinyDataModule())
+    assert len(read_events(trainer_a.logger.log_dir)["images"]["xai/grad_cam/overlay"]) == 1
+    assert len(read_events(trainer_b.logger.log_dir)["images"]["xai/grad_cam/overlay"]) == 2

@@ -340,6 +340,8 @@ class ExplanationMonitor(Callback):
                 "offline with lightning_xai.attribution.explain."
             )
         self._check_monitors(trainer)
+        # epochs count from 0 again in a new fit (a resumed one restores this in load_state_dict, after setup)
+        self._last_explained_epoch = None
         if self.probe_set is None:
             source, what = self.probes_source, "probes"
             if source is None:
@@ -451,6 +453,7 @@ class ExplanationMonitor(Callback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._shutdown_images()
+        self._writer = None  # a later fit may bring another logger
 
     def _shutdown_images(self) -> None:
         try:
