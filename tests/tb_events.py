@@ -57,6 +57,7 @@ def read_events(log_dir: str | os.PathLike[str]) -> dict[str, Any]:
     images: dict[str, list[tuple[int, int, int, np.ndarray]]] = {}
     scalars: dict[str, list[tuple[int, float]]] = {}
     texts: dict[str, list[tuple[int, str]]] = {}
+    histograms: dict[str, list[tuple[int, int, float, float]]] = {}
     for file in files:
         acc = ea.EventAccumulator(file, size_guidance=_SIZE_GUIDANCE)
         acc.Reload()
@@ -72,4 +73,9 @@ def read_events(log_dir: str | os.PathLike[str]) -> dict[str, Any]:
                 continue
             key = tag[: -len(_TEXT_SUFFIX)] if tag.endswith(_TEXT_SUFFIX) else tag
             texts.setdefault(key, []).extend((int(e.step), _decode_text(e.tensor_proto)) for e in acc.Tensors(tag))
-    return {"images": images, "scalars": scalars, "texts": texts, "files": files}
+        for tag in tags.get(ea.HISTOGRAMS, []):
+            histograms.setdefault(tag, []).extend(
+                (int(e.step), int(e.histogram_value.num), float(e.histogram_value.min), float(e.histogram_value.max))
+                for e in acc.Histograms(tag)
+            )
+    return {"images": images, "scalars": scalars, "texts": texts, "histograms": histograms, "files": files}

@@ -139,6 +139,9 @@ def test_events_read_back(tmp_path):
         assert [s for s, _ in events["scalars"][f"xai/{m}/drift"]] == expected_steps
     ig_err = events["scalars"]["xai/integrated_gradients/completeness_error"]
     assert len(ig_err) == 3 and all(math.isfinite(v) and 0 <= v <= 0.02 for _, v in ig_err)  # tolerance met
+    histogram = events["histograms"]["xai/integrated_gradients/completeness_error"]
+    assert [(step, count) for step, count, _, _ in histogram] == [(s, 6) for s in expected_steps]  # one per probe
+    assert all(0.0 <= low <= high for _, _, low, high in histogram)
     texts = events["texts"]["xai/drift"]
     assert [s for s, _ in texts] == expected_steps
     assert "stability" in texts[0][1]

@@ -92,7 +92,7 @@ def test_read_events_several_runs(tmp_path):
     assert len(events["files"]) == 2
     assert events["scalars"]["a"] == [(0, 0.0), (1, 1.0)]
     assert read_events(events["files"][1])["scalars"]["a"] == [(1, 1.0)]
-    assert read_events(tmp_path / "missing") == {"images": {}, "scalars": {}, "texts": {}, "files": []}
+    assert read_events(tmp_path / "missing") == {"images": {}, "scalars": {}, "texts": {}, "histograms": {}, "files": []}
 
 
 def test_tensorboard_writer_bad_args(tmp_path):
@@ -183,3 +183,19 @@ def test_file_writer_bad_args(tmp_path):
     with pytest.raises(ValueError, match="step"):
         writer.add_scalars({"a": 1.0}, 1.5)
     assert not (tmp_path / "xai_images").exists()
+
+
+def test_histograms_skip_non_finite_values(tmp_path):
+    values = torch.tensor([0.01, 0.02, float("nan"), 0.5, float("inf")])
+    summary_writer = SummaryWriter(str(tmp_path / "tb"))
+    TensorBoardWriter(summary_writer).add_histogram("xai/h", values, step=3)
+    TensorBoardWriter(summary_writer).add_histogram("xai/empty", torch.tensor([float("nan")]), step=3)
+    summary_writer.close()
+    histograms = read_events(tmp_path / "tb")["histograms"]
+    assert list(histograms) == ["xai/h"]  # an all-NaN tensor writes nothing
+    ((step, count, low, high),) = histograms["xai/h"]
+    assert (step, count) == (3, 3) and low == pytest.approx(0.01) and high == pytest.approx(0.5)
+    writer = FileWriter(tmp_path / "files")
+    writer.add_histogram("xai/h", values, step=3)
+    lines = (tmp_path / "files" / "xai_histograms.csv").read_text().splitlines()
+    assert lines[0] == "step,tag,values" and lines[1].startswith("3,xai/h,") and "nan" not in lines[1]

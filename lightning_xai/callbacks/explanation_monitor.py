@@ -126,7 +126,8 @@ class ExplanationMonitor(Callback):
           ``|sum(attr) - (f(x) - f(baseline))| / |f(x) - f(baseline)|``.
         - ``xai/{method}/pointing_game``, ``xai/{method}/relevance_mass`` (scalars, when the probes have masks):
           share of probes whose map peaks inside the mask; mean share of the map's mass inside the mask.
-        - ``xai/integrated_gradients/completeness_error_p90``, ``..._max`` (scalars): the rest of the distribution.
+        - ``xai/integrated_gradients/completeness_error_p90``, ``..._max`` (scalars), and the per-probe errors as a
+          histogram under ``xai/integrated_gradients/completeness_error``.
         - ``xai/agreement/{a}_vs_{b}`` (scalar): mean rank correlation between two methods' maps.
         - ``xai/{method}/deletion_auc``, ``xai/{method}/insertion_auc`` (scalars, with ``"faithfulness"``): mean area
           under the target probability as pixels are removed (lower is better) / inserted (higher is better) in
@@ -745,6 +746,8 @@ class ExplanationMonitor(Callback):
             self._image_job = self._image_executor.submit(self._write_overlays, writer, maps,
                                                           self._captions(results), step)
         writer.add_scalars(scalars, step)
+        if "integrated_gradients" in self.methods:  # the whole distribution, not only its median
+            writer.add_histogram("xai/integrated_gradients/completeness_error", results["ig_error"], step)
         for logger in trainer.loggers:  # other loggers (CSV, W&B, ...) get the scalars through their own API
             if not isinstance(logger, pl.loggers.TensorBoardLogger):
                 logger.log_metrics(scalars, step)

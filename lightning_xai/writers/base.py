@@ -25,6 +25,8 @@ class Writer(Protocol):
 
     def add_scalars(self, values: Mapping[str, float], step: int) -> list[str]: ...
 
+    def add_histogram(self, tag: str, values: Tensor, step: int) -> None: ...
+
     def add_text(self, tag: str, text: str, step: int) -> None: ...
 
     def flush(self) -> None: ...
@@ -76,3 +78,11 @@ def finite_scalars(values: Mapping[str, float]) -> tuple[dict[str, float], list[
         else:
             skipped.append(tag)
     return kept, skipped
+
+
+def finite_values(values: Tensor) -> Tensor:
+    """The finite entries of ``values``, flattened, as float32 on the CPU (histograms never see NaN/inf)."""
+    if not isinstance(values, Tensor):
+        raise TypeError(f"`values` must be a tensor, got {type(values).__name__}")
+    flat = values.detach().reshape(-1).float().cpu()
+    return flat[torch.isfinite(flat)]

@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image
 from torch import Tensor
 
-from lightning_xai.writers.base import check_image, check_step, check_tag, finite_scalars
+from lightning_xai.writers.base import check_image, check_step, check_tag, finite_scalars, finite_values
 
 __all__ = ["FileWriter"]
 
@@ -58,6 +58,7 @@ class FileWriter:
     IMAGES_DIR = "xai_images"
     SCALARS_FILE = "xai_scalars.csv"
     TEXT_FILE = "xai_text.md"
+    HISTOGRAM_FILE = "xai_histograms.csv"
 
     def __init__(self, log_dir: str | os.PathLike[str]) -> None:
         if not isinstance(log_dir, (str, os.PathLike)) or not str(log_dir):
@@ -96,6 +97,22 @@ class FileWriter:
                 for tag, value in kept.items():
                     rows.writerow([step, tag, repr(value)])
         return skipped
+
+    def add_histogram(self, tag: str, values: Tensor, step: int) -> None:
+        """Append the finite entries of ``values`` to ``xai_histograms.csv`` (columns step, tag, values)."""
+        check_tag(tag)
+        step = check_step(step)
+        values = finite_values(values)
+        if not values.numel():
+            return
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        path = self.log_dir / self.HISTOGRAM_FILE
+        new = not path.exists()
+        with path.open("a", newline="", encoding="utf-8") as f:
+            rows = csv.writer(f)
+            if new:
+                rows.writerow(["step", "tag", "values"])
+            rows.writerow([step, tag, " ".join(repr(v) for v in values.tolist())])
 
     def add_text(self, tag: str, text: str, step: int) -> None:
         """Append ``text`` to ``xai_text.md`` under a ``## <tag> (step <step>)`` heading."""

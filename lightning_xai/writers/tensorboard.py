@@ -10,7 +10,7 @@ from typing import Any
 from PIL import Image
 from torch import Tensor
 
-from lightning_xai.writers.base import check_image, check_step, check_tag, finite_scalars
+from lightning_xai.writers.base import check_image, check_step, check_tag, finite_scalars, finite_values
 
 __all__ = ["TensorBoardWriter"]
 
@@ -85,6 +85,14 @@ class TensorBoardWriter:
             self.summary_writer.add_scalar(tag, value, global_step=step)
         self.skipped_counts.update(skipped)
         return skipped
+
+    def add_histogram(self, tag: str, values: Tensor, step: int) -> None:
+        """Log the distribution of the finite entries of ``values`` (nothing if there are none)."""
+        check_tag(tag)
+        step = check_step(step)
+        values = finite_values(values)
+        if values.numel():
+            self.summary_writer.add_histogram(tag, values, global_step=step)
 
     def add_text(self, tag: str, text: str, step: int) -> None:
         """Log ``text`` (Markdown) under ``tag`` at ``step``; TensorBoard shows it in the Text tab."""
