@@ -56,10 +56,6 @@ class TinyCNN(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
 
 
-class TinyCNNNoVal(TinyCNN):
-    validation_step = None  # type: ignore[assignment]
-
-
 class TupleOutputCNN(TinyCNN):
     """Returns (logits, features): needs output_transform."""
 

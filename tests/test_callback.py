@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -13,7 +14,6 @@ from lit_models import (
     NUM_CLASSES,
     DictDataset,
     TinyCNN,
-    TinyCNNNoVal,
     TinyDataModule,
     TrainOnlyDataModule,
     TupleOutputCNN,
@@ -26,8 +26,8 @@ from tb_events import read_events
 from torch.utils.data import DataLoader
 
 from lightning_xai import ExplanationMonitor
-from lightning_xai.callbacks import ExplanationMonitor as ExplanationMonitorFromCallbacks
 from lightning_xai.attribution import explain, to_heatmap
+from lightning_xai.callbacks import ExplanationMonitor as ExplanationMonitorFromCallbacks
 from lightning_xai.render import overlay_grid_size
 
 METHODS = ("grad_cam", "saliency", "integrated_gradients")
@@ -192,7 +192,7 @@ def test_file_writer_without_tensorboard(tmp_path):
     pngs = [f for _, _, files in os.walk(tmp_path) for f in files if f.endswith(".png")]
     assert len(pngs) == 2
     csv_metrics = [os.path.join(d, f) for d, _, files in os.walk(tmp_path) for f in files if f == "metrics.csv"]
-    assert csv_metrics and "xai/saliency/drift" in open(csv_metrics[0]).read()
+    assert csv_metrics and "xai/saliency/drift" in Path(csv_metrics[0]).read_text()
 
 
 # ---------------------------------------------------------------------------------------------- monitoring
