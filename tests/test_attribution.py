@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from attribution_helpers import DataclassOut, DictOut, TupleOut, tiny_cnn
 from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Saliency
-from test_attribution_helpers import DataclassOut, DictOut, TupleOut, tiny_cnn
 from torch import nn
 
 from lightning_xai.attribution import (

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from attribution_helpers import tiny_cnn
 from captum.attr import LayerAttribution, LayerGradCam
-from test_attribution_helpers import tiny_cnn
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 

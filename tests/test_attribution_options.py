@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_attribution_helpers import tiny_cnn
+from attribution_helpers import tiny_cnn
 
 from lightning_xai.attribution import (
     METHODS,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_attribution_helpers import Explosive, tiny_cnn
+from attribution_helpers import Explosive, tiny_cnn
 from torch import nn
 
 from lightning_xai.attribution import (

@@ -7,20 +7,10 @@ import random
 import numpy as np
 import pytest
 import torch
+from rng_checks import assert_rng_unchanged, rng_snapshot
 from torch.utils.data import DataLoader
 
 from lightning_xai.datasets import MARKER_COLORS, SHAPE_NAMES, SHAPES_MEAN, SHAPES_STD, ShapesDataset
-
-
-def _rng_snapshot():
-    return torch.get_rng_state().clone(), random.getstate(), np.random.get_state()[1].copy()
-
-
-def _assert_rng_unchanged(before):
-    after = _rng_snapshot()
-    assert torch.equal(before[0], after[0]), "global torch RNG consumed"
-    assert before[1] == after[1], "python random consumed"
-    assert np.array_equal(before[2], after[2]), "numpy RNG consumed"
 
 
 def test_item_types_and_shapes():
@@ -69,12 +59,12 @@ def test_global_rng_untouched_and_irrelevant():
     torch.manual_seed(0)
     random.seed(0)
     np.random.seed(0)
-    before = _rng_snapshot()
+    before = rng_snapshot()
     ds = ShapesDataset(40, seed=1, shortcut_strength=0.5)
     items = [ds[i] for i in range(40)]
     ds.marker_mask(3)
     ds.sample(4)
-    _assert_rng_unchanged(before)
+    assert_rng_unchanged(before)
     torch.manual_seed(12345)
     again = [ShapesDataset(40, seed=1, shortcut_strength=0.5)[i] for i in range(40)]
     for (x, y, m), (x2, y2, m2) in zip(items, again):

@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from rng_checks import assert_rng_unchanged, rng_snapshot
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from lightning_xai.probes import MAX_SCAN_FACTOR, ProbeSet, select_probes
@@ -66,17 +67,6 @@ class Stream(IterableDataset):
 
     def __iter__(self):
         yield from zip(self.images, self.labels)
-
-
-def _rng_snapshot():
-    return torch.get_rng_state().clone(), random.getstate(), np.random.get_state()[1].copy()
-
-
-def _assert_rng_unchanged(before):
-    after = _rng_snapshot()
-    assert torch.equal(before[0], after[0]), "global torch RNG consumed"
-    assert before[1] == after[1], "python random consumed"
-    assert np.array_equal(before[2], after[2]), "numpy RNG consumed"
 
 
 # ---------------------------------------------------------------------------------------------------- selection
@@ -177,18 +167,18 @@ def test_non_class_label_means_unknown_unless_selected_explicitly():
 def test_dataloader_over_map_style_dataset_reads_dataset_not_loader():
     ds = TupleDataset(_images(), LABELS)
     loader = DataLoader(ds, batch_size=5, shuffle=True, num_workers=0)
-    before = _rng_snapshot()
+    before = rng_snapshot()
     probes = select_probes(loader, num_probes=3)
-    _assert_rng_unchanged(before)
+    assert_rng_unchanged(before)
     assert probes.ids.tolist() == [2, 4, 0]
 
 
 def test_iterable_dataloader_unbatched_and_rng_neutral():
     loader = DataLoader(Stream(_images(), LABELS), batch_size=5)
     torch.manual_seed(7)
-    before = _rng_snapshot()
+    before = rng_snapshot()
     probes = select_probes(loader, num_probes=4)
-    _assert_rng_unchanged(before)
+    assert_rng_unchanged(before)
     assert probes.ids.tolist() == [2, 4, 0, 5]
     assert torch.equal(probes.images, _images()[probes.ids])
     # Plain iteration would have consumed the global RNG (the loader draws its base seed): the pitfall we avoid.
@@ -211,9 +201,9 @@ def test_random_transforms_are_isolated_and_repeatable():
     random.seed(1)
     np.random.seed(1)
     torch.manual_seed(1)
-    before = _rng_snapshot()
+    before = rng_snapshot()
     a = select_probes(ds, num_probes=4, seed=3)
-    _assert_rng_unchanged(before)
+    assert_rng_unchanged(before)
     torch.manual_seed(99)  # a different global state must not change the probes
     b = select_probes(ds, num_probes=4, seed=3)
     assert torch.equal(a.images, b.images)

@@ -277,14 +277,23 @@ class ExplanationMonitor(Callback):
         self._last_explained_epoch: int | None = None
         self._loaded_fingerprint: str | None = None
         self._writer: TensorBoardWriter | FileWriter | None = None
-        #: The last explained epoch on every rank: ``{"epoch", "step", "maps": {method: (N, 1, H, W)}, "pred", "prob"}``.
-        self.latest: dict[str, Any] | None = None
         self._warned: set[str] = set()
         self._train_batch_size: int | None = None
         self._latest_results: dict[str, Tensor] | None = None  # full results of the last explained epoch
         self._latest_step = -1
+        self._latest_epoch = -1
         self._image_executor: ThreadPoolExecutor | None = None
         self._image_job: Future | None = None
+
+    @property
+    def latest(self) -> dict[str, Any] | None:
+        """The last explained epoch, on every rank: ``{"epoch", "step", "maps": {method: (N, 1, H, W)}, "pred",
+        "prob"}`` (heatmaps on the CPU, probe order), or ``None`` before the first one."""
+        results = self._latest_results
+        if results is None:
+            return None
+        return {"epoch": self._latest_epoch, "step": self._latest_step, "pred": results["pred"],
+                "prob": results["prob"], "maps": {m: results[f"map/{m}"] for m in self.methods}}
 
     # ------------------------------------------------------------------ identity & state
     @property
@@ -522,9 +531,7 @@ class ExplanationMonitor(Callback):
         scalars, report, record = trainer.strategy.broadcast(measured, src=0)
         self.history.append(record)
         self._set_reference(results)
-        self._latest_results, self._latest_step = results, trainer.global_step
-        self.latest = {"epoch": trainer.current_epoch, "step": trainer.global_step, "pred": results["pred"],
-                       "prob": results["prob"], "maps": {m: results[f"map/{m}"] for m in self.methods}}
+        self._latest_results, self._latest_step, self._latest_epoch = results, trainer.global_step, trainer.current_epoch
         for key, value in scalars.items():
             trainer.callback_metrics[key] = torch.tensor(value)
         # rank 0 writes; a failure there is still agreed on, so no rank goes on alone to the next collective
