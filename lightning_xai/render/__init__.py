@@ -19,11 +19,13 @@ from lightning_xai.render.panel import (
     tile_shape,
 )
 from lightning_xai.render.png import encode_png
+from lightning_xai.render.timeline import Timeline, select_epochs
 from lightning_xai.render.text import caption, caption_height, default_font_size
 
 __all__ = [
     "COLORMAPS",
     "ProbeRenderer",
+    "Timeline",
     "DEGENERATE_MARKER",
     "FLAG_COLOR",
     "WARN_COLOR",
@@ -41,6 +43,7 @@ __all__ = [
     "overlay_grid_size",
     "overlay_panel",
     "overlay_tiles",
+    "select_epochs",
     "tile_shape",
     "to_uint8",
     "upscale_factor",
