@@ -328,3 +328,17 @@ def test_views_are_pure_torch():
                 assert not name.startswith("lightning_xai.callbacks"), (path, name)
     result = doctest.testmod(dissection_module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_shapes_concept_masks():
+    ds = ShapesDataset(8, image_size=24, seed=2, shortcut_strength=1.0)
+    for i in range(8):
+        item = ds.sample(i)
+        concepts = ds.concept_masks(i)
+        assert list(concepts) == [*ds.classes, "marker"]
+        own = ds.classes[item["label"]]
+        assert torch.equal(concepts[own], item["mask"]) and float(concepts[own].sum()) > 0
+        assert all(float(m.sum()) == 0 for name, m in concepts.items() if name not in (own, "marker"))
+        assert torch.equal(concepts["marker"], ds.marker_mask(i)) and float(concepts["marker"].sum()) == 9
+    ds.set_shortcut(0.0)
+    assert float(ds.concept_masks(0)["marker"].sum()) == 0
