@@ -150,3 +150,14 @@ def test_cli_as_module(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "x.html").read_text(encoding="utf-8").count("data:image/png;base64,") == 9
+
+
+@pytest.mark.parametrize("name", ["lightning_xai.render.panel", "lightning_xai.render.png",
+                                  "lightning_xai.render.timeline", "lightning_xai.report.layout",
+                                  "lightning_xai.report.svg"])
+def test_doctests(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

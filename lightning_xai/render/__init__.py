@@ -19,8 +19,8 @@ from lightning_xai.render.panel import (
     tile_shape,
 )
 from lightning_xai.render.png import encode_png
-from lightning_xai.render.timeline import Timeline, select_epochs
 from lightning_xai.render.text import caption, caption_height, default_font_size
+from lightning_xai.render.timeline import Timeline, select_epochs
 
 __all__ = [
     "COLORMAPS",

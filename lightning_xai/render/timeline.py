@@ -20,7 +20,7 @@ def select_epochs(epochs: Sequence[int], flagged: Sequence[int], max_columns: in
     Example::
 
         >>> select_epochs(list(range(20)), flagged=[7], max_columns=5)
-        [0, 5, 7, 14, 19]
+        [0, 6, 7, 13, 19]
     """
     _check_int(max_columns, "max_columns", 2)
     epochs = sorted(set(epochs))
