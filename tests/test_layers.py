@@ -12,9 +12,9 @@ from lightning_xai.attribution import (
     TokenGrid,
     as_spatial,
     find_gradcam_layer,
+    grad_cam,
     gradcam_layer,
     gradient_blockers,
-    grad_cam,
     resolve_layer,
 )
 
