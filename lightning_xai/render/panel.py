@@ -141,6 +141,24 @@ class ProbeRenderer:
             tiles = F.interpolate(tiles, scale_factor=self._k, mode="nearest")
         return tiles, degenerate
 
+    def render(
+        self,
+        heatmaps: Tensor,
+        captions: Sequence[Sequence[Line]] | None = None,
+        *,
+        title: str | None = None,
+        flagged: Sequence[bool] | Tensor | None = None,
+        ncol: int = 4,
+        caption_lines: int | None = None,
+        font_size: int = 10,
+    ) -> tuple[Tensor, Tensor]:
+        """``(panel, tiles)``: the probes' overlays laid out by :func:`compose_panel` (see there for the
+        arguments), and the tiles themselves (``uint8 (N, 3, th, tw)``, e.g. for a :class:`Timeline`)."""
+        tiles, degenerate = self.tiles(heatmaps)
+        panel = compose_panel(tiles, captions, title=title, flagged=flagged, degenerate=degenerate, ncol=ncol,
+                              caption_lines=caption_lines, font_size=font_size)
+        return panel, tiles
+
     def panel(
         self,
         heatmaps: Tensor,
