@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         enable_checkpointing=False,
         enable_progress_bar=True,
         enable_model_summary=False,
-        log_every_n_steps=10,
+        log_every_n_steps=1 if args.fast else 10,
     )
     start = time.perf_counter()
     trainer.fit(model, datamodule=data)
