@@ -1,4 +1,5 @@
-"""Reporting on rank 0: which writer, overlays on a background thread, scalars to every logger, drift text, warnings.
+"""Reporting on rank 0: which writer, overlays on a background thread, scalars to every logger, drift text, warnings,
+the dashboard layout, each method's timeline and the end-of-fit HTML report.
 
 Nothing here is a collective; the monitor calls it inside its rank agreement so a failure never leaves a rank alone.
 """
@@ -14,7 +15,8 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
 from lightning_xai.probes import ProbeSet
-from lightning_xai.render import make_overlay_grid
+from lightning_xai.render import WARN_COLOR, ProbeRenderer, Timeline
+from lightning_xai.report import custom_scalars_layout, load_run, save_report
 from lightning_xai.writers import FileWriter, TensorBoardWriter
 
 
@@ -44,16 +46,25 @@ def choose_writer(trainer: pl.Trainer, warn: Callable[[str], None]) -> tuple[Any
     return FileWriter(log_dir), list(trainer.loggers)
 
 
-def captions(probes: ProbeSet, pred: Tensor, prob: Tensor, class_names: list[str] | None) -> list[list[str]]:
-    """Two short lines per probe (they fit a 96-128 px tile): the true label, then the prediction and its
-    probability."""
+def _class_name(index: int, class_names: list[str] | None) -> str:
+    if index < 0:
+        return "?"
+    return class_names[index] if class_names is not None and index < len(class_names) else str(index)
 
-    def name(index: int) -> str:
-        if index < 0:
-            return "?"
-        return class_names[index] if class_names is not None and index < len(class_names) else str(index)
 
-    return [[f"y={name(int(y))}", f"p={name(int(p))} {float(q):.2f}"] for y, p, q in zip(probes.labels, pred, prob)]
+def probe_labels(probes: ProbeSet, class_names: list[str] | None) -> list[str]:
+    """``#<probe id> <true label>`` per probe: the id the drift text names, on the picture."""
+    return [f"#{int(i)} {_class_name(int(y), class_names)}" for i, y in zip(probes.ids, probes.labels)]
+
+
+def captions(probes: ProbeSet, pred: Tensor, prob: Tensor, class_names: list[str] | None) -> list[list[Any]]:
+    """Two short lines per probe (they fit a 64 px tile): the probe's id and true label, then the prediction and its
+    probability, in a warning colour when the prediction is wrong."""
+    out = []
+    for label, y, p, q in zip(probe_labels(probes, class_names), probes.labels, pred, prob):
+        line = f"p={_class_name(int(p), class_names)} {float(q):.2f}"
+        out.append([label, (line, WARN_COLOR) if int(p) != int(y) else line])
+    return out
 
 
 def _fmt(value: float | None) -> str:
@@ -93,6 +104,9 @@ class Reporter:
         self._warned: set[str] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._job: Future | None = None
+        self._renderer: ProbeRenderer | None = None  # made on the background thread at the first overlay
+        self.timeline = Timeline()
+        self._layout_written = False
 
     def warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -105,23 +119,31 @@ class Reporter:
         return self._writer
 
     def reset(self) -> None:
-        """A later fit may bring other loggers."""
+        """A later fit may bring other loggers (and is a new run: new timelines, a layout in its own events)."""
         self._writer, self._others = None, []
+        self._renderer, self.timeline, self._layout_written = None, Timeline(), False
 
     def write_epoch(self, trainer: pl.Trainer, *, probes: ProbeSet, results: Mapping[str, Tensor],
                     scalars: Mapping[str, float], histograms: Mapping[str, Tensor], text: str,
-                    class_names: list[str] | None) -> None:
+                    class_names: list[str] | None, flags: Mapping[str, list[bool]] | None = None,
+                    layout_keys: set[str] | None = None) -> None:
         self.finish_images()  # a failure of the previous epoch's overlays surfaces here, inside the rank agreement
         writer = self.writer(trainer)
         step = trainer.global_step
+        if layout_keys is not None and not self._layout_written:  # once per run: the dashboard's charts
+            if getattr(writer, "supports_custom_scalars", False):
+                writer.add_custom_scalars_layout(custom_scalars_layout(layout_keys))
+            self._layout_written = True
         if self.log_images:
             # Rendering and PNG encoding overlap with training on a background thread (rank 0 only, no collectives);
             # the inputs are this epoch's own tensors, never modified afterwards.
             maps = {m: results[f"map/{m}"] for m in self.methods}
+            flagged = {m: list((flags or {}).get(m) or [False] * len(probes)) for m in self.methods}
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lightning_xai")
             self._job = self._executor.submit(self._write_overlays, writer, probes.images, maps,
-                                              captions(probes, results["pred"], results["prob"], class_names), step)
+                                              captions(probes, results["pred"], results["prob"], class_names), step,
+                                              trainer.current_epoch, flagged)
         self.write_scalars(trainer, scalars, flush=False)
         for tag, values in histograms.items():
             writer.add_histogram(tag, values, step)
@@ -136,14 +158,44 @@ class Reporter:
         if flush:
             writer.flush()
 
-    def _write_overlays(self, writer: Any, images: Tensor, maps: Mapping[str, Tensor], labels: list[list[str]],
-                        step: int) -> None:
-        d = self.display
+    def _write_overlays(self, writer: Any, images: Tensor, maps: Mapping[str, Tensor], labels: list[list[Any]],
+                        step: int, epoch: int, flagged: Mapping[str, list[bool]]) -> None:
+        if self._renderer is None:  # the probes never change within a fit: de-normalise and size them once
+            d = self.display
+            self._renderer = ProbeRenderer(images, alpha=d["alpha"], colormap=d["colormap"], mean=d["mean"],
+                                           std=d["std"])
         for m, heatmaps in maps.items():
-            grid = make_overlay_grid(images, heatmaps, labels, alpha=d["alpha"], colormap=d["colormap"],
-                                     mean=d["mean"], std=d["std"], caption_lines=2)
-            writer.add_image(f"xai/{m}/overlay", grid, step)
+            count = sum(flagged[m])
+            title = f"{m}  epoch {epoch}" + (f"  {count}/{len(flagged[m])} flagged" if count else "")
+            panel, tiles = self._renderer.render(heatmaps, labels, title=title, flagged=flagged[m], caption_lines=2)
+            writer.add_image(f"xai/{m}/overlay", panel, step, caption=f"{m}, epoch {epoch}")
+            self.timeline.add(m, epoch, tiles, flagged[m])
         writer.flush()
+
+    def write_timelines(self, trainer: pl.Trainer, probes: ProbeSet, class_names: list[str] | None) -> list[str]:
+        """Log ``xai/{method}/timeline`` (each probe across the explained epochs) at the current step; returns the
+        tags written. Waits for the pending overlays first (they feed the timelines)."""
+        self.finish_images()
+        writer = self.writer(trainer)
+        labels = [label.replace(" ", "\n", 1) for label in probe_labels(probes, class_names)]
+        tags = []
+        for m in self.timeline.methods:
+            tag = f"xai/{m}/timeline"
+            writer.add_image(tag, self.timeline.image(m, labels), trainer.global_step,
+                             caption=f"{m}: each probe across the explained epochs")
+            tags.append(tag)
+        writer.flush()
+        return tags
+
+    def write_report(self, trainer: pl.Trainer, *, sanity_threshold: float = 0.5) -> str | None:
+        """Write ``<log dir>/xai_report.html`` from what this run logged (read back from the writer's directory);
+        returns its path, or ``None`` when the writer keeps no files to read (e.g. only W&B/MLflow)."""
+        writer = self.writer(trainer)
+        writer.flush()
+        log_dir = getattr(writer, "log_dir", None)
+        if not log_dir:
+            return None
+        return str(save_report(load_run(log_dir), sanity_threshold=sanity_threshold))
 
     def finish_images(self) -> None:
         """Wait for the pending overlay job; re-raises its exception."""

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from lightning_xai.callbacks._config import (
@@ -42,7 +42,7 @@ from lightning_xai.metrics.registry import (
     measure_keys,
     run_measures,
 )
-from lightning_xai.metrics.sanity import randomized_copy
+from lightning_xai.metrics.sanity import INPUT_WEIGHTED, randomized_copy
 from lightning_xai.probes import ProbeSet
 
 _STATE_VERSION = 2
@@ -298,6 +298,25 @@ class ExplanationMonitor(Callback):
         if "sanity" in self.config.metrics:  # the trained model: now the check is meaningful, so warn
             latest = self._latest["results"] if self._latest and self._latest["step"] == trainer.global_step else None
             self.check_sanity(trainer, pl_module, warn=True, reference=latest)
+        # Rank 0 writes the timelines and the report (read back from the logs); a failure obeys on_error.
+        ok, path = self._round.agreed(trainer, lambda: self._end_of_fit(trainer) if trainer.is_global_zero else None,
+                                      what="writing the timelines and the report")
+        if ok and path:
+            rank_zero_info(f"ExplanationMonitor: report written to {path}")
+
+    def _end_of_fit(self, trainer: pl.Trainer) -> str | None:
+        if self.probe_set is None or not self._tracker.history:
+            return None
+        self.write_timelines(trainer)
+        return self._reporter.write_report(trainer, sanity_threshold=self.config.metric_options["sanity"]["threshold"])
+
+    def write_timelines(self, trainer: pl.Trainer) -> list[str]:
+        """Log each method's timeline now, as ``xai/{method}/timeline`` at the current step: a row per probe, a column
+        per explained epoch (up to 12: the first, the last, those with drift, evenly spread), flagged probes outlined.
+        Called at the end of fit; call it on rank 0 whenever you want one earlier. Returns the tags written."""
+        if not trainer.is_global_zero or self.probe_set is None:
+            return []
+        return self._reporter.write_timelines(trainer, self.probe_set, self.class_names)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._reporter.shutdown()
@@ -352,13 +371,14 @@ class ExplanationMonitor(Callback):
         def write() -> None:
             if trainer.is_global_zero:
                 self._reporter.write_epoch(trainer, probes=self.probe_set, results=results, scalars=scalars,
-                                           histograms=histograms, text=text, class_names=self.class_names)
+                                           histograms=histograms, text=text, class_names=self.class_names,
+                                           flags=record.get("flags"), layout_keys=self.logged_keys())
 
         # rank 0 writes; a failure there is still agreed on, so no rank goes on alone to the next collective
         self._round.agreed(trainer, write, what="writing")
-        if report.alarm:
-            rank_zero_warn(f"ExplanationMonitor: explanation drift at epoch {trainer.current_epoch} "
-                           f"(step {trainer.global_step}).\n{report.details()}")
+        if report.alarm:  # one line; the table is in TensorBoard's Text tab and in the report
+            rank_zero_warn(f"ExplanationMonitor: {report.headline()} (step {trainer.global_step}; details: xai/drift "
+                           "in TensorBoard's Text tab, and the report at the end of fit)")
             if self.config.on_drift is not None:
                 self.config.on_drift(report)
 
@@ -419,11 +439,20 @@ class ExplanationMonitor(Callback):
         self._round.agreed(trainer, lambda: self._reporter.write_scalars(trainer, scalars)
                            if trainer.is_global_zero else None, what="writing the sanity check")
         failing = {k.split("/")[1]: v for k, v in scalars.items() if v > options["threshold"]}
-        if warn and failing:
+        unexpected = {m: v for m, v in failing.items() if m not in INPUT_WEIGHTED}
+        if warn and unexpected:  # a method that should depend on the weights and does not: worth a warning
             rank_zero_warn(
                 "ExplanationMonitor sanity check: the maps of "
-                + ", ".join(f"{m} (similarity {v:.2f})" for m, v in failing.items())
+                + ", ".join(f"{m} (similarity {v:.2f})" for m, v in unexpected.items())
                 + " barely change when the model's weights are randomised, so they say little about what this model "
                 "learnt (Adebayo et al. 2018). Prefer the other methods' maps."
+            )
+        expected = {m: v for m, v in failing.items() if m in INPUT_WEIGHTED}
+        if warn and expected:  # how the method works, every run: say what it means, once, without alarm
+            rank_zero_info(
+                "ExplanationMonitor sanity check: "
+                + ", ".join(f"{m} maps stay {v:.2f} similar" for m, v in expected.items())
+                + " with randomised weights, as expected for a method weighted by the input (x - baseline): they show "
+                "where the image's evidence is; use grad_cam or saliency to judge what the model learnt."
             )
         return scalars

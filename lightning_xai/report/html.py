@@ -13,7 +13,7 @@ from lightning_xai.report.layout import chart_of, custom_scalars_layout
 from lightning_xai.report.logs import RunData, find_runs, load_run
 from lightning_xai.report.svg import line_chart
 
-__all__ = ["REPORT_FILE", "build_report", "write_report"]
+__all__ = ["REPORT_FILE", "build_report", "save_report", "write_report"]
 
 #: The report's file name, in the run's log directory.
 REPORT_FILE = "xai_report.html"
@@ -274,6 +274,11 @@ def write_report(logdir: str | os.PathLike[str], output: str | os.PathLike[str] 
     if data is None:
         raise FileNotFoundError(f"no lightning_xai logs (event files with xai/ scalars, or xai_scalars.csv) under "
                                 f"{str(logdir)!r}")
+    return save_report(data, output, sanity_threshold=sanity_threshold)
+
+
+def save_report(data: RunData, output: str | os.PathLike[str] | None = None, *, sanity_threshold: float = 0.5) -> Path:
+    """Write the report of ``data`` to ``output`` (default ``<data.path>/xai_report.html``); returns the path."""
     path = Path(output) if output is not None else data.path / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     html = build_report(data, sanity_threshold=sanity_threshold)
