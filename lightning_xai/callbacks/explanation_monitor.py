@@ -86,7 +86,7 @@ class ExplanationMonitor(Callback):
             negligible), ``"faithfulness"`` (deletion and insertion AUC; about as much as Integrated Gradients
             itself: off by default), ``"sanity"`` (model-randomisation check; one explanation round on a randomised
             copy at the start and end of fit).
-        log_images: Log overlay grids (scalars and text are always logged).
+        log_images: Log overlay panels and timelines (scalars and text are always logged).
         views: Views of what a layer has learnt, from ``("activations", "max_min", "projector", "activation_max",
             "dissection")``.
         on_drift: Called as ``on_drift(report)`` on every rank when drift is flagged.
@@ -115,9 +115,12 @@ class ExplanationMonitor(Callback):
             check's re-initialisation).
 
     Logged keys (step = ``trainer.global_step``):
-        - ``xai/{method}/overlay`` (image): one uint8 RGB grid per explained epoch: probes in rows of 8, each image
-          enlarged by an integer factor to at least 96 px, with a two-line caption ``y=<label>`` /
-          ``p=<prediction> <probability>``; size given by :func:`lightning_xai.render.overlay_grid_size`.
+        - ``xai/{method}/overlay`` (image): one panel per explained epoch (:class:`lightning_xai.render.ProbeRenderer`):
+          64 px tiles in rows of 4 (276 px wide: readable at TensorBoard's default card size), a title with the
+          method, the epoch and the number of flagged probes, per tile ``#<probe id> <label>`` /
+          ``p=<prediction> <probability>`` (orange when wrong), flagged probes outlined.
+        - ``xai/{method}/timeline`` (image, at the end of fit and on :meth:`write_timelines`): each probe (row)
+          across the explained epochs (columns).
         - ``xai/{method}/stability``, ``xai/{method}/topk_overlap``, ``xai/{method}/drift`` (scalars): mean
           similarity to the previous explained epoch, mean share of the top-k pixels kept, number of probes flagged.
         - the quality measures' keys (see :mod:`lightning_xai.metrics.measures`), e.g.
@@ -125,6 +128,10 @@ class ExplanationMonitor(Callback):
           probes), ``xai/{method}/pointing_game``, ``xai/agreement/{a}_vs_{b}``, ``xai/{method}/deletion_auc``,
           ``xai/{method}/sanity_similarity`` (at the first and last step of fit).
         - ``xai/drift`` (text): the epoch's stability table and the flagged probes.
+        - the custom-scalars layout (TensorBoard's *Custom Scalars* tab), once per run.
+
+    At the end of fit rank 0 writes ``<log dir>/xai_report.html``, read back from what was logged (see
+    :mod:`lightning_xai.report`; ``python -m lightning_xai.report LOGDIR`` rebuilds it).
 
         The scalars also go into ``trainer.callback_metrics`` (identical on every rank), so ``EarlyStopping`` and
         ``ModelCheckpoint`` can monitor them.

@@ -12,6 +12,7 @@ __all__ = ["RunData", "find_runs", "load_run"]
 
 _EVENTS = "events.out.tfevents."
 _SCALARS_FILE, _TEXT_FILE, _IMAGES_DIR = "xai_scalars.csv", "xai_text.md", "xai_images"
+_EPOCH_STEP = re.compile(r"epoch (?P<epoch>\d+), step (?P<step>\d+)")
 _TEXT_SECTION = re.compile(r"^## (?P<tag>.+) \(step (?P<step>\d+)\)\n\n", re.MULTILINE)
 
 
@@ -36,14 +37,19 @@ class RunData:
     layout: dict | None = None
 
     def epoch_of(self, step: int) -> int | None:
-        """The epoch at ``step``, from Lightning's ``epoch`` scalar (logged with every step's metrics), if any."""
-        best = None
-        for s, value in self.scalars.get("epoch", []):
-            if s <= step:
-                best = int(value)
-            else:
-                break
-        return best
+        """The epoch explained at ``step``: from the monitor's own ``xai/drift`` text (``**epoch E, step S**``), else
+        Lightning's ``epoch`` scalar (the smallest value logged at that step: at an epoch's last step the next
+        epoch's first training metrics may share it), else ``None``."""
+        for s, text in self.texts.get("xai/drift", []):
+            if s == step:
+                match = _EPOCH_STEP.search(text)
+                if match and int(match["step"]) == step:
+                    return int(match["epoch"])
+        at = [int(v) for s, v in self.scalars.get("epoch", []) if s == step]
+        if at:
+            return min(at)
+        before = [int(v) for s, v in self.scalars.get("epoch", []) if s < step]
+        return before[-1] if before else None
 
     def latest(self, kind: str, tag: str):
         """The last ``(step, value)`` of ``tag`` in ``scalars``/``images``/``texts`` (``kind``), or ``None``."""
