@@ -189,8 +189,8 @@ def test_file_writer_without_tensorboard(tmp_path):
     monitor = small_monitor(methods=("saliency",))
     with pytest.warns(UserWarning, match="no TensorBoardLogger"):
         fit(tmp_path, callbacks=[monitor], max_epochs=2, logger=pl.loggers.CSVLogger(str(tmp_path), name="csv"))
-    pngs = [f for _, _, files in os.walk(tmp_path) for f in files if f.endswith(".png")]
-    assert len(pngs) == 2
+    pngs = sorted(os.path.basename(d) for d, _, files in os.walk(tmp_path) for f in files if f.endswith(".png"))
+    assert pngs == ["xai_saliency_overlay", "xai_saliency_overlay", "xai_saliency_timeline"]  # 2 epochs + timeline
     csv_metrics = [os.path.join(d, f) for d, _, files in os.walk(tmp_path) for f in files if f == "metrics.csv"]
     assert csv_metrics and "xai/saliency/drift" in Path(csv_metrics[0]).read_text()
 
@@ -347,7 +347,7 @@ def test_failure_with_on_error_raise_stops(tmp_path):
 def test_flat_memory_and_event_size_over_20_epochs(tmp_path):
     import gc
 
-    sizes, tensors = [], []
+    sizes, tensors, held = [], [], []
 
     class Measure(Callback):
         def on_train_epoch_end(self, trainer, pl_module):
@@ -356,7 +356,10 @@ def test_flat_memory_and_event_size_over_20_epochs(tmp_path):
             sizes.append(sum(os.path.getsize(os.path.join(trainer.logger.log_dir, f))
                              for f in os.listdir(trainer.logger.log_dir) if "tfevents" in f))
             gc.collect()
-            tensors.append(sum(t.numel() for t in gc.get_objects() if isinstance(t, torch.Tensor)))
+            # the timeline's tiles are a bounded buffer by design (checked below), not a leak: counted apart
+            timeline = monitor._reporter.timeline
+            held.append(timeline.nbytes)
+            tensors.append(sum(t.numel() for t in gc.get_objects() if isinstance(t, torch.Tensor)) - timeline.nbytes)
 
     monitor = small_monitor(methods=("grad_cam", "saliency"))
     fit(tmp_path, callbacks=[monitor, Measure()], max_epochs=20, limit_train_batches=1, limit_val_batches=1)
@@ -366,6 +369,8 @@ def test_flat_memory_and_event_size_over_20_epochs(tmp_path):
     assert late <= 1.15 * early, growth
     # live tensor elements: no growth after warm-up beyond the small history lists (which hold Python floats)
     assert tensors[-1] <= tensors[5] * 1.01 + 1000, (tensors[5], tensors[-1])
+    per_epoch = 2 * 6 * 3 * 64 * 64  # 2 methods x 6 probes of 64 px RGB tiles
+    assert held[-1] == min(20, monitor._reporter.timeline.keep_epochs) * per_epoch
 
 
 # ---------------------------------------------------------------------------------------------- errors

@@ -165,10 +165,12 @@ class Reporter:
             self._renderer = ProbeRenderer(images, alpha=d["alpha"], colormap=d["colormap"], mean=d["mean"],
                                            std=d["std"])
         for m, heatmaps in maps.items():
-            count = sum(flagged[m])
-            title = f"{m}  epoch {epoch}" + (f"  {count}/{len(flagged[m])} flagged" if count else "")
-            panel, tiles = self._renderer.render(heatmaps, labels, title=title, flagged=flagged[m], caption_lines=2)
-            writer.add_image(f"xai/{m}/overlay", panel, step, caption=f"{m}, epoch {epoch}")
+            # groups of 8 probes: each panel fills TensorBoard's default image card at full size
+            panels, tiles = self._renderer.render_groups(heatmaps, labels, title=f"{m} | epoch {epoch}",
+                                                         flagged=flagged[m], caption_lines=2)
+            for group, (panel, start, stop) in enumerate(panels):
+                tag = f"xai/{m}/overlay" if group == 0 else f"xai/{m}/overlay/{group + 1}"
+                writer.add_image(tag, panel, step, caption=f"{m}, epoch {epoch}, probes {start + 1}-{stop}")
             self.timeline.add(m, epoch, tiles, flagged[m])
         writer.flush()
 

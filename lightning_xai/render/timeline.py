@@ -68,6 +68,11 @@ class Timeline:
     def methods(self) -> list[str]:
         return list(self._tiles)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of tiles held (bounded: at most ``keep_epochs`` epochs per method)."""
+        return sum(tiles.numel() for store in self._tiles.values() for tiles, _ in store.values())
+
     def epochs(self, method: str) -> list[int]:
         return sorted(self._tiles.get(method, {}))
 
