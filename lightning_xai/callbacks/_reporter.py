@@ -62,7 +62,8 @@ def captions(probes: ProbeSet, pred: Tensor, prob: Tensor, class_names: list[str
     probability, in a warning colour when the prediction is wrong."""
     out = []
     for label, y, p, q in zip(probe_labels(probes, class_names), probes.labels, pred, prob):
-        line = f"p={_class_name(int(p), class_names)} {float(q):.2f}"
+        q = float(q)
+        line = f"p={_class_name(int(p), class_names)} " + ("1.0" if q >= 0.995 else f"{q:.2f}"[1:])  # ".87": fits 64 px
         out.append([label, (line, WARN_COLOR) if int(p) != int(y) else line])
     return out
 

@@ -85,7 +85,8 @@ class Timeline:
             flagged.tolist() if isinstance(flagged, Tensor) else flagged)]
         if len(flags) != n:
             raise ValueError(f"`flagged` must have one entry per tile ({n}), got {len(flags)}")
-        hwc = tiles.detach().cpu().permute(0, 2, 3, 1).contiguous()
+        # an owned copy: a view would keep the caller's whole tensor (and its base) alive
+        hwc = tiles.detach().cpu().permute(0, 2, 3, 1).clone(memory_format=torch.contiguous_format)
         store = self._tiles.setdefault(method, {})
         if store:
             first = next(iter(store.values()))[0]
