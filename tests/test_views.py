@@ -359,8 +359,16 @@ def test_runner_pool_concepts_failure_isolation_and_graphs(tmp_path):
         ViewRunner(["heatmap"])
     with pytest.raises(ValueError, match="view_options\\['max_min'\\]"):
         ViewRunner(["max_min"], {"max_min": {"kk": 1}})
+    with pytest.raises(ValueError, match="not in `views`"):
+        ViewRunner(["max_min"], {"dissection": {}})
+    with pytest.raises(ValueError, match="unknown keys \\['beams'\\]"):
+        ViewRunner(["attention_graphs"], {"attention_graphs": {"beams": 2}})
+    with pytest.raises(ValueError, match="size"):
+        ViewRunner(["max_min"], {"pool": {"size": 0}})
+    assert ViewRunner(["attention_graphs"]) and not ViewRunner([])
     ds = ShapesDataset(64, image_size=24, seed=4, shortcut_strength=1.0)
-    runner = ViewRunner(["dissection", "max_min", "activations"], pool_size=16)
+    runner = ViewRunner(["dissection", "max_min", "activations", "attention_graphs"],
+                        {"pool": {"size": 16}, "attention_graphs": {"num_probes": 2, "grid": 2}})
     runner.build_pool(ds, class_names=ds.classes)
     assert len(runner.pool) == 16 and list(runner.concepts) == [*ds.classes, "marker"]
     assert runner.concepts["marker"].shape == (16, 1, 24, 24)
@@ -370,8 +378,8 @@ def test_runner_pool_concepts_failure_isolation_and_graphs(tmp_path):
     writer = TensorBoardWriter(sw)
     failures = runner.run(small_cnn(), "5", probes, writer, epoch=0, step=3, class_names=ds.classes)
     assert list(failures) == ["broken"] and "exploded" in str(failures["broken"])
-    picture, text = runner.attention_graphs(small_cnn(), probes, writer, step=3, num_probes=2, grid=2,
-                                            class_names=ds.classes)
+    picture, text = runner.attention_graphs(small_cnn(), probes, writer, step=3, class_names=ds.classes)
+    assert text.count("\n- ") == 2  # two probes
     sw.close()
     events = read_events(tmp_path)
     assert {"xai/max_min/grid", "xai/activations/top_channels", "xai/attention_graphs/probes"} <= set(events["images"])
