@@ -386,6 +386,7 @@ def test_runner_pool_concepts_failure_isolation_and_graphs(tmp_path):
     assert events["scalars"]["xai/dissection/units/marker"][0][0] == 3
     assert events["texts"]["xai/attention_graphs/summary"][0][1] == text
     assert runner.state_dict()["max_min"]["previous"]
+    assert runner.history[0]["epoch"] == 0 and "xai/dissection/units/marker" in runner.history[0]["scalars"]
     # without concept_masks on the dataset: one concept per class from the pool's ground-truth masks
     plain = (torch.stack([ds[i][0] for i in range(8)]), torch.tensor([ds[i][1] for i in range(8)]),
              torch.stack([ds[i][2] for i in range(8)]))

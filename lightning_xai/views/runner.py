@@ -110,6 +110,8 @@ class ViewRunner:
         self.pool_size = pool_size
         self.pool: ProbeSet | None = None
         self.concepts: dict[str, Tensor] = {}
+        #: one record per round: ``{"epoch", "step", "scalars": {tag: value}}`` (what the views logged)
+        self.history: list[dict[str, Any]] = []
 
     def __bool__(self) -> bool:
         return bool(self.views) or self.graph_options is not None
@@ -146,11 +148,15 @@ class ViewRunner:
             pool.ids, self.concepts, class_names, mean, std, output_transform, epoch=epoch, step=step,
         )
         failures: dict[str, BaseException] = {}
+        scalars: dict[str, float] = {}
         for name, view in self.views.items():
             try:
-                write_view_output(writer, view(ctx), step)
+                output = view(ctx)
+                write_view_output(writer, output, step)
+                scalars.update(output.scalars)
             except Exception as err:  # one view's failure must not take the others or the heatmaps down
                 failures[name] = err
+        self.history.append({"epoch": epoch, "step": step, "scalars": scalars})
         return failures
 
     def attention_graphs(self, model: nn.Module, probes: ProbeSet, writer: Any, *, step: int,
