@@ -15,15 +15,31 @@ from lightning_xai.attribution._core import (
     saliency,
 )
 from lightning_xai.attribution._heatmap import to_heatmap
-from lightning_xai.attribution._layers import find_gradcam_layer, resolve_layer, unwrap_model
+from lightning_xai.attribution._layers import (
+    ChannelsLast,
+    GradCamLayer,
+    TokenGrid,
+    as_spatial,
+    find_gradcam_layer,
+    gradcam_layer,
+    gradient_blockers,
+    resolve_layer,
+    unwrap_model,
+)
 from lightning_xai.attribution._state import preserved_state
 
 __all__ = [
     "METHODS",
+    "ChannelsLast",
+    "GradCamLayer",
+    "TokenGrid",
+    "as_spatial",
     "Explanation",
     "explain",
     "explain_detailed",
     "find_gradcam_layer",
+    "gradcam_layer",
+    "gradient_blockers",
     "grad_cam",
     "integrated_gradients",
     "preserved_state",

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_xai._validation import is_int as _is_int
 from lightning_xai.attribution import _batching
 from lightning_xai.attribution._layers import find_gradcam_layer, resolve_layer, unwrap_model
 from lightning_xai.attribution._state import preserved_state
@@ -69,10 +70,6 @@ class Explanation:
 
 
 # --------------------------------------------------------------------------------------------------- validation
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_inputs(inputs: Any) -> Tensor:
