@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -105,8 +106,8 @@ class ViewRunner:
             if name in names:
                 try:
                     self.views[name] = VIEWS[name](**dict(options.get(name, {})))
-                except TypeError as err:
-                    raise ValueError(f"`view_options[{name!r}]`: {err}") from err
+                except (TypeError, ValueError) as err:  # name the option as the user wrote it
+                    raise ValueError(f"`view_options[{name!r}]`: {err}") from None
         self.pool_size = pool_size
         self.pool: ProbeSet | None = None
         self.concepts: dict[str, Tensor] = {}
@@ -138,9 +139,11 @@ class ViewRunner:
         class_names: Sequence[str] | None = None,
         output_transform: OutputTransform | None = None,
         device: torch.device | None = None,
+        write_scalars: bool = True,
     ) -> dict[str, BaseException]:
         """Run every view once and write its output; returns ``{view name: exception}`` for the views that failed
-        (the others ran and were written)."""
+        (the others ran and were written). The scalars of the round are in ``history[-1]`` (with
+        ``write_scalars=False`` the caller writes them, e.g. to several loggers)."""
         pool = self.pool if self.pool is not None else probes
         device = device if device is not None else torch.device("cpu")
         ctx = ViewContext(
@@ -152,7 +155,7 @@ class ViewRunner:
         for name, view in self.views.items():
             try:
                 output = view(ctx)
-                write_view_output(writer, output, step)
+                write_view_output(writer, output if write_scalars else replace(output, scalars={}), step)
                 scalars.update(output.scalars)
             except Exception as err:  # one view's failure must not take the others or the heatmaps down
                 failures[name] = err
