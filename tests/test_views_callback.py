@@ -117,3 +117,31 @@ def test_a_failing_view_raises_with_on_error_raise(tmp_path):
 def test_bad_view_arguments_fail_at_init(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ExplanationMonitor(**kwargs)
+
+
+class Done(pl.Callback):
+    """Every rank writes a file when it gets to the end of training (a rank left waiting never does)."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        with open(f"{self.out_dir}/rank{trainer.global_rank}_done.txt", "w") as f:
+            f.write(str(trainer.global_step))
+
+
+@pytest.mark.timeout(300)  # spawns two processes; generous on a busy machine
+def test_ddp_views_on_rank_zero_and_a_rank_zero_failure_never_leaves_a_rank_waiting(tmp_path):
+    # max_min fails on rank 0 (the only rank computing views); the ranks agree, warn, and train on together
+    mon = monitor(views=("max_min", "dissection", "projector"), view_options={"max_min": {"units": (99,)}})
+    kwargs = trainer_kwargs(str(tmp_path), devices=2, strategy="ddp_spawn", max_epochs=2, limit_train_batches=2,
+                            limit_val_batches=1, num_sanity_val_steps=0, deterministic=False)
+    trainer = pl.Trainer(callbacks=[mon, Done(str(tmp_path))], **kwargs)
+    trainer.fit(TinyCNN(), datamodule=ShapesModule())
+    assert [(tmp_path / f"rank{r}_done.txt").read_text() for r in range(2)] == ["4", "4"]  # 2 epochs x 2 batches
+    events = read_events(tmp_path / "tb")
+    assert len(events["files"]) == 1  # rank 0 wrote everything
+    assert len(events["scalars"]["xai/dissection/units/marker"]) == 2
+    assert len(events["scalars"]["xai/projector/centroid_accuracy"]) == 2
+    assert "xai/max_min/grid" not in events["images"]
+    assert len(events["images"]["xai/grad_cam/overlay"]) == 2
