@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from lightning_xai.attribution._state import preserved_state
 
-__all__ = ["find_gradcam_layer", "resolve_layer", "unwrap_model"]
+__all__ = ["as_spatial", "find_gradcam_layer", "resolve_layer", "unwrap_model"]
 
 # Prefixes a user may copy from a wrapper's named_modules(): torch.compile and (Distributed)DataParallel.
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")
@@ -151,3 +151,32 @@ def find_gradcam_layer(model: nn.Module, example_inputs: Tensor, *, output_trans
         "find_gradcam_layer: no submodule produced a 4-D (N, C, h, w) output, so Grad-CAM has no spatial layer. "
         f"Pass layer= explicitly. Submodules and their outputs: {_candidates(listed)}"
     )
+
+
+def as_spatial(activation: Tensor, reshape: Any = None) -> Tensor:
+    """A layer's output as a spatial map ``(N, C, h, w)``: the one entry point of every CAM-family method.
+
+    Args:
+        activation: the captured layer output (or its gradient, reshaped the same way).
+        reshape: ``None``, or a callable mapping ``activation`` to ``(N, C, h, w)`` (e.g. tokens to a patch grid).
+
+    Returns:
+        ``activation`` itself when it is already ``(N, C, h, w)``, else ``reshape(activation)``.
+
+    Raises:
+        ValueError: the output is not 4-D and no ``reshape`` makes it so; the message names the shape.
+
+    Example::
+
+        >>> tuple(as_spatial(torch.zeros(2, 8, 3, 3)).shape)
+        (2, 8, 3, 3)
+    """
+    out = reshape(activation) if reshape is not None else activation
+    if not isinstance(out, Tensor) or out.ndim != 4:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f"the layer's output has shape {tuple(activation.shape)}, not a 4-D (N, C, h, w) map"
+            + (f" (reshape returned {got})" if reshape is not None else "")
+            + "; choose a spatial layer (`layer=`) or pass `reshape=` mapping it to (N, C, h, w)"
+        )
+    return out
