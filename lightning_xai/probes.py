@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-__all__ = ["ProbeSet", "select_probes"]
+__all__ = ["ProbeSet", "agree_on_probes", "select_probes"]
 
 #: ``select_probes`` reads at most ``MAX_SCAN_FACTOR * num_probes`` samples unless ``max_scan`` says otherwise.
 MAX_SCAN_FACTOR = 50
@@ -519,3 +519,49 @@ def _build(samples: list[tuple[int, Tensor, int | None, Tensor | None]], chosen:
     if picked and all(m is not None for _, _, _, m in picked):
         masks = torch.stack([m.detach().to("cpu", torch.float32).clone() for _, _, _, m in picked])  # type: ignore[union-attr]
     return ProbeSet(images=images, labels=labels, ids=ids, masks=masks)
+
+
+# ---------------------------------------------------------------------------------------------------- across ranks
+def agree_on_probes(local: ProbeSet | None, error: str | None = None, *, group: Any = None
+                    ) -> tuple[ProbeSet, list[int]]:
+    """Make every rank explain rank 0's probe set; report the ranks whose own selection differed.
+
+    Each rank selects its probes from its own data; a validation ``IterableDataset`` split by rank (or any per-rank
+    data) then gives each rank other probes, and explaining shards of different sets draws one rank's images with
+    another's maps. Rank 0's fingerprint is compared with every rank's; only if one differs is rank 0's probe set
+    sent to all ranks (one object broadcast).
+
+    A collective when ``torch.distributed`` is initialised: every rank must call it, also one whose own selection
+    failed (``local=None``, ``error`` saying why): it then receives rank 0's set. If rank 0's selection failed, every
+    rank raises the same ``ValueError``. Without distributed (or one rank) it returns ``(local, [])``.
+
+    Args:
+        local: this rank's probe set, or ``None`` if its selection failed.
+        error: why it failed (used in the message when rank 0 failed).
+        group: process group (default: the world).
+
+    Returns:
+        ``(probe set, differing ranks)``: rank 0's set on every rank, and the ranks whose own set differed from it
+        (empty when all agreed), the same list on every rank.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+        if local is None:
+            raise ValueError(error or "no probe set")
+        return local, []
+    src = dist.get_global_rank(group, 0) if group is not None else 0
+    is_src = dist.get_rank() == src
+    head = [(local.fingerprint if local is not None else None, error) if is_src else None]
+    dist.broadcast_object_list(head, src=src, group=group)
+    fingerprint, src_error = head[0]
+    if fingerprint is None:
+        raise ValueError(f"rank 0 could not select probes: {src_error}")
+    same = [None] * dist.get_world_size(group)
+    dist.all_gather_object(same, local is not None and local.fingerprint == fingerprint, group=group)
+    differing = [rank for rank, ok in enumerate(same) if not ok]
+    if not differing:
+        return local, []  # type: ignore[return-value]
+    payload = [local.state_dict() if is_src else None]  # type: ignore[union-attr]
+    dist.broadcast_object_list(payload, src=src, group=group)
+    return ProbeSet.from_state_dict(payload[0]), differing
