@@ -19,7 +19,7 @@ from lightning_xai.attribution import (
 from lightning_xai.attribution._registry import KINDS
 
 CONTRACT = ("grad_cam", "saliency", "integrated_gradients", "input_x_gradient", "smoothgrad", "occlusion", "cam",
-            "grad_cam_plus_plus", "layer_cam", "hires_cam", "guided_backprop", "deconvnet")
+            "grad_cam_plus_plus", "layer_cam", "hires_cam", "guided_backprop", "deconvnet", "lime", "igos")
 REGISTERED = available_methods()
 
 
