@@ -6,7 +6,8 @@ Both paths are timed in the same process, interleaved, on the same probes and ma
 - old: v0.1's ``make_overlay_grid`` (copied below, unchanged): every probe enlarged to >= 96 px by nearest
   neighbour *before* blending, colormap gathered channels-first, one Pillow caption strip per probe, 8 per row
   (786 px wide for 32 px probes, shown at about a third of its size by TensorBoard);
-- new: :class:`lightning_xai.render.ProbeRenderer` (probes de-normalised and sized once per run), ``.panel``: blended
+- new: :class:`lightning_xai.render.ProbeRenderer` (probes de-normalised and sized once per run), ``.render`` (the
+  panel, plus its tiles kept in a :class:`~lightning_xai.render.Timeline`, as the monitor does): blended
   at the probe's size (or straight at tile size), 64 px tiles in 4 columns (276 px wide), caption lines cached as
   bitmaps, probe id / epoch / flags on the picture; encoded by :func:`lightning_xai.render.encode_png` (one "up"
   filter, zlib level 1) instead of Pillow's per-row adaptive filtering.
@@ -32,7 +33,7 @@ from torchvision.utils import make_grid
 
 from lightning_xai.attribution import grad_cam
 from lightning_xai.datasets import SHAPES_MEAN, SHAPES_STD, ShapesDataset
-from lightning_xai.render import ProbeRenderer, denormalize, encode_png, normalize_maps
+from lightning_xai.render import ProbeRenderer, Timeline, denormalize, encode_png, normalize_maps
 from lightning_xai.render.colormap import _cpu_lut
 
 
@@ -149,9 +150,12 @@ def run(name, scenario, repeats):
         return old_grid(images, maps, old_captions, mean=mean, std=std)
 
     t_setup, renderer = time_once(lambda: ProbeRenderer(images, mean=mean, std=std))  # once per run
+    timeline = Timeline()
 
-    def new_render():
-        return renderer.panel(maps, new_captions, title="grad_cam  epoch 6  3/16 flagged", flagged=flagged)
+    def new_render():  # what the monitor does: the panel, and the tiles kept for the timeline
+        panel, tiles = renderer.render(maps, new_captions, title="grad_cam  epoch 6  3/16 flagged", flagged=flagged)
+        timeline.add("grad_cam", 6, tiles, flagged)
+        return panel
 
     times = {"old render": [], "old encode": [], "new render": [], "new encode": []}
     for i in range(repeats + 2):  # interleaved; the first two rounds warm caches and allocators

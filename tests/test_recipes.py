@@ -65,7 +65,8 @@ def test_demo_fast(tmp_path):
     rows = [line.split() for line in lines[header + 2: header + 5]]
     assert [row[:2] for row in rows] == [["0", "clean"], ["1", "clean"], ["2", "shortcut"]], proc.stdout
     assert "tensorboard --logdir" in proc.stdout and "--samples_per_plugin images=" in proc.stdout
-    events = _assert_explained(out, epochs=3)
+    assert f"TensorBoard logs: {out / 'fast' / 'version_0'}" in proc.stdout  # a new version directory per run
+    events = _assert_explained(out / "fast" / "version_0", epochs=3)
     assert "val_acc" in events["scalars"]
 
 

@@ -154,3 +154,12 @@ def test_timeline_rows_columns_and_flags():
         timeline.image("saliency")
     with pytest.raises(ValueError, match="changed shape"):
         timeline.add("grad_cam", 9, torch.zeros(3, 3, 8, 8, dtype=torch.uint8))
+
+
+def test_render_equals_panel_and_returns_the_tiles():
+    renderer = ProbeRenderer(torch.rand(5, 3, 32, 32), tile=64)
+    maps = torch.rand(5, 1, 8, 8)
+    captions = [["#1 a", "p=b .5"]] * 5
+    panel, tiles = renderer.render(maps, captions, title="x", flagged=[True, False, False, False, True])
+    assert torch.equal(panel, renderer.panel(maps, captions, title="x", flagged=[True, False, False, False, True]))
+    assert torch.equal(tiles, renderer.tiles(maps)[0]) and tiles.shape == (5, 3, 64, 64)

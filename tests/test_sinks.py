@@ -242,7 +242,7 @@ def test_background_writes_report_each_failure_under_its_label():
 
 # ------------------------------------------------------------------------------------------------ W&B, MLflow
 def test_wandb_offline_round_trip(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     from wandb_records import history, run_dirs
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -255,6 +255,7 @@ def test_wandb_offline_round_trip(tmp_path, monkeypatch):
     assert resolved.kinds == ["wandb"] and not resolved.notes
     write_all(resolved.sink, 6)
     logger.experiment.finish()
+    wandb.teardown()  # the service writes the run's records when it stops (see wandb_records)
 
     (run,) = run_dirs(tmp_path)
     rows = history(run)

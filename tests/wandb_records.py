@@ -6,6 +6,9 @@ blocks of records, each with a 7-byte header: crc32, length, type FULL/FIRST/MID
     from wandb_records import history
 
     rows = history(run_dir)          # [{key: json-decoded value}, ...], one per wandb.log call, in order
+
+Call ``wandb.teardown()`` after ``run.finish()`` first: the W&B service may still hold the run's records in memory
+when ``finish()`` returns (seen here: a 7-byte file, header only); teardown stops the service, which writes them.
 """
 
 from __future__ import annotations
@@ -57,11 +60,14 @@ def history(run_dir: str | Path) -> list[dict[str, Any]]:
     from wandb.proto import wandb_internal_pb2 as pb
 
     (file,) = Path(run_dir).glob("run-*.wandb")
-    rows = []
+    rows, kinds = [], []
     for raw in _records(file):
         record = pb.Record()
         record.ParseFromString(raw)
-        if record.WhichOneof("record_type") == "history":
+        kinds.append(record.WhichOneof("record_type"))
+        if kinds[-1] == "history":
             rows.append({(item.key or "/".join(item.nested_key)): json.loads(item.value_json)
                          for item in record.history.item})
+    if "exit" not in kinds:
+        raise RuntimeError(f"{file} has no exit record yet (call wandb.teardown() after finish()); got {kinds}")
     return rows

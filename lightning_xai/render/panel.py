@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -130,17 +131,33 @@ class ProbeRenderer:
         colours = self._lut[maps01[:, 0].mul_(255.0).round_().long()]  # (N, h, w, 3): the gather is channels-last
         blended = torch.lerp(self._base, colours, self._alpha)
         blended = torch.where(degenerate.view(-1, 1, 1, 1), self._base, blended)
-        tiles = blended.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
-        k = self._k
-        if k > 1:
-            _, h, w, _ = tiles.shape
-            tiles = tiles[:, :, None, :, None, :].expand(n, h, k, w, k, 3).reshape(n, h * k, w * k, 3)
-        return tiles, degenerate
+        return blended.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8), degenerate
 
     def tiles(self, heatmaps: Tensor) -> tuple[Tensor, Tensor]:
-        """``(tiles, degenerate)``: ``uint8`` RGB ``(N, 3, th, tw)`` (a channels-first view) and ``(N,)`` bool, CPU."""
+        """``(tiles, degenerate)``: ``uint8`` RGB ``(N, 3, th, tw)`` and ``(N,)`` bool, on the CPU."""
         tiles, degenerate = self._tiles_hwc(heatmaps)
-        return tiles.permute(0, 3, 1, 2), degenerate
+        tiles = tiles.permute(0, 3, 1, 2)
+        if self._k > 1:
+            tiles = F.interpolate(tiles, scale_factor=self._k, mode="nearest")
+        return tiles, degenerate
+
+    def render(
+        self,
+        heatmaps: Tensor,
+        captions: Sequence[Sequence[Line]] | None = None,
+        *,
+        title: str | None = None,
+        flagged: Sequence[bool] | Tensor | None = None,
+        ncol: int = 4,
+        caption_lines: int | None = None,
+        font_size: int = 10,
+    ) -> tuple[Tensor, Tensor]:
+        """``(panel, tiles)``: the probes' overlays laid out by :func:`compose_panel` (see there for the
+        arguments), and the tiles themselves (``uint8 (N, 3, th, tw)``, e.g. for a :class:`Timeline`)."""
+        tiles, degenerate = self.tiles(heatmaps)
+        panel = compose_panel(tiles, captions, title=title, flagged=flagged, degenerate=degenerate, ncol=ncol,
+                              caption_lines=caption_lines, font_size=font_size)
+        return panel, tiles
 
     def panel(
         self,
@@ -154,9 +171,10 @@ class ProbeRenderer:
         font_size: int = 10,
     ) -> Tensor:
         """The probes' overlays laid out by :func:`compose_panel` (see there for the arguments)."""
-        tiles, degenerate = self.tiles(heatmaps)
-        return compose_panel(tiles, captions, title=title, flagged=flagged, degenerate=degenerate, ncol=ncol,
-                             caption_lines=caption_lines, font_size=font_size)
+        tiles, degenerate = self._tiles_hwc(heatmaps)  # enlarged while pasting: no enlarged copy is made
+        return compose_panel(tiles.permute(0, 3, 1, 2), captions, title=title, flagged=flagged,
+                             degenerate=degenerate, ncol=ncol, caption_lines=caption_lines, font_size=font_size,
+                             scale=max(1, self._k))
 
 
 def overlay_tiles(
@@ -218,6 +236,14 @@ def _mask(values: Sequence[bool] | Tensor | None, n: int, name: str) -> list[boo
     return [bool(f) for f in flags]
 
 
+@lru_cache(maxsize=16)
+def _background(height: int, width: int) -> np.ndarray:
+    canvas = np.empty((height, width, 3), dtype=np.uint8)
+    canvas[:] = BACKGROUND
+    canvas.setflags(write=False)
+    return canvas
+
+
 def compose_panel(
     tiles: Tensor,
     captions: Sequence[Sequence[Line]] | None = None,
@@ -228,6 +254,7 @@ def compose_panel(
     ncol: int = 4,
     caption_lines: int | None = None,
     font_size: int = 10,
+    scale: int = 1,
 ) -> Tensor:
     """Lay tiles out in a grid on a dark background, with captions below each tile and an optional title line.
 
@@ -243,6 +270,7 @@ def compose_panel(
         ncol: tiles per row.
         caption_lines: text lines below each tile; ``None`` = the most lines any caption has.
         font_size: caption font size in pixels (the title is one pixel larger).
+        scale: integer enlargement of the tiles (nearest neighbour), done while pasting them.
 
     Returns:
         ``uint8`` RGB image ``(3, H, W)`` (a channels-first view of channels-last memory, which is what PNG encoders
@@ -250,10 +278,12 @@ def compose_panel(
     """
     if not isinstance(tiles, Tensor) or tiles.dtype != torch.uint8 or tiles.dim() != 4 or tiles.shape[1] != 3:
         raise ValueError(f"`tiles` must be uint8 of shape (N, 3, h, w), got {getattr(tiles, 'shape', tiles)!r}")
-    n, _, th, tw = tiles.shape
+    n, _, h, w = tiles.shape
     if n == 0:
         raise ValueError("`tiles` must contain at least one tile, got an empty batch")
     _check_int(ncol, "ncol", 1)
+    k = _check_int(scale, "scale", 1)
+    th, tw = h * k, w * k
     _check_font_size(font_size)
     lines = _captions(captions, n)
     flags = _mask(flagged, n, "flagged")
@@ -267,8 +297,7 @@ def compose_panel(
     rows = math.ceil(n / cols)
     cell_w, cell_h = tw + GAP, th + cap_h + GAP
     width, height = cols * cell_w + GAP, title_h + rows * cell_h + GAP
-    canvas = np.empty((height, width, 3), dtype=np.uint8)
-    canvas[:] = BACKGROUND
+    canvas = _background(height, width).copy()
     if title:
         _paste_text(canvas, GAP, CAPTION_PADDING, title, max_width=width - 2 * GAP, size=title_size, color=TEXT_COLOR,
                     background=BACKGROUND)
@@ -279,7 +308,9 @@ def compose_panel(
         if flags[i]:
             o = min(3, GAP)
             canvas[y - o : y + th + o, x - o : x + tw + o] = FLAG_COLOR
-        canvas[y : y + th, x : x + tw] = hwc[i]
+        for dy in range(k):  # nearest-neighbour enlargement: k * k strided copies
+            for dx in range(k):
+                canvas[y + dy : y + th : k, x + dx : x + tw : k] = hwc[i]
         if flat[i]:
             band = canvas[y + th - lh - 2 : y + th, x : x + tw]
             band //= 3
