@@ -85,8 +85,12 @@ def test_reshape_option_reaches_token_layers():
     def to_grid(t: torch.Tensor) -> torch.Tensor:
         return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], 3, 3)
 
-    out = explain_detailed(net, x, 1, methods=("layer_cam", "hires_cam"), layer="mix",
-                           options={"layer_cam": {"reshape": to_grid}}, errors="collect")
-    assert out.maps["layer_cam"].shape == (2, 1, 12, 12)
-    assert list(out.errors) == ["hires_cam"]
-    assert "(2, 9, 6)" in str(out.errors["hires_cam"]) and "reshape=" in str(out.errors["hires_cam"])
+    out = explain_detailed(net, x, 1, methods=("layer_cam", "hires_cam", "grad_cam"), layer="mix", errors="collect",
+                           options={"layer_cam": {"reshape": to_grid}, "grad_cam": {"layer": "head"}})
+    assert out.maps["layer_cam"].shape == (2, 1, 12, 12) and out.maps["layer_cam"].abs().sum() > 0
+    # Without `reshape`, as_spatial recognises the 3x3 patch tokens of a 12x12 input by itself.
+    auto = explain(net, x, 1, methods=("layer_cam",), layer="mix")["layer_cam"]
+    torch.testing.assert_close(auto, out.maps["layer_cam"])
+    assert "hires_cam" in out.maps
+    assert list(out.errors) == ["grad_cam"]
+    assert "(2, 2)" in str(out.errors["grad_cam"]) and "reshape=" in str(out.errors["grad_cam"])

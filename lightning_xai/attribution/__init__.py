@@ -17,7 +17,17 @@ from lightning_xai.attribution._core import (
     saliency,
 )
 from lightning_xai.attribution._heatmap import to_heatmap
-from lightning_xai.attribution._layers import as_spatial, find_gradcam_layer, resolve_layer, unwrap_model
+from lightning_xai.attribution._layers import (
+    ChannelsLast,
+    GradCamLayer,
+    TokenGrid,
+    as_spatial,
+    find_gradcam_layer,
+    gradcam_layer,
+    gradient_blockers,
+    resolve_layer,
+    unwrap_model,
+)
 from lightning_xai.attribution._registry import (
     METHODS,
     Method,
@@ -30,6 +40,9 @@ from lightning_xai.attribution._state import preserved_state
 
 __all__ = [
     "METHODS",
+    "ChannelsLast",
+    "GradCamLayer",
+    "TokenGrid",
     "Explanation",
     "Method",
     "as_spatial",
@@ -39,6 +52,8 @@ __all__ = [
     "explain_detailed",
     "find_gradcam_layer",
     "get_method",
+    "gradcam_layer",
+    "gradient_blockers",
     "grad_cam",
     "integrated_gradients",
     "method_options",

@@ -2,7 +2,8 @@
 
 A :class:`CamMethod` asks the shared pass for its layer's activation ``A`` and gradient ``dS/dA`` at the inputs (one
 forward + backward, or nothing extra inside Integrated Gradients), turns both into ``(N, C, h, w)`` through
-:func:`~lightning_xai.attribution._layers.as_spatial` (its ``reshape`` option for token layers), and lets the
+:func:`~lightning_xai.attribution._layers.as_spatial` (tokens and channels-last maps recognised; the ``reshape``
+option for anything else; the automatic layer brings its own), and lets the
 subclass combine them in :meth:`CamMethod.combine`; the result is rectified (``relu``) and bilinearly upsampled to
 the input size (``align_corners=False``), not normalised.
 """
@@ -35,8 +36,13 @@ class CamMethod(Method):
         raise NotImplementedError
 
     def compute(self, ctx: Context, shared: Shared) -> Tensor:
-        _, act, grad = shared.layer(self.name)
-        reshape = self.opts["reshape"]
-        act, grad = as_spatial(act, reshape).float(), as_spatial(grad, reshape).float()
+        name, act, grad = shared.layer(self.name)
+        reshape = self.opts["reshape"] if self.opts["reshape"] is not None else shared.reshape_of.get(self.name)
+        size = tuple(ctx.x.shape[-2:])
+        try:
+            act, grad = as_spatial(act, reshape, input_size=size), as_spatial(grad, reshape, input_size=size)
+        except ValueError as err:
+            raise ValueError(f"{self.name} at layer {name!r}: {err}") from err
+        act, grad = act.float(), grad.float()
         cam = self.combine(act, grad, ctx, shared).relu()
         return F.interpolate(cam, size=tuple(ctx.x.shape[-2:]), mode="bilinear", align_corners=False).to(ctx.x.dtype)

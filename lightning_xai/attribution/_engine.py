@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_xai.attribution import _batching
-from lightning_xai.attribution._layers import find_gradcam_layer, resolve_layer
+from lightning_xai.attribution._layers import gradcam_layer, resolve_layer
 
 OutputTransform = Callable[[Any], Tensor]
 # Floor of the completeness denominator |f(x) - f(b)|, the same as lightning_xai.metrics.completeness.
@@ -511,6 +511,7 @@ class Shared:
     input_grad: Tensor | None = None  # (N, C, H, W)
     layers: dict[int, LayerCapture] = field(default_factory=dict)  # by id(module), or id of the failing request
     layer_of: dict[str, int] = field(default_factory=dict)  # method name -> key in ``layers``
+    reshape_of: dict[str, Any] = field(default_factory=dict)  # method name -> reshape of its automatic layer
     ig: IGResult | None = None
 
     def layer(self, method: str) -> tuple[str, Tensor, Tensor]:
@@ -573,22 +574,25 @@ def shared_pass(ctx: Context, methods: dict[str, Any], auto_layer: dict[str, Any
     errors: dict[str, BaseException] = {}
     shared = Shared(logits=torch.empty(n, 0, device=device))
 
-    # Layers: resolve each method's layer once (None: the automatic choice, found once and shared).
+    # Layers: resolve each method's layer once (None: the automatic choice and its reshape, found once and shared).
     for name, req in requests.items():
         if req.layer is False:
             continue
         try:
-            layer = req.layer
-            if layer is None:
+            if req.layer is None:
                 if "layer" not in auto_layer:
                     try:
-                        auto_layer["layer"] = find_gradcam_layer(engine.net, x[:1])
+                        auto_layer["layer"] = gradcam_layer(engine.net, x[:1],
+                                                            output_transform=engine.output_transform)
                     except Exception as err:  # noqa: BLE001 - kept for every method that needs the automatic layer
                         auto_layer["layer"] = err
                 if isinstance(auto_layer["layer"], BaseException):
                     raise auto_layer["layer"]
-                layer = auto_layer["layer"]
-            lname, module = resolve_layer(engine.net, layer)
+                found = auto_layer["layer"]
+                lname, module = found.name, found.module
+                shared.reshape_of[name] = found.reshape
+            else:
+                lname, module = resolve_layer(engine.net, req.layer)
         except Exception as err:
             if not collect:
                 raise
