@@ -4,7 +4,7 @@ A method is a subclass of :class:`Method` in its own file under ``lightning_xai/
 with :func:`register`. It declares
 
 - ``name`` and ``kind`` (``"gradient"``, ``"perturbation"``, ``"CAM"`` or ``"optimisation"``);
-- ``options``: ``{option: Option(default, check, doc)}``; :func:`check_method_options` validates them without a
+- ``options``: ``{option: Option(default, ok, allowed)}`` (:class:`lightning_xai._validation.Option`); :func:`check_method_options` validates them without a
   model, so a caller (the monitor) can check a configuration at construction;
 - what it needs from the *shared pass* (:meth:`Method.request`): the target's input gradient at the inputs, the
   activation and gradient of a layer at the inputs, or Integrated Gradients' path points. ``explain`` merges these
@@ -16,19 +16,20 @@ with :func:`register`. It declares
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor, nn
 
+from lightning_xai._validation import Option, is_int, is_number
+
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_xai.attribution._engine import Context, Shared
 
 __all__ = [
-    "METHODS",
     "KINDS",
+    "METHODS",
     "Method",
     "Option",
     "Request",
@@ -45,69 +46,37 @@ KINDS = ("gradient", "perturbation", "CAM", "optimisation")
 _REGISTRY: dict[str, type[Method]] = {}
 
 
-# ------------------------------------------------------------------------------------------- option validators
-# Each returns None when the value is fine, else the allowed values in words (the error names option and value).
+# ---------------------------------------------------------------------------------------------- option rules
+# A rule is ``(ok, allowed)``: a test of a value and the allowed values in words (the error names option and value).
+Rule = tuple[Callable[[Any], bool], str]
 
 
-def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def option(default: Any, rule: Rule) -> Option:
+    """An option with ``default`` checked by ``rule`` (the shared :class:`lightning_xai._validation.Option`)."""
+    return Option(default, *rule)
 
 
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def int_at_least(low: int) -> Rule:
+    return (lambda v: is_int(v) and v >= low), f"an int >= {low}"
 
 
-def int_at_least(low: int) -> Callable[[Any], str | None]:
-    return lambda v: None if is_int(v) and v >= low else f"an int >= {low}"
+def optional(rule: Rule) -> Rule:
+    ok, allowed = rule
+    return (lambda v: v is None or ok(v)), f"None or {allowed}"
 
 
-def positive_number(v: Any) -> str | None:
-    return None if is_number(v) and v > 0 else "a positive finite number"
-
-
-def non_negative_number(v: Any) -> str | None:
-    return None if is_number(v) and v >= 0 else "a finite number >= 0"
-
-
-def optional(check: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
-    def inner(v: Any) -> str | None:
-        bad = None if v is None else check(v)
-        return None if bad is None else f"None or {bad}"
-
-    return inner
-
-
-def layer_value(v: Any) -> str | None:
-    return None if v is None or isinstance(v, (str, nn.Module)) else "None (automatic), a dotted module name or a module"
-
-
-def reshape_value(v: Any) -> str | None:
-    return None if v is None or callable(v) else "None or a callable mapping the layer's output to (N, C, h, w)"
-
-
-def baseline_value(v: Any) -> str | None:
-    return None if v is None or is_number(v) or isinstance(v, Tensor) else "None (zeros), a number or a tensor"
-
-
-def window_value(v: Any) -> str | None:
-    ok = is_int(v) and v >= 1 or (isinstance(v, tuple) and len(v) == 2 and all(is_int(s) and s >= 1 for s in v))
-    return None if ok else "an int >= 1 or a pair (h, w) of ints >= 1"
-
-
-@dataclass(frozen=True)
-class Option:
-    """One method option: its default, its check (``None`` if fine, else the allowed values) and a line of doc."""
-
-    default: Any
-    check: Callable[[Any], str | None]
-    doc: str
-
+POSITIVE: Rule = (lambda v: is_number(v) and v > 0, "a positive finite number")
+NON_NEGATIVE: Rule = (lambda v: is_number(v) and v >= 0, "a finite number >= 0")
+WINDOW: Rule = (lambda v: (is_int(v) and v >= 1) or (isinstance(v, tuple) and len(v) == 2 and all(
+    is_int(s) and s >= 1 for s in v)), "an int >= 1 or a pair (h, w) of ints >= 1")
 
 # Shared spellings of the options several methods have.
-LAYER = Option(None, layer_value, "layer: dotted name or module; None picks find_gradcam_layer's choice")
-RESHAPE = Option(None, reshape_value, "maps the layer's output to (N, C, h, w); None: as_spatial's rule")
-BASELINE = Option(None, baseline_value, "reference input: None (zeros), a number, or a tensor like inputs")
-SEED = Option(0, int_at_least(0), "seed of the method's own torch.Generator (the global RNG is never used)")
+LAYER = Option(None, lambda v: v is None or isinstance(v, (str, nn.Module)),
+               "None (automatic), a dotted module name or a module")
+RESHAPE = Option(None, lambda v: v is None or callable(v), "None or a callable mapping the layer's output to (N, C, h, w)")
+BASELINE = Option(None, lambda v: v is None or is_number(v) or isinstance(v, Tensor),
+                  "None (zeros), a number or a tensor shaped like the inputs or one sample")
+SEED = option(0, int_at_least(0))
 
 
 @dataclass
@@ -222,9 +191,8 @@ def check_method_options(name: str, options: Mapping[str, Any] | None = None) ->
     merged = {key: opt.default for key, opt in cls.options.items()}
     merged.update(options)
     for key, value in merged.items():
-        bad = cls.options[key].check(value)
-        if bad is not None:
-            raise ValueError(f"{name} option `{key}` must be {bad}, got {value!r}")
+        if not cls.options[key].ok(value):
+            raise ValueError(f"{name} option `{key}` must be {cls.options[key].allowed}, got {value!r}")
     check = getattr(cls, "check", None)
     if check is not None:
         check(merged)

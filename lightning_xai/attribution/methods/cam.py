@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from torch import Tensor, nn
 
+from lightning_xai._validation import Option
 from lightning_xai.attribution._cam import CamMethod
 from lightning_xai.attribution._engine import Context, Shared
 from lightning_xai.attribution._layers import resolve_layer
-from lightning_xai.attribution._registry import LAYER, RESHAPE, Option, register
-
-
-def _head_value(v: Any) -> str | None:
-    return None if v is None or isinstance(v, (str, nn.Module)) else "None (automatic) or the name of the nn.Linear head"
+from lightning_xai.attribution._registry import LAYER, RESHAPE, register
 
 
 @register
@@ -33,7 +30,8 @@ class Cam(CamMethod):
     options: ClassVar[dict[str, Option]] = {
         "layer": LAYER,
         "reshape": RESHAPE,
-        "head": Option(None, _head_value, "the nn.Linear after global average pooling; None: found automatically"),
+        "head": Option(None, lambda v: v is None or isinstance(v, (str, nn.Module)),
+                       "None (automatic) or the nn.Linear head after global average pooling (name or module)"),
     }
 
     def _head(self, ctx: Context, channels: int, classes: int) -> nn.Linear:

@@ -8,13 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_xai._validation import Option
 from lightning_xai.attribution._engine import REL_EPS, Context, Shared, baseline_tensor, trapezoid
 from lightning_xai.attribution._registry import (
     BASELINE,
+    NON_NEGATIVE,
     Method,
-    Option,
     int_at_least,
-    non_negative_number,
+    option,
     register,
 )
 
@@ -50,12 +51,12 @@ class IGOS(Method):
     kind = "optimisation"
     cost = "iterations x ig_steps + iterations x (line_search + 1) forwards"
     options: ClassVar[dict[str, Option]] = {
-        "mask_size": Option(8, int_at_least(1), "mask cells per side (upsampled bilinearly)"),
-        "iterations": Option(10, int_at_least(1), "descent steps"),
-        "ig_steps": Option(8, int_at_least(2), "trapezoid nodes of the integrated gradient"),
-        "line_search": Option(5, int_at_least(1), "step sizes tried per iteration"),
-        "l1": Option(1.0, non_negative_number, "weight of the deleted area"),
-        "tv": Option(0.5, non_negative_number, "weight of the mask's total variation"),
+        "mask_size": option(8, int_at_least(1)),
+        "iterations": option(10, int_at_least(1)),
+        "ig_steps": option(8, int_at_least(2)),
+        "line_search": option(5, int_at_least(1)),
+        "l1": option(1.0, NON_NEGATIVE),
+        "tv": option(0.5, NON_NEGATIVE),
         "baseline": BASELINE,
     }
 

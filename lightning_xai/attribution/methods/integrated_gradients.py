@@ -6,15 +6,16 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
+from lightning_xai._validation import Option
 from lightning_xai.attribution._engine import Context, Shared
 from lightning_xai.attribution._registry import (
     BASELINE,
+    POSITIVE,
     Method,
-    Option,
     Request,
     int_at_least,
+    option,
     optional,
-    positive_number,
     register,
 )
 
@@ -33,9 +34,9 @@ class IntegratedGradients(Method):
     cost = "n_steps (adaptive: n_steps..max_steps, reported in ig_evals)"
     options: ClassVar[dict[str, Option]] = {
         "baseline": BASELINE,
-        "n_steps": Option(32, int_at_least(1), "nodes of the trapezoid rule, both ends included"),
-        "tolerance": Option(None, optional(positive_number), "adaptive: target relative completeness error"),
-        "max_steps": Option(256, int_at_least(1), "adaptive: most nodes per probe"),
+        "n_steps": option(32, int_at_least(1)),
+        "tolerance": option(None, optional(POSITIVE)),
+        "max_steps": option(256, int_at_least(1)),
     }
 
     @staticmethod

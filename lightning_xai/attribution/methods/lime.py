@@ -7,17 +7,18 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from lightning_xai._validation import Option
 from lightning_xai.attribution._engine import Context, Shared, baseline_tensor
 from lightning_xai.attribution._registry import (
     BASELINE,
+    NON_NEGATIVE,
+    POSITIVE,
     SEED,
+    WINDOW,
     Method,
-    Option,
     int_at_least,
-    non_negative_number,
-    positive_number,
+    option,
     register,
-    window_value,
 )
 
 
@@ -71,10 +72,10 @@ class Lime(Method):
     kind = "perturbation"
     cost = "n_samples forwards, no backward"
     options: ClassVar[dict[str, Option]] = {
-        "grid": Option(8, window_value, "superpixel grid: cells per side (int or (rows, cols))"),
-        "n_samples": Option(128, int_at_least(2), "random masks per probe"),
-        "kernel_width": Option(0.25, positive_number, "width of the exponential kernel on the cosine distance"),
-        "ridge": Option(1.0, non_negative_number, "ridge penalty of the linear model"),
+        "grid": option(8, WINDOW),
+        "n_samples": option(128, int_at_least(2)),
+        "kernel_width": option(0.25, POSITIVE),
+        "ridge": option(1.0, NON_NEGATIVE),
         "baseline": BASELINE,
         "seed": SEED,
     }

@@ -8,8 +8,16 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from lightning_xai._validation import Option
 from lightning_xai.attribution._engine import Context, Shared, baseline_tensor
-from lightning_xai.attribution._registry import BASELINE, Method, Option, optional, register, window_value
+from lightning_xai.attribution._registry import (
+    BASELINE,
+    WINDOW,
+    Method,
+    option,
+    optional,
+    register,
+)
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -48,8 +56,8 @@ class Occlusion(Method):
     kind = "perturbation"
     cost = "positions forwards, no backward"
     options: ClassVar[dict[str, Option]] = {
-        "window": Option(8, window_value, "window size (int or (h, w))"),
-        "stride": Option(None, optional(window_value), "step between windows; None: half the window"),
+        "window": option(8, WINDOW),
+        "stride": option(None, optional(WINDOW)),
         "baseline": BASELINE,
     }
 

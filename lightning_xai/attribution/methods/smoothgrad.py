@@ -7,26 +7,19 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from lightning_xai._validation import Option
 from lightning_xai.attribution._engine import Context, Shared
 from lightning_xai.attribution._registry import (
+    POSITIVE,
     SEED,
     Method,
-    Option,
     check_method_options,
     get_method,
     int_at_least,
+    option,
     optional,
-    positive_number,
     register,
 )
-
-
-def _base_value(v: Any) -> str | None:
-    return None if isinstance(v, str) and v != "smoothgrad" else "the name of another registered method"
-
-
-def _mapping(v: Any) -> str | None:
-    return None if isinstance(v, dict) else "a dict of the base method's options"
 
 
 @register
@@ -48,11 +41,12 @@ class SmoothGrad(Method):
     kind = "gradient"
     cost = "n_samples x base (saliency: n_samples)"
     options: ClassVar[dict[str, Option]] = {
-        "base": Option("saliency", _base_value, "the method to smooth"),
-        "base_options": Option({}, _mapping, "options of the base method"),
-        "n_samples": Option(16, int_at_least(1), "noisy copies per probe"),
-        "noise_level": Option(0.15, positive_number, "noise stdev as a fraction of each probe's value range"),
-        "stdev": Option(None, optional(positive_number), "absolute noise stdev (overrides noise_level)"),
+        "base": Option("saliency", lambda v: isinstance(v, str) and v != "smoothgrad",
+                       "the name of another registered method"),
+        "base_options": Option({}, lambda v: isinstance(v, dict), "a dict of the base method's options"),
+        "n_samples": option(16, int_at_least(1)),
+        "noise_level": option(0.15, POSITIVE),
+        "stdev": option(None, optional(POSITIVE)),
         "seed": SEED,
     }
 
