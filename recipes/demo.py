@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--train-size", type=int, default=2048)
     parser.add_argument("--num-probes", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/demo", help="log directory")
+    parser.add_argument("--out", default="runs/demo",
+                        help="log root: each run gets its own directory, <out>/full/version_N (or fast/version_N)")
     parser.add_argument("--fast", action="store_true", help="a tiny run for smoke tests")
     args = parser.parse_args(argv)
     if args.fast:
@@ -176,22 +177,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     monitor = ExplanationMonitor(
         probes=data.probe_set,
         num_probes=args.num_probes,
-        mean=SHAPES_MEAN,
-        std=SHAPES_STD,
-        warmup_epochs=1 if args.fast else 3,
-        **({"n_steps": 4, "ig_tolerance": None} if args.fast else {}),  # defaults otherwise
+        display={"mean": SHAPES_MEAN, "std": SHAPES_STD},
+        drift={"warmup_epochs": 1 if args.fast else 3},
+        # defaults otherwise
+        method_options={"integrated_gradients": {"n_steps": 4, "tolerance": None}} if args.fast else None,
     )
     report = EvidenceReport(monitor, data.probe_set)
-    logger = pl.loggers.TensorBoardLogger(args.out, name="", version="")
+    # A new version directory per run: re-running never mixes two runs' steps in one TensorBoard run.
+    logger = pl.loggers.TensorBoardLogger(args.out, name="fast" if args.fast else "full")
     trainer = pl.Trainer(
         max_epochs=args.epochs,
         accelerator="cpu",
         logger=logger,
         callbacks=[monitor, PlantShortcut(args.shortcut_epoch), report],
         enable_checkpointing=False,
-        enable_progress_bar=False,
+        enable_progress_bar=True,
         enable_model_summary=False,
-        log_every_n_steps=10,
+        log_every_n_steps=1 if args.fast else 10,
     )
     start = time.perf_counter()
     trainer.fit(model, datamodule=data)

@@ -357,6 +357,20 @@ class ShapesDataset(Dataset):
             "index": index,
         }
 
+    def concept_masks(self, index: int) -> dict[str, Tensor]:
+        """Concept masks of sample ``index`` for network dissection (:mod:`lightning_xai.views`).
+
+        Returns:
+            ``{class name: (1, H, W)}`` for every class (the shape's mask on a sample of that class, zeros on the
+            others) and ``"marker"``: :meth:`marker_mask` under the current settings. Per-class shape concepts,
+            because a concept on every image (any shape, ~15-35 % of the pixels) cannot pass the dissection rule.
+        """
+        item = self.sample(index)
+        zeros = torch.zeros_like(item["mask"])
+        concepts = {name: item["mask"] if c == item["label"] else zeros for c, name in enumerate(self.classes)}
+        concepts["marker"] = item["marker_mask"]
+        return concepts
+
     def denormalize(self, images: Tensor) -> Tensor:
         """Undo ``normalize=True``: ``images * SHAPES_STD + SHAPES_MEAN`` (``(3, H, W)`` or ``(N, 3, H, W)``)."""
         return images * self._std.to(images) + self._mean.to(images)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
@@ -146,3 +147,77 @@ def caption(
     size = default_font_size(width) if font_size is None else font_size
     strip_t = _strip(tuple(lines), width, size, background, foreground).to(image.device)
     return torch.cat([image, strip_t], dim=1)
+
+
+
+@lru_cache(maxsize=4096)
+def _line_mask(text: str, max_width: int, size: int) -> np.ndarray:
+    """Coverage mask ``(line_height, w, 1)`` (int32, 0-255) of one line of text, truncated to ``max_width`` pixels.
+
+    Cached: probe ids, labels and titles repeat from epoch to epoch and across methods, so most lines are drawn once
+    per run.
+    """
+    font, line_height, unicode_ok = _font(size)
+    text = " ".join(text.splitlines())
+    if not unicode_ok:
+        text = text.encode("latin-1", errors="replace").decode("latin-1")
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    text = _fit(probe, text, font, max_width, "\u2026" if unicode_ok else "...")
+    if not text:
+        return np.zeros((line_height, 0, 1), dtype=np.int32)
+    width = max(1, min(max_width, int(probe.textlength(text, font=font)) + 1))
+    mask = Image.new("L", (width, line_height), 0)
+    ImageDraw.Draw(mask).text((0, 0), text, font=font, fill=255)
+    out = np.asarray(mask, dtype=np.int32)[:, :, None]
+    out.setflags(write=False)
+    return out
+
+
+def line_height(size: int) -> int:
+    """Height in pixels of one line of text at font ``size`` (Pillow's default font: ascent + descent)."""
+    _check_font_size(size)
+    return _font(size)[1]
+
+
+def _draw_text(canvas: np.ndarray, x: int, y: int, text: str, *, max_width: int, size: int,
+               color: tuple[int, int, int] = (255, 255, 255)) -> None:
+    """Draw one line of ``text`` into an ``(H, W, 3)`` ``uint8`` array in place, anti-aliased over what is there.
+
+    The line starts at ``(x, y)`` (top left), is at most ``max_width`` pixels wide (truncated with an ellipsis) and
+    is clipped to the canvas.
+    """
+    if max_width <= 0 or not text:
+        return
+    mask = _line_mask(text, int(max_width), int(size))
+    h = min(mask.shape[0], canvas.shape[0] - y)
+    w = min(mask.shape[1], canvas.shape[1] - x)
+    if h <= 0 or w <= 0:
+        return
+    cover = mask[:h, :w]
+    region = canvas[y : y + h, x : x + w]
+    fg = np.asarray(color, dtype=np.int32)
+    region[...] = (region * (255 - cover) + fg * cover + 127) // 255
+
+
+@lru_cache(maxsize=4096)
+def _text_patch(text: str, max_width: int, size: int, color: tuple[int, int, int],
+                background: tuple[int, int, int]) -> np.ndarray:
+    """One line of text composited on a solid ``background``: ``uint8 (line_height, w, 3)``, cached."""
+    cover = _line_mask(text, max_width, size)
+    bg = np.asarray(background, dtype=np.int32)
+    fg = np.asarray(color, dtype=np.int32)
+    patch = ((bg * (255 - cover) + fg * cover + 127) // 255).astype(np.uint8)
+    patch.setflags(write=False)
+    return patch
+
+
+def _paste_text(canvas: np.ndarray, x: int, y: int, text: str, *, max_width: int, size: int,
+                color: tuple[int, int, int], background: tuple[int, int, int]) -> None:
+    """Like :func:`_draw_text` where the canvas under the text is the solid ``background``: one copy, no blending."""
+    if max_width <= 0 or not text:
+        return
+    patch = _text_patch(text, int(max_width), int(size), color, background)
+    h = min(patch.shape[0], canvas.shape[0] - y)
+    w = min(patch.shape[1], canvas.shape[1] - x)
+    if h > 0 and w > 0:
+        canvas[y : y + h, x : x + w] = patch[:h, :w]

@@ -1,11 +1,33 @@
-"""Writers: where explanation results go. TensorBoard first; PNG/CSV/Markdown files as the fallback.
+"""Sinks: where explanation results go, chosen per logger by what the logger can do.
 
-No Lightning import. Both writers implement :class:`Writer`: ``add_image(tag, uint8 (3, H, W), step)``,
-``add_scalars(dict[str, float], step) -> skipped tags``, ``add_text(tag, str, step)``, ``flush()``.
+No Lightning import. Every sink implements :class:`Sink`: ``add_image(tag, uint8 (3, H, W), step, caption=None)``,
+``add_scalars(dict[str, float], step) -> skipped tags``, ``add_text``, ``add_histogram``, ``add_embedding``,
+``add_custom_scalars_layout``, ``flush``, ``close``, the ``supports_*`` capability flags and ``log_dir``.
+:func:`sinks_for_loggers` builds one :class:`MultiSink` over a Trainer's loggers.
 """
 
-from lightning_xai.writers.base import Writer
-from lightning_xai.writers.file import FileWriter
-from lightning_xai.writers.tensorboard import TensorBoardWriter
+from lightning_xai.writers.background import BackgroundWrites
+from lightning_xai.writers.base import Sink, SinkError, Writer
+from lightning_xai.writers.file import FileSink, FileWriter, next_version_dir
+from lightning_xai.writers.loggers import MetricsSink, MlflowSink, WandbSink
+from lightning_xai.writers.multi import MultiSink
+from lightning_xai.writers.resolve import ResolvedSinks, sinks_for_loggers
+from lightning_xai.writers.tensorboard import TensorBoardSink, TensorBoardWriter
 
-__all__ = ["FileWriter", "TensorBoardWriter", "Writer"]
+__all__ = [
+    "BackgroundWrites",
+    "FileSink",
+    "FileWriter",
+    "MetricsSink",
+    "MlflowSink",
+    "MultiSink",
+    "ResolvedSinks",
+    "Sink",
+    "SinkError",
+    "TensorBoardSink",
+    "TensorBoardWriter",
+    "WandbSink",
+    "Writer",
+    "next_version_dir",
+    "sinks_for_loggers",
+]

@@ -1,27 +1,50 @@
-"""The interface every writer implements, and shared argument checks."""
+"""The interface every sink implements, its capability flags, and shared argument checks."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-__all__ = ["Writer", "check_image", "check_step", "check_tag", "finite_scalars"]
+__all__ = [
+    "Sink",
+    "SinkError",
+    "Writer",
+    "check_embedding",
+    "check_image",
+    "check_step",
+    "check_tag",
+    "check_text",
+    "finite_scalars",
+    "finite_values",
+]
 
 
 @runtime_checkable
-class Writer(Protocol):
-    """Where explanation results go. Implemented by :class:`TensorBoardWriter` and :class:`FileWriter`.
+class Sink(Protocol):
+    """Where explanation results go: TensorBoard, Weights & Biases, MLflow, plain files, a logger's scalars.
 
     Images are ``uint8`` RGB ``(3, H, W)`` (as made by :mod:`lightning_xai.render`); ``step`` is a non-negative int
     (the callback uses ``trainer.global_step``). ``add_scalars`` never writes a non-finite value: it skips it and
-    returns the skipped keys.
+    returns the skipped keys. A sink that cannot store a kind of item says so with its capability flags
+    (``supports_images``, ``supports_text``, ``supports_histograms``, ``supports_embedding``,
+    ``supports_custom_scalars``) and ignores it. ``log_dir`` is where its files go (``None`` if it writes none).
+    ``close()`` releases what the sink itself opened; a logger's own writer stays open for the logger.
     """
 
-    def add_image(self, tag: str, img: Tensor, step: int) -> None: ...
+    supports_images: bool
+    supports_text: bool
+    supports_histograms: bool
+    supports_embedding: bool
+    supports_custom_scalars: bool
+
+    @property
+    def log_dir(self) -> str | None: ...
+
+    def add_image(self, tag: str, img: Tensor, step: int, caption: str | None = None) -> None: ...
 
     def add_scalars(self, values: Mapping[str, float], step: int) -> list[str]: ...
 
@@ -29,7 +52,33 @@ class Writer(Protocol):
 
     def add_text(self, tag: str, text: str, step: int) -> None: ...
 
+    def add_embedding(self, features: Tensor, metadata: Sequence[Any] | None = None, label_img: Tensor | None = None,
+                      step: int = 0, tag: str = "default", metadata_header: Sequence[str] | None = None) -> None:
+        """Points ``(N, D)`` for a projector; ``metadata`` one label per row (or one list per row with
+        ``metadata_header``); ``label_img`` ``uint8 (N, 3, H, W)`` thumbnails."""
+
+    def add_custom_scalars_layout(self, layout: Mapping[str, Any]) -> None: ...
+
     def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+#: The v0.1 name of :class:`Sink`.
+Writer = Sink
+
+
+class SinkError(RuntimeError):
+    """One or more sinks failed to store an item; the others got it.
+
+    Attributes:
+        failures: ``[(sink description, exception), ...]``.
+    """
+
+    def __init__(self, what: str, failures: Sequence[tuple[str, BaseException]]) -> None:
+        self.failures = list(failures)
+        details = "; ".join(f"{name}: {type(err).__name__}: {err}" for name, err in self.failures)
+        super().__init__(f"writing {what} failed in {details}")
 
 
 def check_tag(tag: str) -> None:
@@ -46,6 +95,12 @@ def check_step(step: int) -> int:
     return step
 
 
+def check_text(text: str) -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"`text` must be a str, got {type(text).__name__}")
+    return text
+
+
 def check_image(img: Tensor) -> Tensor:
     """Return ``img`` detached on the CPU, contiguous; raise unless it is a ``uint8`` tensor of shape ``(3, H, W)``."""
     if not isinstance(img, Tensor):
@@ -56,6 +111,44 @@ def check_image(img: Tensor) -> Tensor:
             f"got {tuple(img.shape)} {img.dtype}"
         )
     return img.detach().cpu().contiguous()
+
+
+def check_embedding(features: Tensor, metadata: Sequence[Any] | None, label_img: Tensor | None,
+                    metadata_header: Sequence[str] | None = None
+                    ) -> tuple[Tensor, list[Any] | None, Tensor | None, list[str] | None]:
+    """``(features (N, D) float32 CPU, metadata list or None, label_img uint8 (N, 3, H, W) CPU or None, header)``.
+
+    ``metadata``: one label per row; with ``metadata_header`` (column names), one list of that many values per row.
+    """
+    if not isinstance(features, Tensor) or features.dim() != 2 or features.shape[0] == 0:
+        got = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+        raise ValueError(f"`features` must be a tensor of shape (N, D) with N >= 1, got {got}")
+    features = features.detach().float().cpu()
+    if not bool(torch.isfinite(features).all()):
+        raise ValueError("`features` must be finite (no NaN/inf): the projector cannot place such points")
+    n = features.shape[0]
+    if metadata is not None:
+        metadata = list(metadata)
+        if len(metadata) != n:
+            raise ValueError(f"`metadata` must have one entry per row of `features` ({n}), got {len(metadata)}")
+        if metadata_header is not None:
+            metadata_header = [str(h) for h in metadata_header]
+            bad = [row for row in metadata if not isinstance(row, (list, tuple)) or len(row) != len(metadata_header)]
+            if bad:
+                raise ValueError(f"with `metadata_header` ({len(metadata_header)} columns) every `metadata` row must "
+                                 f"be a list of {len(metadata_header)} values, got {bad[0]!r}")
+            metadata = [[str(v) for v in row] for row in metadata]
+        else:
+            metadata = [str(v) for v in metadata]
+    elif metadata_header is not None:
+        raise ValueError("`metadata_header` needs `metadata`")
+    if label_img is not None:
+        if (not isinstance(label_img, Tensor) or label_img.dtype != torch.uint8 or label_img.dim() != 4
+                or label_img.shape[0] != n or label_img.shape[1] != 3):
+            got = f"{tuple(label_img.shape)} {label_img.dtype}" if isinstance(label_img, Tensor) else label_img
+            raise ValueError(f"`label_img` must be None or a uint8 tensor of shape ({n}, 3, H, W), got {got}")
+        label_img = label_img.detach().cpu().contiguous()
+    return features, metadata, label_img, metadata_header
 
 
 def finite_scalars(values: Mapping[str, float]) -> tuple[dict[str, float], list[str]]:
@@ -86,3 +179,19 @@ def finite_values(values: Tensor) -> Tensor:
         raise TypeError(f"`values` must be a tensor, got {type(values).__name__}")
     flat = values.detach().reshape(-1).float().cpu()
     return flat[torch.isfinite(flat)]
+
+
+def png_bytes(img: Tensor) -> bytes:
+    """``uint8 (3, H, W)`` -> PNG bytes at zlib level 1 (encoding dominates writing cost; files ~6% larger)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(hwc(img)).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def hwc(img: Tensor) -> Any:
+    """``uint8 (3, H, W)`` tensor -> ``(H, W, 3)`` numpy array, as image libraries want it."""
+    return img.permute(1, 2, 0).contiguous().cpu().numpy()

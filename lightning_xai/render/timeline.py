@@ -1,0 +1,141 @@
+"""A probe's timeline: the same probe's overlay across the explained epochs, one row per probe, one image per method."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lightning_xai.render.panel import BACKGROUND, FLAG_COLOR, GAP, TEXT_COLOR, _check_int
+from lightning_xai.render.text import CAPTION_PADDING, _paste_text, line_height
+
+__all__ = ["Timeline", "select_epochs"]
+
+
+def select_epochs(epochs: Sequence[int], flagged: Sequence[int], max_columns: int) -> list[int]:
+    """At most ``max_columns`` of ``epochs`` (sorted): the first and last, the flagged ones, then evenly spread.
+
+    Example::
+
+        >>> select_epochs(list(range(20)), flagged=[7], max_columns=5)
+        [0, 6, 7, 13, 19]
+    """
+    _check_int(max_columns, "max_columns", 2)
+    epochs = sorted(set(epochs))
+    if len(epochs) <= max_columns:
+        return epochs
+    chosen = {epochs[0], epochs[-1]}
+    for e in sorted(set(flagged) & set(epochs)):
+        if len(chosen) < max_columns:
+            chosen.add(e)
+    rest = [e for e in epochs if e not in chosen]
+    free = max_columns - len(chosen)
+    if free > 0 and rest:  # evenly spaced among the others
+        picks = np.linspace(0, len(rest) - 1, free + 2)[1:-1] if free < len(rest) else np.arange(len(rest))
+        chosen.update(rest[int(round(p))] for p in picks)
+    return sorted(chosen)
+
+
+class Timeline:
+    """Collects each explained epoch's overlay tiles per method and draws them as a probe x epoch strip.
+
+    Tiles are kept as ``uint8`` (for 16 probes at 64 px about 200 KB per method and epoch); at most ``keep_epochs``
+    epochs are kept per method: past that, the oldest epoch without flags (other than the first) is dropped, so
+    long runs keep the start, the changes and the recent past.
+
+    Args:
+        max_columns: epochs shown in one image (the first, the last, those with flags, then evenly spread).
+        keep_epochs: epochs kept in memory per method (>= ``max_columns``).
+
+    Example::
+
+        >>> timeline = Timeline()
+        >>> for epoch in range(3):
+        ...     timeline.add("grad_cam", epoch, torch.zeros(4, 3, 64, 64, dtype=torch.uint8), flagged=[0, 1, 0, 0])
+        >>> timeline.image("grad_cam", ["#0", "#1", "#2", "#3"]).shape[0]
+        3
+    """
+
+    def __init__(self, max_columns: int = 12, keep_epochs: int = 48) -> None:
+        _check_int(max_columns, "max_columns", 2)
+        _check_int(keep_epochs, "keep_epochs", max_columns)
+        self.max_columns, self.keep_epochs = max_columns, keep_epochs
+        self._tiles: dict[str, dict[int, tuple[Tensor, list[bool]]]] = {}
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self._tiles)
+
+    def epochs(self, method: str) -> list[int]:
+        return sorted(self._tiles.get(method, {}))
+
+    def add(self, method: str, epoch: int, tiles: Tensor, flagged: Sequence[bool] | Tensor | None = None) -> None:
+        """Keep ``tiles`` (``uint8 (N, 3, h, w)``, e.g. ``ProbeRenderer.tiles``) of ``method`` at ``epoch``."""
+        if not isinstance(tiles, Tensor) or tiles.dtype != torch.uint8 or tiles.dim() != 4 or tiles.shape[1] != 3:
+            raise ValueError(f"`tiles` must be uint8 of shape (N, 3, h, w), got {getattr(tiles, 'shape', tiles)!r}")
+        n = tiles.shape[0]
+        flags = [False] * n if flagged is None else [bool(f) for f in (
+            flagged.tolist() if isinstance(flagged, Tensor) else flagged)]
+        if len(flags) != n:
+            raise ValueError(f"`flagged` must have one entry per tile ({n}), got {len(flags)}")
+        hwc = tiles.detach().cpu().permute(0, 2, 3, 1).contiguous()
+        store = self._tiles.setdefault(method, {})
+        if store:
+            first = next(iter(store.values()))[0]
+            if first.shape != hwc.shape:
+                raise ValueError(f"tiles of {method!r} changed shape: {tuple(first.shape)} -> {tuple(hwc.shape)}")
+        store[int(epoch)] = (hwc, flags)
+        while len(store) > self.keep_epochs:
+            ordered = sorted(store)
+            quiet = [e for e in ordered[1:-1] if not any(store[e][1])]
+            del store[(quiet or ordered[1:-1])[0]]
+
+    def image(self, method: str, probe_labels: Sequence[str] | None = None, *, font_size: int = 10) -> Tensor:
+        """The strip of ``method``: a row per probe (labelled with ``probe_labels``), a column per shown epoch.
+
+        A tile flagged at its epoch is outlined in :data:`~lightning_xai.render.FLAG_COLOR`; a column of an epoch
+        with any flag has its epoch number in that colour.
+
+        Returns:
+            ``uint8`` RGB ``(3, H, W)``.
+        """
+        store = self._tiles.get(method)
+        if not store:
+            raise ValueError(f"no tiles for method {method!r}; methods with tiles: {self.methods}")
+        flagged_epochs = [e for e, (_, flags) in store.items() if any(flags)]
+        shown = select_epochs(list(store), flagged_epochs, self.max_columns)
+        n, th, tw, _ = store[shown[0]][0].shape
+        labels = [f"#{i}" for i in range(n)] if probe_labels is None else [str(x) for x in probe_labels]
+        if len(labels) != n:
+            raise ValueError(f"`probe_labels` must have one entry per probe ({n}), got {len(labels)}")
+        lh, title_size = line_height(font_size), font_size + 1
+        title_h = line_height(title_size) + 2 * CAPTION_PADDING
+        head_h = lh + CAPTION_PADDING
+        label_w = max(48, tw)
+        width = label_w + len(shown) * (tw + GAP) + GAP
+        height = title_h + head_h + n * (th + GAP) + GAP
+        canvas = np.empty((height, width, 3), dtype=np.uint8)
+        canvas[:] = BACKGROUND
+        title = f"{method}: each probe across epochs" + (" (some epochs omitted)" if len(shown) < len(store) else "")
+        _paste_text(canvas, GAP, CAPTION_PADDING, title, max_width=width - 2 * GAP, size=title_size,
+                    color=TEXT_COLOR, background=BACKGROUND)
+        for c, epoch in enumerate(shown):
+            x = label_w + c * (tw + GAP) + GAP
+            colour = FLAG_COLOR if epoch in flagged_epochs else TEXT_COLOR
+            _paste_text(canvas, x, title_h, f"ep {epoch}", max_width=tw, size=font_size, color=colour,
+                        background=BACKGROUND)
+            tiles, flags = store[epoch]
+            tiles = tiles.numpy()
+            for r in range(n):
+                y = title_h + head_h + r * (th + GAP) + GAP
+                if flags[r]:
+                    canvas[y - 3 : y + th + 3, x - 3 : x + tw + 3] = FLAG_COLOR
+                canvas[y : y + th, x : x + tw] = tiles[r]
+        for r, label in enumerate(labels):
+            y = title_h + head_h + r * (th + GAP) + GAP
+            for j, part in enumerate(label.split("\n")[: max(1, th // lh)]):
+                _paste_text(canvas, GAP, y + j * lh, part, max_width=label_w - GAP, size=font_size, color=TEXT_COLOR,
+                            background=BACKGROUND)
+        return torch.from_numpy(canvas).permute(2, 0, 1)

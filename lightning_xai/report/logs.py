@@ -1,0 +1,156 @@
+"""Read what a run logged back: TensorBoard event files, or the PNG/CSV/Markdown files of the file writer."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["RunData", "find_runs", "load_run"]
+
+_EVENTS = "events.out.tfevents."
+_SCALARS_FILE, _TEXT_FILE, _IMAGES_DIR = "xai_scalars.csv", "xai_text.md", "xai_images"
+_TEXT_SECTION = re.compile(r"^## (?P<tag>.+) \(step (?P<step>\d+)\)\n\n", re.MULTILINE)
+
+
+@dataclass
+class RunData:
+    """What one run logged, by tag, each a list of ``(step, value)`` sorted by step.
+
+    Attributes:
+        path: the run directory.
+        source: ``"events"`` (TensorBoard event files) or ``"files"`` (the file writer's PNG/CSV/Markdown).
+        scalars: ``{tag: [(step, float)]}`` (every scalar tag, ``xai/`` and the user's, e.g. ``epoch``).
+        images: ``{tag: [(step, png bytes)]}`` (``xai/`` tags only).
+        texts: ``{tag: [(step, markdown)]}`` (``xai/`` tags only).
+        layout: the custom-scalars layout written to the run (as a dict), if any.
+    """
+
+    path: Path
+    source: str
+    scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    images: dict[str, list[tuple[int, bytes]]] = field(default_factory=dict)
+    texts: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    layout: dict | None = None
+
+    def epoch_of(self, step: int) -> int | None:
+        """The epoch at ``step``, from Lightning's ``epoch`` scalar (logged with every step's metrics), if any."""
+        best = None
+        for s, value in self.scalars.get("epoch", []):
+            if s <= step:
+                best = int(value)
+            else:
+                break
+        return best
+
+    def latest(self, kind: str, tag: str):
+        """The last ``(step, value)`` of ``tag`` in ``scalars``/``images``/``texts`` (``kind``), or ``None``."""
+        series = getattr(self, kind).get(tag)
+        return series[-1] if series else None
+
+
+def _has_run(path: Path) -> bool:
+    return path.is_dir() and (any(p.name.startswith(_EVENTS) for p in path.iterdir())
+                              or (path / _SCALARS_FILE).is_file())
+
+
+def find_runs(logdir: str | os.PathLike[str]) -> list[Path]:
+    """Directories under ``logdir`` (itself included) holding event files or the file writer's ``xai_scalars.csv``,
+    newest (by modification time of their files) first."""
+    root = Path(logdir)
+    if not root.exists():
+        raise FileNotFoundError(f"`logdir` does not exist: {str(root)!r}")
+    if not root.is_dir():
+        raise NotADirectoryError(f"`logdir` must be a directory, got a file: {str(root)!r}")
+    runs = [p for p in [root, *sorted(q for q in root.rglob("*") if q.is_dir())] if _has_run(p)]
+
+    def newest(p: Path) -> float:
+        return max((f.stat().st_mtime for f in p.iterdir() if f.is_file()), default=0.0)
+
+    return sorted(runs, key=newest, reverse=True)
+
+
+def _from_events(path: Path) -> RunData:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(path), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    data = RunData(path=path, source="events")
+    for tag in tags.get("scalars", []):
+        data.scalars[tag] = [(e.step, float(e.value)) for e in acc.Scalars(tag)]
+    for tag in tags.get("images", []):
+        if tag.startswith("xai/"):
+            data.images[tag] = [(e.step, e.encoded_image_string) for e in acc.Images(tag)]
+    for tag in tags.get("tensors", []):
+        if tag == "custom_scalars__config__":
+            data.layout = _layout_from_tensor(acc.Tensors(tag)[-1].tensor_proto)
+        elif tag.startswith("xai/"):
+            events = acc.Tensors(tag)
+            if events and events[0].tensor_proto.string_val:  # text summaries
+                name = tag[: -len("/text_summary")] if tag.endswith("/text_summary") else tag
+                data.texts[name] = [(e.step, e.tensor_proto.string_val[0].decode("utf-8")) for e in events]
+    for series in (*data.scalars.values(), *data.images.values(), *data.texts.values()):
+        series.sort(key=lambda item: item[0])
+    return data
+
+
+def _layout_from_tensor(proto) -> dict:
+    from google.protobuf import json_format
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(proto.string_val[0])
+    return json_format.MessageToDict(layout)
+
+
+def _from_files(path: Path) -> RunData:
+    data = RunData(path=path, source="files")
+    with (path / _SCALARS_FILE).open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            data.scalars.setdefault(row["tag"], []).append((int(row["step"]), float(row["value"])))
+    images = path / _IMAGES_DIR
+    if images.is_dir():
+        for tag_dir in sorted(p for p in images.iterdir() if p.is_dir()):
+            tag = _tag_from_dirname(tag_dir.name)
+            data.images[tag] = [(int(p.stem.split("_")[-1]), p.read_bytes()) for p in sorted(tag_dir.glob("step_*.png"))]
+    text_file = path / _TEXT_FILE
+    if text_file.is_file():
+        text = text_file.read_text(encoding="utf-8")
+        sections = list(_TEXT_SECTION.finditer(text))
+        for i, match in enumerate(sections):
+            end = sections[i + 1].start() if i + 1 < len(sections) else len(text)
+            data.texts.setdefault(match["tag"], []).append((int(match["step"]), text[match.end() : end].strip()))
+    for series in (*data.scalars.values(), *data.images.values(), *data.texts.values()):
+        series.sort(key=lambda item: item[0])
+    return data
+
+
+def _tag_from_dirname(name: str) -> str:
+    """``xai_grad_cam_overlay`` -> ``xai/grad_cam/overlay``: the file writer flattens ``/`` into ``_``; image tags
+    are ``xai/{method}/{kind}`` and a method name keeps its own underscores."""
+    if not name.startswith("xai_"):
+        return name
+    head, _, last = name[4:].rpartition("_")
+    return f"xai/{head}/{last}" if head else f"xai/{last}"
+
+
+def load_run(path: str | os.PathLike[str]) -> RunData:
+    """Load one run directory: its TensorBoard event files if it has any ``xai/`` data there, else the files.
+
+    Raises:
+        FileNotFoundError: if ``path`` holds neither (use :func:`find_runs` on a parent directory).
+    """
+    path = Path(path)
+    if any(p.name.startswith(_EVENTS) for p in path.iterdir()):
+        data = _from_events(path)
+        if any(tag.startswith("xai/") for tag in data.scalars):
+            return data
+    if (path / _SCALARS_FILE).is_file():
+        return _from_files(path)
+    raise FileNotFoundError(
+        f"no lightning_xai logs in {str(path)!r}: expected TensorBoard event files with xai/ scalars, or "
+        f"{_SCALARS_FILE} from the file writer"
+    )

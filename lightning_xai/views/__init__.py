@@ -1,0 +1,46 @@
+"""What the network learned, per epoch: views of a layer and of the whole model beside the heatmaps.
+
+Pure torch (no Lightning). Each view is a small class ``View(**options)`` called with a :class:`ViewContext`
+(model, layer, probes, a fixed pool, concept masks) that returns a :class:`ViewOutput` (``uint8`` images, finite
+scalars, texts, embeddings) for a writer. Every forward runs inside
+:func:`~lightning_xai.attribution.preserved_state` with hooks that live for one call; activation maximisation
+works on a copy of the model. :data:`VIEWS` maps the names accepted by ``ExplanationMonitor(views=...)`` to the
+classes; :class:`ViewRunner` holds the chosen views, their pool and concepts, and runs them in a round.
+Structured attention graphs (:func:`attention_graphs`) are offline work for the end of fit.
+"""
+
+from lightning_xai.views._common import Embedding, ViewContext, ViewOutput, capture, to_spatial
+from lightning_xai.views.activation_max import ActivationMaxView, maximize_class
+from lightning_xai.views.activations import ActivationsView, strongest_channels
+from lightning_xai.views.attention_graphs import AttentionGraph, attention_graphs, render_attention_graphs
+from lightning_xai.views.dissection import Dissection, DissectionView, dissect
+from lightning_xai.views.max_min import MaxMinView, extremes, set_change
+from lightning_xai.views.projector import ProjectorView, nearest_centroid_accuracy, silhouette
+from lightning_xai.views.runner import VIEWS, ViewRunner, concepts_of
+
+__all__ = [
+    "VIEWS",
+    "ActivationMaxView",
+    "ActivationsView",
+    "AttentionGraph",
+    "Dissection",
+    "DissectionView",
+    "Embedding",
+    "MaxMinView",
+    "ProjectorView",
+    "ViewContext",
+    "ViewOutput",
+    "ViewRunner",
+    "attention_graphs",
+    "capture",
+    "concepts_of",
+    "dissect",
+    "extremes",
+    "maximize_class",
+    "nearest_centroid_accuracy",
+    "render_attention_graphs",
+    "set_change",
+    "silhouette",
+    "strongest_channels",
+    "to_spatial",
+]

@@ -1,0 +1,165 @@
+"""Tests for the monitor's overlay panel, tiles, PNG encoder and timelines (lightning_xai.render)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lightning_xai.render import (
+    FLAG_COLOR,
+    ProbeRenderer,
+    Timeline,
+    compose_panel,
+    encode_png,
+    overlay,
+    overlay_panel,
+    overlay_tiles,
+    select_epochs,
+    tile_shape,
+)
+from lightning_xai.render.panel import BACKGROUND, GAP
+from lightning_xai.render.text import CAPTION_PADDING, line_height
+
+
+def hot_corner_maps(n: int, size: int = 8) -> torch.Tensor:
+    maps = torch.zeros(n, 1, size, size)
+    maps[:, :, 0, 0] = 1.0
+    return maps
+
+
+def test_tiles_equal_overlay_at_native_size_and_enlarge_crisply():
+    images, maps = torch.rand(3, 3, 32, 32), torch.rand(3, 1, 8, 8)
+    maps[1] = 0.0  # flat
+    tiles, degenerate = overlay_tiles(images, maps, tile=32)
+    reference, ref_degenerate = overlay(images, maps)
+    assert torch.equal(tiles.contiguous(), reference) and degenerate.tolist() == ref_degenerate.tolist() == [
+        False, True, False]
+    big, _ = overlay_tiles(images, maps, tile=64)  # integer enlargement: every pixel repeated 2x2
+    assert big.shape == (3, 3, 64, 64)
+    assert torch.equal(big[:, :, ::2, ::2], tiles) and torch.equal(big[:, :, 1::2, 1::2], tiles)
+
+
+@pytest.mark.parametrize("size,tile,expected", [((224, 224), 64, (64, 64)), ((28, 20), 64, (64, 46)),
+                                                 ((32, 32), 64, (64, 64)), ((100, 50), 48, (48, 24))])
+def test_tile_shape_and_resized_tiles(size, tile, expected):
+    assert tile_shape(*size, tile) == expected
+    tiles, _ = overlay_tiles(torch.rand(2, 1, *size), torch.rand(2, 1, 7, 7), tile=tile)
+    assert tiles.shape == (2, 3, *expected) and tiles.dtype == torch.uint8
+
+
+def test_red_probe_flat_map_stays_red_and_hot_spot_lands_top_left():
+    red = torch.zeros(2, 3, 32, 32)
+    red[:, 0] = 1.0
+    maps = hot_corner_maps(2)
+    maps[1] = 0.0
+    tiles, degenerate = ProbeRenderer(red, tile=64).tiles(maps)
+    assert degenerate.tolist() == [False, True]
+    assert torch.equal(tiles[1, :, 0, 0], torch.tensor([255, 0, 0], dtype=torch.uint8))  # plain image
+    top_left, bottom_right = tiles[0, :, :8, :8].float().mean((1, 2)), tiles[0, :, -8:, -8:].float().mean((1, 2))
+    assert top_left[0] > 200 and bottom_right[2] > top_left[2]  # jet: red where the map is high, blue elsewhere
+
+
+def test_panel_layout_outline_title_and_text():
+    images = torch.rand(6, 3, 32, 32)
+    maps = torch.rand(6, 1, 8, 8)
+    plain = overlay_panel(images, maps, [["#0 cat", "p=dog .9"]] * 6, ncol=4)
+    lh = line_height(10)
+    assert plain.shape == (3, 2 * (64 + 2 * lh + CAPTION_PADDING + GAP) + GAP, 4 * (64 + GAP) + GAP) == (3, 2 * (
+        64 + 2 * lh + CAPTION_PADDING + GAP) + GAP, 276)
+    flagged = overlay_panel(images, maps, [["#0 cat", "p=dog .9"]] * 6, ncol=4, flagged=[False, True, *[False] * 4],
+                            title="grad_cam  epoch 3")
+    hwc = flagged.permute(1, 2, 0)
+    title_h = flagged.shape[1] - plain.shape[1]
+    assert title_h > 10
+    # the title line has text pixels; the flagged (second) tile has an outline in the gap left of it
+    assert (hwc[:title_h].int().sum(-1) > 3 * 120).any()
+    x_gap = 64 + GAP + 1
+    assert torch.equal(hwc[title_h + GAP + 10, x_gap], torch.tensor(FLAG_COLOR, dtype=torch.uint8))
+    assert torch.equal(hwc[title_h + GAP + 10, 1], torch.tensor(BACKGROUND, dtype=torch.uint8))  # first: none
+    # caption rows hold text (bright pixels) below each tile
+    cap = hwc[title_h + GAP + 64 : title_h + GAP + 64 + 24, GAP : GAP + 64]
+    assert (cap.int().sum(-1) > 3 * 150).sum() > 20
+
+
+def test_panel_marks_a_flat_map_and_truncates_long_text():
+    images, maps = torch.rand(2, 3, 32, 32), torch.rand(2, 1, 8, 8)
+    maps[0] = float("nan")
+    long = ["y=" + "x" * 80, "p=" + "y" * 80]
+    panel = overlay_panel(images, maps, [long, long])
+    assert panel.shape[2] == 2 * (64 + GAP) + GAP
+    tiles = panel.permute(1, 2, 0)[GAP : GAP + 64]
+    band = tiles[-12:, GAP : GAP + 64].float()
+    assert band.mean() < tiles[-12:, 2 * GAP + 64 : 2 * GAP + 128].float().mean()  # darkened "flat map" band
+
+
+def test_compose_panel_bad_args():
+    tiles = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="tiles"):
+        compose_panel(tiles.float())
+    with pytest.raises(ValueError, match="captions"):
+        compose_panel(tiles, [["a"]])
+    with pytest.raises(ValueError, match="flagged"):
+        compose_panel(tiles, flagged=[True])
+    with pytest.raises(ValueError, match="ncol"):
+        compose_panel(tiles, ncol=0)
+    with pytest.raises(TypeError, match="caption line"):
+        compose_panel(tiles, [[("a", "red")], ["b"]])
+    with pytest.raises(ValueError, match="tile"):
+        ProbeRenderer(torch.rand(2, 3, 8, 8), tile=4)
+    with pytest.raises(ValueError, match="one map per probe"):
+        ProbeRenderer(torch.rand(2, 3, 8, 8)).tiles(torch.rand(3, 1, 8, 8))
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 1), (3, 7, 5), (3, 64, 97)])
+def test_encode_png_round_trip(shape):
+    img = torch.randint(0, 256, shape, dtype=torch.uint8)
+    decoded = np.asarray(Image.open(io.BytesIO(encode_png(img))).convert("RGB"))
+    assert np.array_equal(decoded, img.permute(1, 2, 0).numpy())
+    view = img.permute(1, 2, 0).contiguous().permute(2, 0, 1)  # non-contiguous input
+    assert encode_png(view) == encode_png(img)
+
+
+def test_encode_png_bad_args():
+    with pytest.raises(ValueError, match="img"):
+        encode_png(torch.zeros(4, 2, 2, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="level"):
+        encode_png(torch.zeros(3, 2, 2, dtype=torch.uint8), level=10)
+
+
+def test_select_epochs_keeps_ends_and_flags():
+    assert select_epochs([3, 1, 2], [], 5) == [1, 2, 3]
+    chosen = select_epochs(list(range(100)), [40, 41], 6)
+    assert len(chosen) == 6 and {0, 99, 40, 41} <= set(chosen)
+
+
+def test_timeline_rows_columns_and_flags():
+    renderer = ProbeRenderer(torch.rand(3, 3, 16, 16), tile=32)
+    timeline = Timeline(max_columns=4, keep_epochs=6)
+    for epoch in range(8):
+        maps = hot_corner_maps(3) if epoch < 5 else hot_corner_maps(3).flip(-1)
+        tiles, _ = renderer.tiles(maps)
+        timeline.add("grad_cam", epoch, tiles, flagged=[epoch == 5, False, False])
+    kept = timeline.epochs("grad_cam")
+    assert len(kept) == 6 and 0 in kept and 5 in kept and 7 in kept  # first, flagged and last survive thinning
+    img = timeline.image("grad_cam", ["#0", "#1", "#2"])
+    assert img.dtype == torch.uint8 and img.shape[0] == 3
+    hwc = img.permute(1, 2, 0)
+    assert (hwc.reshape(-1, 3) == torch.tensor(FLAG_COLOR, dtype=torch.uint8)).all(-1).sum() > 4 * 32
+    assert img.shape[2] == max(48, 32) + 4 * (32 + GAP) + GAP  # 4 epoch columns after the label column
+    with pytest.raises(ValueError, match="saliency"):
+        timeline.image("saliency")
+    with pytest.raises(ValueError, match="changed shape"):
+        timeline.add("grad_cam", 9, torch.zeros(3, 3, 8, 8, dtype=torch.uint8))
+
+
+def test_render_equals_panel_and_returns_the_tiles():
+    renderer = ProbeRenderer(torch.rand(5, 3, 32, 32), tile=64)
+    maps = torch.rand(5, 1, 8, 8)
+    captions = [["#1 a", "p=b .5"]] * 5
+    panel, tiles = renderer.render(maps, captions, title="x", flagged=[True, False, False, False, True])
+    assert torch.equal(panel, renderer.panel(maps, captions, title="x", flagged=[True, False, False, False, True]))
+    assert torch.equal(tiles, renderer.tiles(maps)[0]) and tiles.shape == (5, 3, 64, 64)

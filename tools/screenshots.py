@@ -1,0 +1,94 @@
+"""Screenshots of a run as a user sees it: TensorBoard's UI in headless Chromium, and the HTML report.
+
+Serves the run with TensorBoard on localhost, opens it in Chromium (from the system packages:
+``apt-get install chromium``), and saves PNGs of
+
+- the Time Series tab filtered to the overlays (``tensorboard_overlays.png``), at TensorBoard's default card size;
+- the Custom Scalars tab: the monitor's dashboard (``tensorboard_dashboard.png``);
+- the report, ``xai_report.html`` (``report.png``), if the run has one.
+
+    python tools/screenshots.py runs/demo/version_0 --out docs
+
+Nothing leaves the machine: TensorBoard binds to 127.0.0.1 and Chromium runs without network services.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    sys.exit("Chromium not found: install it with `apt-get install -y chromium` (Debian/Ubuntu).")
+
+
+def screenshot(url: str, out: Path, *, width: int, height: int, wait_ms: int = 25000) -> Path:
+    """Load ``url`` in headless Chromium (a fresh profile) and save a ``width x height`` screenshot to ``out``."""
+    with tempfile.TemporaryDirectory() as profile:
+        cmd = [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
+               f"--virtual-time-budget={wait_ms}", f"--screenshot={out}", url]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", help="a run's log directory (with TensorBoard event files)")
+    parser.add_argument("--out", default="docs", help="where to write the PNGs")
+    parser.add_argument("--method", default="grad_cam", help="whose overlays to show")
+    parser.add_argument("--width", type=int, default=1280, help="browser window width")
+    args = parser.parse_args(argv)
+    run, out = Path(args.run), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(run), "--host", "127.0.0.1",
+                               "--port", str(port), "--samples_per_plugin", "images=1000"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(120):  # TensorBoard takes a few seconds to start and to read the event files
+            try:
+                urllib.request.urlopen(f"{base}/data/runs", timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.5)
+        time.sleep(3)
+        shots = [
+            screenshot(f"{base}/?tagFilter=xai/{args.method}/(overlay|timeline)#timeseries",
+                       out / "tensorboard_overlays.png", width=args.width, height=820),
+            screenshot(f"{base}/#custom_scalars", out / "tensorboard_dashboard.png", width=args.width, height=1000),
+        ]
+        report = run / "xai_report.html"
+        if report.is_file():
+            shots.append(screenshot(report.resolve().as_uri(), out / "report.png", width=1100, height=1500,
+                                    wait_ms=2000))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    for shot in shots:
+        print(f"wrote {shot}")
+
+
+if __name__ == "__main__":
+    main()
