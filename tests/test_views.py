@@ -85,8 +85,12 @@ def test_every_view_is_side_effect_free_and_logs_under_its_tag(shapes_context, t
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
     events = read_events(tmp_path)
-    for tag in ("xai/activations/top_channels", "xai/max_min/grid", "xai/activation_max/classes"):
+    for tag in ("xai/activations/top_channels", "xai/max_min/grid", "xai/activation_max/classes",
+                "xai/dissection/units"):
         assert [e[0] for e in events["images"][tag]] == [0, 10], tag
+    # dissection: 6 units x 5 images, 24 px enlarged to 72, two caption lines
+    _, width, height, _ = events["images"]["xai/dissection/units"][0]
+    assert (height, width) == (6 * (72 + caption_height(72, 2) + 2) + 2, 5 * 74 + 2)
     assert set(events["scalars"]) >= {
         "xai/activations/dead_fraction", "xai/max_min/change", "xai/projector/centroid_accuracy",
         "xai/projector/silhouette", "xai/activation_max/gain", "xai/dissection/units/marker",
@@ -183,6 +187,11 @@ def test_dissection_recovers_a_planted_unit():
     assert out.scalars["xai/dissection/units/red square"] == 1.0
     assert out.scalars["xai/dissection/units/noise"] == 0.0
     assert out.texts["xai/dissection/top_units"].splitlines()[4].startswith("| 0 | red square |")
+    # the picture's first row is unit 0 on its strongest images: the region outline (yellow) sits on a square
+    picture = out.images["xai/dissection/units"]
+    first = picture[:, 2 : 2 + 64, 2 : 2 + 64]  # 16 px enlarged 4x
+    yellow = (first[0] > 200) & (first[1] > 200) & (first[2] < 50)
+    assert bool(yellow.any())
     # Bau et al.'s quantile 0.005 (41 pixels) falls inside the plateau of tied top values, kept whole
     default = dissect(ctx_acts(model, images), {"red square": masks})
     assert default.units_per_concept() == {"red square": 1} and float(default.iou[0, 0]) > 0.2

@@ -399,6 +399,8 @@ class ExplanationMonitor(Callback):
             return
         self._last_explained_epoch = epoch
         self._run(trainer, pl_module, reference=False)
+        if self._views.views:  # independent of the heatmaps: they run even if this epoch's explanation was skipped
+            self._run_views(trainer, pl_module)
 
     # ------------------------------------------------------------------ one explanation round, on every rank
     def _explain(self, trainer: pl.Trainer, model: torch.nn.Module, *, targets: Tensor | None = None,
@@ -443,8 +445,6 @@ class ExplanationMonitor(Callback):
 
         # rank 0 writes; a failure there is still agreed on, so no rank goes on alone to the next collective
         self._round.agreed(trainer, write, what="writing")
-        if self._views.views:
-            self._run_views(trainer, pl_module)
         if report.alarm:
             rank_zero_warn(f"ExplanationMonitor: explanation drift at epoch {trainer.current_epoch} "
                            f"(step {trainer.global_step}).\n{report.details()}")
