@@ -472,9 +472,10 @@ class ExplanationMonitor(Callback):
 
         # rank 0 writes; a failure there is still agreed on, so no rank goes on alone to the next collective
         self._round.agreed(trainer, write, what="writing")
-        if report.alarm:  # one line; the table is in TensorBoard's Text tab and in the report
-            rank_zero_warn(f"ExplanationMonitor: {report.headline()} (step {trainer.global_step}; details: xai/drift "
-                           "in TensorBoard's Text tab, and the report at the end of fit)")
+        if report.alarm:
+            # one line; the details (what moved where, per class and probe) are in the `xai/drift` text
+            rank_zero_warn(f"ExplanationMonitor: {report.headline()} (step {trainer.global_step}; details in the "
+                           "xai/drift text)")
             if self.config.on_drift is not None:
                 self.config.on_drift(report)
 
