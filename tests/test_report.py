@@ -199,7 +199,8 @@ def test_trainer_run_logs_timelines_layout_and_report(tmp_path):
     data = load_run(log_dir)  # the custom-scalars layout, read back from the run's own event file
     charts = {c["title"]: c["multiline"]["tag"] for c in data.layout["category"][0]["chart"]}
     assert charts["stability (1 = same map as the previous epoch)"] == [f"^xai/{m}/stability$" for m in sorted(METHODS)]
-    assert all(re.fullmatch(p, f"xai/{m}/drift") for p, m in zip(charts["drift: probes flagged, alarm"], sorted(METHODS)))
+    drift = charts["drift: probes flagged, alarm"]
+    assert all(f"^xai/{m}/drift$" in drift for m in METHODS)  # with the detector's xai/drift/* keys, if it logs any
     report = Path(log_dir) / REPORT_FILE
     html = report.read_text(encoding="utf-8")
     assert html.count("data:image/png;base64,") >= 2 * 3  # per method: its timeline and its last overlays
