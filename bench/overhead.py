@@ -71,7 +71,7 @@ VARIANTS = {
     "no_images": ({"log_images": False}, None),
     "png_level1": ({}, 1),
     "no_sanity": ({"metrics": ("localisation", "agreement")}, None),
-    "start8": ({"n_steps": 8}, None),
+    "start8": ({"method_options": {"integrated_gradients": {"n_steps": 8}}}, None),
 }
 
 
@@ -109,7 +109,8 @@ def run(variant: str | None, epochs: int, train_size: int, seed: int = 0) -> tup
     import pytorch_lightning as pl
     from demo import PlantShortcut, ShapesCNN, ShapesData
 
-    import lightning_xai.callbacks.explanation_monitor as em
+    import lightning_xai.callbacks._reporter as reporter
+    import lightning_xai.callbacks._round as round_
     from lightning_xai import ExplanationMonitor
     from lightning_xai.datasets import SHAPES_MEAN, SHAPES_STD
 
@@ -127,18 +128,19 @@ def run(variant: str | None, epochs: int, train_size: int, seed: int = 0) -> tup
 
     monitor = None
     if with_monitor:
-        monitor = ExplanationMonitor(probes=data.probe_set, mean=SHAPES_MEAN, std=SHAPES_STD, **overrides)
+        monitor = ExplanationMonitor(probes=data.probe_set, display={"mean": SHAPES_MEAN, "std": SHAPES_STD},
+                                     **overrides)
         callbacks.insert(0, monitor)
-        patch(em, "explain_detailed", "explain")
-        patch(em, "make_overlay_grid", "render")
-        for cls in (em.TensorBoardWriter, em.FileWriter):
+        patch(round_, "explain_detailed", "explain")
+        patch(reporter, "make_overlay_grid", "render")
+        for cls in (reporter.TensorBoardWriter, reporter.FileWriter):
             for name in ("add_image", "add_scalars", "add_text", "flush"):
                 patch(cls, name, "write")
         patch(monitor, "check_sanity", "sanity")
         for hook in ("setup", "on_train_start", "on_train_end", "on_validation_epoch_end", "on_train_epoch_end"):
             patch(monitor, hook, "callback")
         evals: list[int] = []
-        inner = em.explain_detailed
+        inner = round_.explain_detailed
 
         def counting(*args: Any, **kwargs: Any) -> Any:
             out = inner(*args, **kwargs)
@@ -146,8 +148,8 @@ def run(variant: str | None, epochs: int, train_size: int, seed: int = 0) -> tup
                 evals.append(int(out.ig_evals.sum()))
             return out
 
-        em.explain_detailed = counting
-        patched.append((em, "explain_detailed", inner))
+        round_.explain_detailed = counting
+        patched.append((round_, "explain_detailed", inner))
         info["evals"] = evals
     with tempfile.TemporaryDirectory() as log_dir:
         trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", callbacks=callbacks,

@@ -24,13 +24,11 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = [
-    "all_ranks_agree",
     "broadcast_tensor",
     "gather_shards",
     "is_distributed",
     "rank_zero_buffers",
     "shard_bounds",
-    "world_info",
 ]
 
 _MAX_DIMS = 16
@@ -52,13 +50,6 @@ _DTYPES: tuple[torch.dtype, ...] = (
 def is_distributed(group: dist.ProcessGroup | None = None) -> bool:
     """True if ``torch.distributed`` is available and initialised (the helpers then communicate)."""
     return dist.is_available() and dist.is_initialized()
-
-
-def world_info(group: dist.ProcessGroup | None = None) -> tuple[int, int]:
-    """``(rank, world_size)`` in ``group`` (the default group if None); ``(0, 1)`` without distributed."""
-    if not is_distributed():
-        return 0, 1
-    return dist.get_rank(group), dist.get_world_size(group)
 
 
 def shard_bounds(n: int, world_size: int, rank: int) -> tuple[int, int]:
@@ -174,19 +165,6 @@ def gather_shards(local: Tensor, n_total: int, *, group: dist.ProcessGroup | Non
     dist.all_gather(buffers, padded, group=group)
     out = torch.cat([buf[:size] for buf, size in zip(buffers, sizes)])
     return out.to(device=local.device, dtype=local.dtype)
-
-
-def all_ranks_agree(flag: bool, *, group: dist.ProcessGroup | None = None) -> bool:
-    """True only if ``flag`` is True on every rank (``all_reduce`` MIN); ``bool(flag)`` without distributed.
-
-    A collective: every rank must call it. Use it to make a decision every rank must share (e.g. "skip this epoch's
-    explanation because some rank failed") without a deadlock.
-    """
-    if not is_distributed(group):
-        return bool(flag)
-    t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=_comm_device(group))
-    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=group)
-    return bool(t.item())
 
 
 def broadcast_tensor(t: Tensor, src: int = 0, *, group: dist.ProcessGroup | None = None) -> Tensor:

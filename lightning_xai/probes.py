@@ -41,12 +41,16 @@ class ProbeSet:
 
     Args:
         images: float tensor ``(N, C, H, W)``.
-        labels: long tensor ``(N,)``; ``-1`` where the label is unknown.
+        labels: long tensor ``(N,)``: the class each probe is explained for; ``-1`` where the label is unknown.
         ids: long tensor ``(N,)``: dataset index of each probe (stable across runs).
         masks: optional float tensor ``(N, 1, H, W)`` of ground-truth evidence (1 inside, 0 outside).
+        label_sets: multi-label probes only: bool tensor ``(N, K)``, each probe's positive labels (multi-hot);
+            ``labels`` then holds the one positive label each probe is explained for (``-1`` for a probe without
+            any positive label: its top prediction is explained).
 
     Shape:
-        images ``(N, C, H, W)``, labels ``(N,)``, ids ``(N,)``, masks ``(N, 1, H, W)`` or None.
+        images ``(N, C, H, W)``, labels ``(N,)``, ids ``(N,)``, masks ``(N, 1, H, W)`` or None,
+        label_sets ``(N, K)`` or None.
 
     Example::
 
@@ -59,6 +63,7 @@ class ProbeSet:
     labels: Tensor
     ids: Tensor
     masks: Tensor | None = None
+    label_sets: Tensor | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.images, Tensor) or self.images.dim() != 4:
@@ -86,6 +91,21 @@ class ProbeSet:
                     f"`masks` must be None or a tensor of shape ({n}, 1, {self.images.shape[2]}, "
                     f"{self.images.shape[3]}), got {_describe(m)}"
                 )
+        if self.label_sets is not None:
+            sets = self.label_sets
+            if not isinstance(sets, Tensor) or sets.dim() != 2 or sets.shape[0] != n or not _is_multi_hot(sets):
+                raise ValueError(f"`label_sets` must be None or a multi-hot (0/1) tensor of shape ({n}, K), got "
+                                 f"{_describe(sets)}")
+            self.label_sets = sets.bool()
+            chosen = self.labels[self.labels >= 0]
+            if chosen.numel() and int(chosen.max()) >= sets.shape[1]:
+                raise ValueError(f"`labels` holds class {int(chosen.max())}, but `label_sets` has {sets.shape[1]} "
+                                 "classes")
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether the probes carry multi-hot labels (``label_sets``)."""
+        return self.label_sets is not None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -94,13 +114,17 @@ class ProbeSet:
     def fingerprint(self) -> str:
         """SHA-256 (hex) of the shapes, ids (int64), images (float32) and labels (int64), all read on the CPU.
 
-        Identical for identical probes on any device, run or process; masks are not part of it.
+        Identical for identical probes on any device, run or process; masks are not part of it (``label_sets`` are,
+        when present).
         """
         h = hashlib.sha256()
         h.update(f"probes:{tuple(self.images.shape)}".encode())
         h.update(_as_bytes(self.ids, torch.int64))
         h.update(_as_bytes(self.images, torch.float32))
         h.update(_as_bytes(self.labels, torch.int64))
+        if self.label_sets is not None:
+            h.update(f"label_sets:{tuple(self.label_sets.shape)}".encode())
+            h.update(_as_bytes(self.label_sets, torch.uint8))
         return h.hexdigest()
 
     def to(self, device: torch.device | str) -> ProbeSet:
@@ -110,6 +134,7 @@ class ProbeSet:
             labels=self.labels.to(device),
             ids=self.ids,
             masks=None if self.masks is None else self.masks.to(device),
+            label_sets=None if self.label_sets is None else self.label_sets.to(device),
         )
 
     def subset(self, start: int, stop: int) -> ProbeSet:
@@ -120,6 +145,7 @@ class ProbeSet:
             labels=self.labels[sl],
             ids=self.ids[sl],
             masks=None if self.masks is None else self.masks[sl],
+            label_sets=None if self.label_sets is None else self.label_sets[sl],
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -132,6 +158,8 @@ class ProbeSet:
         }
         if self.masks is not None:
             state["masks"] = self.masks.detach().cpu().clone()
+        if self.label_sets is not None:
+            state["label_sets"] = self.label_sets.detach().cpu().clone()
         return state
 
     @classmethod
@@ -140,7 +168,8 @@ class ProbeSet:
         missing = [k for k in ("images", "labels", "ids") if k not in state]
         if missing:
             raise ValueError(f"ProbeSet state is missing keys {missing}; got keys {sorted(state)}")
-        probes = cls(images=state["images"], labels=state["labels"], ids=state["ids"], masks=state.get("masks"))
+        probes = cls(images=state["images"], labels=state["labels"], ids=state["ids"], masks=state.get("masks"),
+                     label_sets=state.get("label_sets"))
         stored = state.get("fingerprint")
         if stored is not None and stored != probes.fingerprint:
             raise ValueError(
@@ -224,6 +253,23 @@ def _to_label(value: Any) -> int | None:
     return None
 
 
+def _is_multi_hot(t: Tensor) -> bool:
+    if t.dtype == torch.bool:
+        return True
+    if t.is_complex():
+        return False
+    return bool(((t == 0) | (t == 1)).all())
+
+
+def _to_multi_hot(value: Any) -> Tensor | None:
+    """A bool vector ``(K,)`` for a multi-hot label (0/1 values, K >= 2), or None."""
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float, bool)) for v in value):
+        value = torch.tensor([float(v) for v in value])
+    if isinstance(value, Tensor) and value.dim() == 1 and value.numel() >= 2 and _is_multi_hot(value):
+        return value.detach().to("cpu").bool()
+    return None
+
+
 def _check_image(image: Any, where: str) -> Tensor:
     if not isinstance(image, Tensor):
         raise TypeError(
@@ -268,8 +314,10 @@ def _samples_from_tensors(source: Any) -> tuple[Iterable[tuple[int, Any]], int |
     n = images.shape[0]
     if labels is not None:
         labels = torch.as_tensor(labels)
-        if labels.dim() != 1 or labels.shape[0] != n:
-            raise ValueError(f"`source` labels must have shape ({n},), got {_describe(labels)}")
+        multi_hot = labels.dim() == 2 and labels.shape[0] == n and labels.shape[1] >= 2 and _is_multi_hot(labels)
+        if not multi_hot and (labels.dim() != 1 or labels.shape[0] != n):
+            raise ValueError(f"`source` labels must have shape ({n},) (class indices) or ({n}, K) (multi-hot), "
+                             f"got {_describe(labels)}")
     if masks is not None:
         if not isinstance(masks, Tensor) or masks.shape[0] != n:
             raise ValueError(f"`source` masks must be a tensor with {n} rows, got {_describe(masks)}")
@@ -354,8 +402,13 @@ def select_probes(
     The first ``max_scan`` samples (default ``50 * num_probes``) are read in index order; probes are then picked
     round-robin over the classes in sorted class order, taking within each class the samples with the lowest
     indices, until ``num_probes`` are chosen (fewer if fewer samples were read). Probes come out in that round-robin
-    order (class 0, class 1, ..., class 0, ...). If labels are unknown (no label field, or a label that is not a
-    scalar class index), the first ``num_probes`` samples are taken and their labels are ``-1``.
+    order (class 0, class 1, ..., class 0, ...). If labels are unknown (no label field, or a label that is neither a
+    scalar class index nor a multi-hot vector), the first ``num_probes`` samples are taken and their labels are ``-1``.
+
+    Multi-label data (each label a multi-hot 0/1 vector of K >= 2 classes, as a BCE-trained model uses): a sample
+    counts for each of its positive classes and is explained for the class it was picked for (round-robin, so the
+    probe set covers every class that occurs); ``label_sets`` keeps every probe's positive labels. Samples without
+    any positive label come last, labelled ``-1``.
 
     Sources:
         * a tensor ``(N, C, H, W)`` of images (labels unknown);
@@ -378,8 +431,8 @@ def select_probes(
         source: where the probes come from (see above).
         num_probes: how many probes to choose (>= 1).
         input_key: which field of a sample is the image: an int index, a str key, or a callable ``sample -> image``.
-        label_key: which field is the label (same kinds). A label that is not a scalar class index raises when
-            ``label_key`` is given, and means "labels unknown" otherwise.
+        label_key: which field is the label (same kinds). A label that is neither a scalar class index nor a
+            multi-hot vector raises when ``label_key`` is given, and means "labels unknown" otherwise.
         mask_key: which field is the ground-truth mask (same kinds); must be ``(1, H, W)`` or ``(H, W)``.
         seed: seed of the isolated RNG streams used while reading samples.
         max_scan: read at most this many samples (default ``50 * num_probes``).
@@ -399,6 +452,10 @@ def select_probes(
         >>> labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
         >>> select_probes((images, labels), num_probes=4).ids.tolist()
         [0, 3, 6, 1]
+        >>> multi_hot = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 1], [0, 1, 0]])
+        >>> ps = select_probes((images[:4], multi_hot), num_probes=3)
+        >>> ps.ids.tolist(), ps.labels.tolist(), ps.label_sets.int().tolist()
+        ([0, 3, 2], [0, 1, 2], [[1, 1, 0], [0, 1, 0], [0, 0, 1]])
     """
     if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
         raise ValueError(f"`num_probes` must be an int >= 1, got {num_probes!r}")
@@ -422,7 +479,7 @@ def select_probes(
 
 def _read_samples(
     source: Any, max_scan: int, input_key: Selector, label_key: Selector, mask_key: Selector
-) -> list[tuple[int, Tensor, int | None, Tensor | None]]:
+) -> list[tuple[int, Tensor, int | Tensor | None, Tensor | None]]:
     tensor_source = isinstance(source, Tensor) or (
         isinstance(source, tuple) and len(source) > 0 and isinstance(source[0], Tensor)
     )
@@ -444,8 +501,9 @@ def _read_samples(
             f"IterableDataset or a DataLoader, got {type(source).__name__}"
         )
 
-    out: list[tuple[int, Tensor, int | None, Tensor | None]] = []
+    out: list[tuple[int, Tensor, int | Tensor | None, Tensor | None]] = []
     shape = None
+    num_labels = None  # K of multi-hot labels, once one is seen
     for index, item in pairs:
         where = f"`source` sample {index}"
         if prepared:
@@ -469,9 +527,18 @@ def _read_samples(
             raise ValueError(
                 f"{where}: image shape {tuple(image.shape)} differs from the first sample's {tuple(shape)}"
             )
-        label = _to_label(raw_label) if has_label else None
+        label: int | Tensor | None = _to_label(raw_label) if has_label else None
+        if has_label and label is None:
+            label = _to_multi_hot(raw_label)
+            if label is not None:
+                if num_labels is None:
+                    num_labels = label.numel()
+                if label.numel() != num_labels:
+                    raise ValueError(f"{where}: a multi-hot label of {label.numel()} classes after one of "
+                                     f"{num_labels}")
         if has_label and label is None and label_key is not None:
-            raise ValueError(f"{where}: `label_key`={label_key!r} selects {_describe(raw_label)}, not a class index")
+            raise ValueError(f"{where}: `label_key`={label_key!r} selects {_describe(raw_label)}, not a class index "
+                             "or a multi-hot vector")
         mask = None
         if raw_mask is not None:
             mask = _as_mask(raw_mask, image)
@@ -480,7 +547,7 @@ def _read_samples(
                     f"{where}: the mask must be (1, H, W) or (H, W) matching the image {tuple(image.shape)}, "
                     f"got {_describe(raw_mask)}"
                 )
-        if label is not None and label < 0:
+        if isinstance(label, int) and label < 0:
             label = None  # -1 (or any negative value) means "unknown", as in ProbeSet.labels
         out.append((index, image, label, mask))
         if len(out) >= max_scan:
@@ -488,37 +555,68 @@ def _read_samples(
     return out
 
 
-def _choose(samples: list[tuple[int, Tensor, int | None, Tensor | None]], num_probes: int) -> list[int]:
-    """Positions (into ``samples``) of the chosen probes, in round-robin class order."""
-    if any(label is None for _, _, label, _ in samples):  # labels unknown (for some): the first samples
-        return list(range(min(num_probes, len(samples))))
-    by_class: dict[int, list[int]] = {}
-    for pos, (_, _, label, _) in enumerate(samples):
-        by_class.setdefault(int(label), []).append(pos)  # type: ignore[arg-type]
-    queues = [by_class[c] for c in sorted(by_class)]
-    chosen: list[int] = []
-    depth = 0
+def _round_robin(queues: list[list[int]], num_probes: int) -> list[tuple[int, int]]:
+    """``(queue index, position)`` pairs: each queue's next unchosen position in turn, until ``num_probes``."""
+    chosen: list[tuple[int, int]] = []
+    taken: set[int] = set()
+    heads = [0] * len(queues)
     while len(chosen) < num_probes:
         progressed = False
-        for queue in queues:
-            if depth < len(queue) and len(chosen) < num_probes:
-                chosen.append(queue[depth])
+        for q, queue in enumerate(queues):
+            while heads[q] < len(queue) and queue[heads[q]] in taken:
+                heads[q] += 1  # a multi-label sample already chosen for another class
+            if heads[q] < len(queue) and len(chosen) < num_probes:
+                chosen.append((q, queue[heads[q]]))
+                taken.add(queue[heads[q]])
+                heads[q] += 1
                 progressed = True
         if not progressed:
             break
-        depth += 1
     return chosen
 
 
-def _build(samples: list[tuple[int, Tensor, int | None, Tensor | None]], chosen: list[int]) -> ProbeSet:
-    picked = [samples[p] for p in chosen]
+def _choose(samples: list[tuple[int, Tensor, int | Tensor | None, Tensor | None]], num_probes: int
+            ) -> list[tuple[int, int | None]]:
+    """``(position into samples, class explained)`` of the chosen probes, in round-robin class order.
+
+    Multi-label samples belong to each of their positive classes; a sample chosen for class ``c`` is explained for
+    ``c``. Samples without a positive label fill the set last (their prediction is explained).
+    """
+    labels = [label for _, _, label, _ in samples]
+    if any(isinstance(label, Tensor) for label in labels):
+        if not all(isinstance(label, Tensor) for label in labels):
+            raise ValueError("`source` mixes multi-hot labels with class indices or unknown labels")
+        by_class: dict[int, list[int]] = {}
+        for pos, label in enumerate(labels):
+            for c in label.nonzero().flatten().tolist():  # type: ignore[union-attr]
+                by_class.setdefault(int(c), []).append(pos)
+        classes = sorted(by_class)
+        picked = [(pos, classes[q]) for q, pos in _round_robin([by_class[c] for c in classes], num_probes)]
+        taken = {pos for pos, _ in picked}
+        rest = [pos for pos, label in enumerate(labels) if pos not in taken and not label.any()]  # type: ignore[union-attr]
+        return picked + [(pos, None) for pos in rest[: num_probes - len(picked)]]
+    if any(label is None for label in labels):  # labels unknown (for some): the first samples
+        return [(pos, None) for pos in range(min(num_probes, len(samples)))]
+    by_label: dict[int, list[int]] = {}
+    for pos, label in enumerate(labels):
+        by_label.setdefault(int(label), []).append(pos)  # type: ignore[arg-type]
+    return [(pos, int(labels[pos])) for _, pos in  # type: ignore[arg-type]
+            _round_robin([by_label[c] for c in sorted(by_label)], num_probes)]
+
+
+def _build(samples: list[tuple[int, Tensor, int | Tensor | None, Tensor | None]],
+           chosen: list[tuple[int, int | None]]) -> ProbeSet:
+    picked = [samples[p] for p, _ in chosen]
     images = torch.stack([img.detach().to("cpu").clone() for _, img, _, _ in picked])
-    labels = torch.tensor([-1 if label is None else label for _, _, label, _ in picked], dtype=torch.long)
+    labels = torch.tensor([-1 if target is None else target for _, target in chosen], dtype=torch.long)
     ids = torch.tensor([index for index, _, _, _ in picked], dtype=torch.long)
     masks = None
     if picked and all(m is not None for _, _, _, m in picked):
         masks = torch.stack([m.detach().to("cpu", torch.float32).clone() for _, _, _, m in picked])  # type: ignore[union-attr]
-    return ProbeSet(images=images, labels=labels, ids=ids, masks=masks)
+    label_sets = None
+    if picked and isinstance(picked[0][2], Tensor):
+        label_sets = torch.stack([label for _, _, label, _ in picked])  # type: ignore[misc]
+    return ProbeSet(images=images, labels=labels, ids=ids, masks=masks, label_sets=label_sets)
 
 
 # ---------------------------------------------------------------------------------------------------- across ranks

@@ -4,7 +4,7 @@ The model and data are the demo's (``ShapesCNN`` on the generated shapes, no dow
 ``trainer.callbacks`` entry of ``recipes/cli.yaml``. Any of its arguments can be overridden on the command line:
 
     python recipes/cli.py fit --config recipes/cli.yaml
-    python recipes/cli.py fit --config recipes/cli.yaml --trainer.max_epochs 3 --trainer.callbacks.n_steps 8
+    python recipes/cli.py fit --config recipes/cli.yaml --trainer.max_epochs 3 --trainer.callbacks.method_options.integrated_gradients.n_steps 8
     python recipes/cli.py fit --config recipes/cli.yaml --print_config       # the full, resolved configuration
     python recipes/cli.py fit --trainer.callbacks.help lightning_xai.ExplanationMonitor   # every argument
     tensorboard --logdir runs/cli --samples_per_plugin images=100

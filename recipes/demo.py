@@ -177,10 +177,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     monitor = ExplanationMonitor(
         probes=data.probe_set,
         num_probes=args.num_probes,
-        mean=SHAPES_MEAN,
-        std=SHAPES_STD,
-        warmup_epochs=1 if args.fast else 3,
-        **({"n_steps": 4, "ig_tolerance": None} if args.fast else {}),  # defaults otherwise
+        display={"mean": SHAPES_MEAN, "std": SHAPES_STD},
+        drift={"warmup_epochs": 1 if args.fast else 3},
+        # defaults otherwise
+        method_options={"integrated_gradients": {"n_steps": 4, "tolerance": None}} if args.fast else None,
     )
     report = EvidenceReport(monitor, data.probe_set)
     # A new version directory per run: re-running never mixes two runs' steps in one TensorBoard run.

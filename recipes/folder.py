@@ -37,8 +37,8 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
 from lightning_xai import ExplanationMonitor
+from lightning_xai.attribution import METHODS
 
-METHODS = ("grad_cam", "saliency", "integrated_gradients")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -274,11 +274,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     monitor = ExplanationMonitor(
         num_probes=min(args.num_probes, len(val_set)),
         methods=args.methods,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        class_names=classes,
-        n_steps=4 if args.fast else 32,
-        warmup_epochs=1 if args.fast else 3,
+        display={"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "class_names": classes},
+        drift={"warmup_epochs": 1 if args.fast else 3},
+        method_options={m: {"n_steps": 4 if args.fast else 32} for m in args.methods if m == "integrated_gradients"},
     )
     val_acc = _ValAcc()
     logger = pl.loggers.TensorBoardLogger(args.out, name=args.model)

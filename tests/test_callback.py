@@ -41,10 +41,11 @@ def fit(tmp_path, callbacks=(), model=None, datamodule=None, seed=7, ckpt_path=N
     return trainer, model
 
 
-def small_monitor(**kwargs) -> ExplanationMonitor:
+def small_monitor(n_steps=8, ig_tolerance=None, **kwargs) -> ExplanationMonitor:
+    # fixed IG steps by default: fast and predictable; adaptive IG is tested below
     kwargs.setdefault("num_probes", 6)
-    kwargs.setdefault("n_steps", 8)
-    kwargs.setdefault("ig_tolerance", None)  # fixed steps: fast and predictable; adaptive IG is tested below
+    if "integrated_gradients" in kwargs.get("methods", METHODS):
+        kwargs.setdefault("method_options", {"integrated_gradients": {"n_steps": n_steps, "tolerance": ig_tolerance}})
     return ExplanationMonitor(**kwargs)
 
 
@@ -111,7 +112,7 @@ class SentinelMonitor(ExplanationMonitor):
 
 
 def test_grad_sentinel_flags_and_hooks_untouched(tmp_path):
-    monitor = SentinelMonitor(num_probes=4, n_steps=4)
+    monitor = SentinelMonitor(num_probes=4, method_options={"integrated_gradients": {"n_steps": 4}})
     fit(tmp_path, callbacks=[monitor], max_epochs=2)
     assert monitor.checked == 3  # sanity check + 2 epochs
     assert len(monitor.history) == 2
@@ -172,7 +173,8 @@ def test_no_arguments_ordinary_module(tmp_path):
 
 def test_dict_samples_and_tuple_outputs(tmp_path):
     val = DataLoader(DictDataset(12, seed=3), batch_size=4)
-    monitor = small_monitor(probes=val, input_key="pixels", label_key="target", output_transform=_first)
+    monitor = small_monitor(probes=val, probe_options={"input_key": "pixels", "label_key": "target"},
+                            output_transform=_first)
     pl.seed_everything(0)
     images, labels = make_images(24, seed=1)
     trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=2))
@@ -225,7 +227,7 @@ def test_two_monitors_coexist(tmp_path):
 def test_resume_gives_the_same_history(tmp_path):
     # Lightning does not checkpoint the global RNG: with no dropout and no shuffling the weights after a resume
     # are those of the straight run, so any difference in the history is the monitor's.
-    kwargs = dict(methods=("grad_cam", "saliency"), warmup_epochs=1, drift_threshold=0.95)
+    kwargs = dict(methods=("grad_cam", "saliency"), drift={"warmup_epochs": 1, "threshold": 0.95})
 
     def run(path, monitor, **overrides):
         pl.seed_everything(3)  # same initial weights in every run
@@ -275,7 +277,7 @@ class MaskedCNN(TinyCNN):
 
 def test_planted_drift_is_flagged_and_unchanged_weights_are_not(tmp_path):
     # lr=0: weights never change, so every epoch's maps equal the previous ones
-    steady = small_monitor(warmup_epochs=1)
+    steady = small_monitor(drift={"warmup_epochs": 1})
     fit(tmp_path / "steady", callbacks=[steady], model=MaskedCNN(lr=0.0), max_epochs=4)
     for record in steady.history:
         for m in METHODS:
@@ -286,7 +288,7 @@ def test_planted_drift_is_flagged_and_unchanged_weights_are_not(tmp_path):
     moved.band.zero_()
     moved.band[..., :, 11:16] = 1.0  # the same weights, now looking at the other side of the image
     reports = []
-    drifting = small_monitor(warmup_epochs=1, on_drift=reports.append)
+    drifting = small_monitor(drift={"warmup_epochs": 1}, on_drift=reports.append)
     with pytest.warns(UserWarning, match="explanation drift at epoch 3"):
         fit(tmp_path / "moved", callbacks=[drifting, SwapWeights(3, moved.state_dict())],
             model=MaskedCNN(lr=0.0), max_epochs=4)
@@ -351,7 +353,7 @@ def test_flat_memory_and_event_size_over_20_epochs(tmp_path):
 
     class Measure(Callback):
         def on_train_epoch_end(self, trainer, pl_module):
-            monitor._finish_images()  # the epoch's overlays are written on a background thread: measure after it
+            monitor._reporter.finish_images()  # the epoch's overlays are written on a background thread: measure after it
             trainer.logger.experiment.flush()
             sizes.append(sum(os.path.getsize(os.path.join(trainer.logger.log_dir, f))
                              for f in os.listdir(trainer.logger.log_dir) if "tfevents" in f))
@@ -377,18 +379,28 @@ def test_flat_memory_and_event_size_over_20_epochs(tmp_path):
         ({"num_probes": 0}, "num_probes"),
         ({"every_n_epochs": 0}, "every_n_epochs"),
         ({"target": "truth"}, "target"),
-        ({"n_steps": 0}, "n_steps"),
-        ({"alpha": 1.5}, "alpha"),
+        ({"method_options": {"integrated_gradients": {"n_steps": 0}}},
+         r"method_options\['integrated_gradients'\]\['n_steps'\]=0"),
+        ({"method_options": {"integrated_gradients": {"n_stpes": 8}}}, "n_stpes"),
+        ({"method_options": {"integrated_gradients": {"tolerance": -1.0}}}, r"\['tolerance'\]=-1.0"),
+        ({"methods": ("grad_cam",), "method_options": {"integrated_gradients": {"n_steps": 8}}},
+         r"method_options\['integrated_gradients'\]"),
+        ({"display": {"alpha": 1.5}}, r"display\['alpha'\]=1.5"),
         ({"on_error": "ignore"}, "on_error"),
-        ({"mean": (0.5, 0.5, 0.5)}, "mean/std"),
-        ({"colormap": "rainbow"}, "colormap"),
+        ({"display": {"mean": (0.5, 0.5, 0.5)}}, r"display\['mean'\]/display\['std'\]"),
+        ({"display": {"colormap": "rainbow"}}, r"display\['colormap'\]='rainbow'"),
         ({"probes": "images/"}, "probes"),
-        ({"ig_tolerance": -1.0}, "ig_tolerance"),
-        ({"drift_threshold": 2.0}, "threshold"),
+        ({"drift": {"threshold": 2.0}}, r"drift\['threshold'\]"),
+        ({"drift": {"windw": 3}}, r"drift\['windw'\]"),
+        ({"metrics": ("faithfulnes",)}, "metrics"),
+        ({"metric_options": {"faithfulness": {"steps": 0}}}, r"metric_options\['faithfulness'\]\['steps'\]=0"),
+        ({"views": ("activation",)}, "views"),
+        ({"max_overhead": 1.5}, "max_overhead"),
+        ({"probe_options": {"seed": "0"}}, r"probe_options\['seed'\]='0'"),
     ],
 )
 def test_bad_arguments_raise_in_init(kwargs, name):
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises((ValueError, TypeError), match=name):
         ExplanationMonitor(**kwargs)
 
 

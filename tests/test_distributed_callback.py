@@ -72,8 +72,8 @@ class Recorder(Callback):
             "probe_ids": monitor.probe_set.ids.tolist(),
             "layer": monitor.layer_name,
             # the Integrated Gradients settings the monitor used, for the single-process reference
-            "ig_options": {"n_steps": monitor.n_steps, "tolerance": monitor.ig_tolerance,
-                           "max_steps": getattr(monitor, "ig_max_steps", 256)},
+            "ig_options": {k: monitor.method_options["integrated_gradients"][k]
+                           for k in ("n_steps", "tolerance", "max_steps")},
             "history_epochs": [h["epoch"] for h in monitor.history],
             "state_dict": {k: v.detach().clone() for k, v in pl_module.state_dict().items()},
             "sync_batchnorm": any(isinstance(m, torch.nn.SyncBatchNorm) for m in pl_module.modules()),
@@ -131,7 +131,7 @@ def ddp_trainer(out_dir: str, monitor: ExplanationMonitor, strategy: str = "ddp_
 
 
 def make_monitor(num_probes: int, **kwargs) -> ExplanationMonitor:
-    return ExplanationMonitor(num_probes=num_probes, n_steps=N_STEPS, **kwargs)
+    return ExplanationMonitor(num_probes=num_probes, method_options={"integrated_gradients": {"n_steps": N_STEPS}}, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- parent-side checks

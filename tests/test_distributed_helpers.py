@@ -13,12 +13,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lightning_xai.distributed import (
-    all_ranks_agree,
     broadcast_tensor,
     gather_shards,
     is_distributed,
     shard_bounds,
-    world_info,
 )
 
 WORLD = 2
@@ -64,11 +62,8 @@ def test_shard_bounds_errors(args, exc, match):
 
 def test_single_process_noops():
     assert not is_distributed()
-    assert world_info() == (0, 1)
     x = torch.randn(5, 3)
     assert gather_shards(x, 5) is x
-    assert all_ranks_agree(True) is True
-    assert all_ranks_agree(False) is False
     assert broadcast_tensor(x) is x
     with pytest.raises(ValueError, match="n_total"):
         gather_shards(x, 4)
@@ -103,7 +98,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
-    results: dict = {"world_info": world_info()}
+    results: dict = {}
     try:
         for n in SIZES:
             start, stop = shard_bounds(n, world, rank)
@@ -111,10 +106,6 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             results[f"bool_{n}"] = gather_shards(_full_bool(n)[start:stop], n)
             results[f"half_{n}"] = gather_shards(_full_half(n)[start:stop], n)
             results[f"ids_{n}"] = gather_shards(torch.arange(n)[start:stop], n)
-        results["agree_mixed"] = all_ranks_agree(rank == 0)
-        results["agree_mixed_other"] = all_ranks_agree(rank == 1)
-        results["agree_all"] = all_ranks_agree(True)
-        results["agree_none"] = all_ranks_agree(False)
 
         sent = torch.tensor([[1.5, -2.0, 3.25]]) if rank == 0 else torch.empty(0)
         results["bcast_float"] = broadcast_tensor(sent, src=0)
@@ -134,7 +125,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             except ValueError as err:
                 results[name] = f"ValueError: {err}"
         # The group still works after those errors.
-        results["agree_after_errors"] = all_ranks_agree(True)
+        results["gather_after_errors"] = gather_shards(torch.arange(3)[slice(*shard_bounds(3, world, rank))], 3)
     except Exception as err:  # recorded, and re-raised so that spawn fails too
         results["worker_error"] = repr(err)
         raise
@@ -154,11 +145,6 @@ def gloo_results(tmp_path_factory):
 
 
 @pytest.mark.timeout(120)
-def test_gloo_world_info(gloo_results):
-    assert [res["world_info"] for res in gloo_results] == [(0, 2), (1, 2)]
-
-
-@pytest.mark.timeout(120)
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize(
     ("kind", "make"), [("float", _full_float), ("bool", _full_bool), ("half", _full_half), ("ids", torch.arange)]
@@ -173,13 +159,9 @@ def test_gloo_gather_uneven(gloo_results, n, kind, make):
 
 
 @pytest.mark.timeout(120)
-def test_gloo_all_ranks_agree(gloo_results):
+def test_gloo_group_works_after_errors(gloo_results):
     for res in gloo_results:
-        assert res["agree_mixed"] is False
-        assert res["agree_mixed_other"] is False
-        assert res["agree_all"] is True
-        assert res["agree_none"] is False
-        assert res["agree_after_errors"] is True
+        assert torch.equal(res["gather_after_errors"], torch.arange(3))
 
 
 @pytest.mark.timeout(120)

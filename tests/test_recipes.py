@@ -160,7 +160,9 @@ def test_cli_yaml_parses_into_monitor(tmp_path):
     config = yaml.safe_load((RECIPES / "cli.yaml").read_text())
     entry = next(cb for cb in config["trainer"]["callbacks"] if cb["class_path"] == "lightning_xai.ExplanationMonitor")
     cli = cli_recipe.main(["--config", str(RECIPES / "cli.yaml"), "--trainer.logger.init_args.save_dir",
-                           str(tmp_path), "--trainer.callbacks.target=2"], run=False)
+                           str(tmp_path), "--trainer.callbacks.target=2",
+                           # a nested option overridden with a dotted path keeps the rest of its group
+                           "--trainer.callbacks.drift.window=4"], run=False)
     monitors = [cb for cb in cli.trainer.callbacks if isinstance(cb, ExplanationMonitor)]
     assert len(monitors) == 1
     monitor = monitors[0]
@@ -168,13 +170,16 @@ def test_cli_yaml_parses_into_monitor(tmp_path):
     assert monitor.num_probes == init["num_probes"] == 16
     assert monitor.methods == tuple(init["methods"])
     assert monitor.every_n_epochs == init["every_n_epochs"]
-    assert monitor.n_steps == init["n_steps"] and monitor.n_steps != 32  # not the default
-    assert monitor.mean == tuple(init["mean"]) and monitor.std == tuple(init["std"])
-    assert monitor.colormap == init["colormap"] and monitor.alpha == init["alpha"]
-    drift = monitor._drift_args
-    assert drift["warmup_epochs"] == init["warmup_epochs"] == 2
-    assert drift["threshold"] == init["drift_threshold"] and drift["window"] == init["drift_window"]
-    assert drift["drop_sigmas"] == init["drift_sigmas"] and drift["min_drop"] == init["drift_min_drop"]
+    ig = monitor.method_options["integrated_gradients"]
+    assert ig["n_steps"] == init["method_options"]["integrated_gradients"]["n_steps"] == 16
+    assert ig["tolerance"] == 0.02 and ig["max_steps"] == 128
+    display = monitor.display
+    assert display["mean"] == tuple(init["display"]["mean"]) and display["std"] == tuple(init["display"]["std"])
+    assert display["colormap"] == init["display"]["colormap"] and display["alpha"] == init["display"]["alpha"]
+    drift = monitor.drift
+    assert drift["warmup_epochs"] == init["drift"]["warmup_epochs"] == 2
+    assert drift["window"] == 4 and init["drift"]["window"] == 5
+    assert monitor.config.detector_options == {**init["drift"], "window": 4}  # what reaches the drift detector
     # A class index given on the command line arrives as an int, not the string "2".
     assert monitor.target == 2 and isinstance(monitor.target, int)
     assert cli.trainer.max_epochs == config["trainer"]["max_epochs"]
@@ -185,7 +190,7 @@ def test_cli_rejects_bad_monitor_argument(tmp_path, capsys):
     cli_recipe = _load_recipe("cli")
     with pytest.raises(SystemExit):
         cli_recipe.main(["--config", str(RECIPES / "cli.yaml"), "--trainer.logger.init_args.save_dir",
-                         str(tmp_path), "--trainer.callbacks.colormap=rainbow"], run=False)
+                         str(tmp_path), "--trainer.callbacks.display.colormap=rainbow"], run=False)
     assert "rainbow" in capsys.readouterr().err
 
 
@@ -196,7 +201,7 @@ def test_cli_fit_fast(tmp_path):
         "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", "--trainer.logger.init_args.save_dir", str(tmp_path),
         "--data.train_size", "64", "--data.val_size", "32", "--data.image_size", "32", "--data.batch_size", "16",
-        "--trainer.callbacks.n_steps", "4", "--trainer.callbacks.num_probes", "4",
+        "--trainer.callbacks.method_options.integrated_gradients.n_steps", "4", "--trainer.callbacks.num_probes", "4",
     )
     assert "probes flagged" in proc.stdout and "tensorboard --logdir" in proc.stdout
     _assert_explained(tmp_path, epochs=2)
@@ -204,4 +209,5 @@ def test_cli_fit_fast(tmp_path):
     assert len(saved) == 1
     callbacks = yaml.safe_load(saved[0].read_text())["trainer"]["callbacks"]
     assert callbacks[0]["class_path"] == "lightning_xai.ExplanationMonitor"
-    assert callbacks[0]["init_args"]["num_probes"] == 4 and callbacks[0]["init_args"]["n_steps"] == 4
+    init = callbacks[0]["init_args"]
+    assert init["num_probes"] == 4 and init["method_options"]["integrated_gradients"]["n_steps"] == 4

@@ -342,3 +342,45 @@ def test_shapes_concept_masks():
         assert torch.equal(concepts["marker"], ds.marker_mask(i)) and float(concepts["marker"].sum()) == 9
     ds.set_shortcut(0.0)
     assert float(ds.concept_masks(0)["marker"].sum()) == 0
+
+
+class _Broken:
+    name = "broken"
+
+    def __call__(self, ctx):
+        raise RuntimeError("view exploded")
+
+
+def test_runner_pool_concepts_failure_isolation_and_graphs(tmp_path):
+    from lightning_xai.probes import select_probes
+    from lightning_xai.views import ViewRunner
+
+    with pytest.raises(ValueError, match="unknown names \\['heatmap'\\]"):
+        ViewRunner(["heatmap"])
+    with pytest.raises(ValueError, match="view_options\\['max_min'\\]"):
+        ViewRunner(["max_min"], {"max_min": {"kk": 1}})
+    ds = ShapesDataset(64, image_size=24, seed=4, shortcut_strength=1.0)
+    runner = ViewRunner(["dissection", "max_min", "activations"], pool_size=16)
+    runner.build_pool(ds, class_names=ds.classes)
+    assert len(runner.pool) == 16 and list(runner.concepts) == [*ds.classes, "marker"]
+    assert runner.concepts["marker"].shape == (16, 1, 24, 24)
+    runner.views = {"broken": _Broken(), **runner.views}
+    probes = select_probes(ds, 4)
+    sw = SummaryWriter(str(tmp_path))
+    writer = TensorBoardWriter(sw)
+    failures = runner.run(small_cnn(), "5", probes, writer, epoch=0, step=3, class_names=ds.classes)
+    assert list(failures) == ["broken"] and "exploded" in str(failures["broken"])
+    picture, text = runner.attention_graphs(small_cnn(), probes, writer, step=3, num_probes=2, grid=2,
+                                            class_names=ds.classes)
+    sw.close()
+    events = read_events(tmp_path)
+    assert {"xai/max_min/grid", "xai/activations/top_channels", "xai/attention_graphs/probes"} <= set(events["images"])
+    assert events["scalars"]["xai/dissection/units/marker"][0][0] == 3
+    assert events["texts"]["xai/attention_graphs/summary"][0][1] == text
+    assert runner.state_dict()["max_min"]["previous"]
+    # without concept_masks on the dataset: one concept per class from the pool's ground-truth masks
+    plain = (torch.stack([ds[i][0] for i in range(8)]), torch.tensor([ds[i][1] for i in range(8)]),
+             torch.stack([ds[i][2] for i in range(8)]))
+    runner = ViewRunner(["dissection"], pool_size=8)
+    runner.build_pool(plain, class_names=ds.classes)
+    assert list(runner.concepts) == ds.classes

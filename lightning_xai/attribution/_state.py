@@ -11,6 +11,15 @@ from torch import Tensor, nn
 __all__ = ["preserved_state"]
 
 
+def _eager() -> contextlib.AbstractContextManager:
+    """Run ``torch.compile``d code eagerly: a compiled module ignores hooks added after compilation (pytorch #117758),
+    so a compiled submodule (``self.model = torch.compile(net)``) would hide the Grad-CAM layer from its hook."""
+    set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
+    if set_stance is None or torch.compiler.is_compiling():  # torch < 2.6, or already inside a compiled region
+        return contextlib.nullcontext()
+    return set_stance("force_eager")
+
+
 def _version(tensor: Tensor) -> int | None:
     """The in-place version counter (``None`` for inference tensors, which have none)."""
     return None if torch.is_inference(tensor) else tensor._version
@@ -21,8 +30,9 @@ def preserved_state(model: nn.Module) -> Iterator[nn.Module]:
     """Run attribution code on ``model`` without leaving a trace on it or on the global torch state.
 
     Inside the block: ``torch.inference_mode(False)`` and ``torch.enable_grad()`` are active (Lightning runs
-    validation hooks under ``inference_mode`` or ``no_grad``), and every submodule is in eval mode (``model.eval()``,
-    so modules that override ``train()`` see the call). On exit, normal or by exception, in a ``finally``:
+    validation hooks under ``inference_mode`` or ``no_grad``), ``torch.compile``d code runs eagerly (so hooks on a
+    compiled submodule's layers fire), and every submodule is in eval mode (``model.eval()``, so modules that
+    override ``train()`` see the call). On exit, normal or by exception, in a ``finally``:
 
     - each submodule's own ``training`` flag is restored (not a blanket ``model.train()``, which would unfreeze
       modules the user froze, e.g. a BatchNorm kept in eval mode);
@@ -61,7 +71,7 @@ def preserved_state(model: nn.Module) -> Iterator[nn.Module]:
     cpu_rng = torch.random.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     try:
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), _eager():
             model.eval()
             yield model
     finally:

@@ -17,9 +17,10 @@ from torch import Tensor, nn
 
 from lightning_xai.metrics._utils import _as_heatmap, _check_tensor, _evaluation
 
-__all__ = ["deletion_auc", "deletion_curve", "insertion_auc", "insertion_curve"]
+__all__ = ["PERTURBATIONS", "deletion_auc", "deletion_curve", "insertion_auc", "insertion_curve"]
 
-_PERTURBATIONS = ("blur", "mean", "zero")
+#: Names accepted by ``perturbation=``: how deleted pixels are replaced.
+PERTURBATIONS = ("blur", "mean", "zero")
 _DEFAULT_BATCH = 128
 
 
@@ -86,8 +87,8 @@ def _curve(
         raise ValueError(f"`inputs` must have shape (N, C, H, W), got {tuple(inputs.shape)}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"`steps` must be a positive int, got {steps!r}")
-    if perturbation not in _PERTURBATIONS:
-        raise ValueError(f"`perturbation` must be one of {_PERTURBATIONS}, got {perturbation!r}")
+    if perturbation not in PERTURBATIONS:
+        raise ValueError(f"`perturbation` must be one of {PERTURBATIONS}, got {perturbation!r}")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"`batch_size` must be None or a positive int, got {batch_size!r}")
     if blur_sigma is not None and (

@@ -5,7 +5,8 @@ Pure torch (no Lightning). Each view is a small class ``View(**options)`` called
 scalars, texts, embeddings) for a writer. Every forward runs inside
 :func:`~lightning_xai.attribution.preserved_state` with hooks that live for one call; activation maximisation
 works on a copy of the model. :data:`VIEWS` maps the names accepted by ``ExplanationMonitor(views=...)`` to the
-classes. Structured attention graphs (:func:`attention_graphs`) are offline work for the end of fit.
+classes; :class:`ViewRunner` holds the chosen views, their pool and concepts, and runs them in a round.
+Structured attention graphs (:func:`attention_graphs`) are offline work for the end of fit.
 """
 
 from lightning_xai.views._common import Embedding, ViewContext, ViewOutput, capture, to_spatial
@@ -15,15 +16,7 @@ from lightning_xai.views.attention_graphs import AttentionGraph, attention_graph
 from lightning_xai.views.dissection import Dissection, DissectionView, dissect
 from lightning_xai.views.max_min import MaxMinView, extremes, set_change
 from lightning_xai.views.projector import ProjectorView, nearest_centroid_accuracy, silhouette
-
-#: View name -> class, in the order the monitor runs them.
-VIEWS = {
-    "activations": ActivationsView,
-    "max_min": MaxMinView,
-    "projector": ProjectorView,
-    "activation_max": ActivationMaxView,
-    "dissection": DissectionView,
-}
+from lightning_xai.views.runner import VIEWS, ViewRunner, concepts_of
 
 __all__ = [
     "VIEWS",
@@ -37,8 +30,10 @@ __all__ = [
     "ProjectorView",
     "ViewContext",
     "ViewOutput",
+    "ViewRunner",
     "attention_graphs",
     "capture",
+    "concepts_of",
     "dissect",
     "extremes",
     "maximize_class",

@@ -61,6 +61,18 @@ class ViewContext:
     output_transform: OutputTransform | None = None
     epoch: int = 0
     step: int = 0
+    _outputs: dict[str, tuple[Tensor, Tensor | None, Tensor | None]] = field(default_factory=dict, repr=False)
+
+    def outputs(self, which: str = "pool") -> tuple[Tensor, Tensor, Tensor]:
+        """``(logits, layer activations (N, C, h, w), penultimate features (N, D))`` of the pool or the probes.
+
+        One forward pass (:func:`capture`) per set and round, shared by every view that asks.
+        """
+        if which not in self._outputs:
+            images = self.pool_images if which == "pool" else self.images
+            self._outputs[which] = capture(self.model, images, layer=self.layer, head_input=True,
+                                           output_transform=self.output_transform)
+        return self._outputs[which]  # type: ignore[return-value]
 
     def __post_init__(self) -> None:
         if self.pool_images is None:

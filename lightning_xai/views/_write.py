@@ -1,4 +1,4 @@
-"""Hand a :class:`ViewOutput` to a writer (the one place that knows how an embedding reaches TensorBoard)."""
+"""Hand a :class:`ViewOutput` to a sink (:mod:`lightning_xai.writers`)."""
 
 from __future__ import annotations
 
@@ -10,25 +10,13 @@ __all__ = ["write_embedding", "write_view_output"]
 
 
 def write_embedding(writer: Any, embedding: Embedding, step: int) -> bool:
-    """Write one embedding for TensorBoard's projector; ``False`` if ``writer`` cannot store it.
-
-    A sink with the ``supports_embedding`` capability gets ``add_embedding(features, metadata=[header, *rows],
-    label_img=uint8 thumbnails, step=, tag=)``. Until every writer has it, a writer wrapping a ``SummaryWriter``
-    (``writer.summary_writer``) falls back to ``SummaryWriter.add_embedding`` here, and only here.
-    """
-    if hasattr(writer, "supports_embedding"):
-        if not writer.supports_embedding:
-            return False
-        writer.add_embedding(embedding.features, metadata=[embedding.header, *embedding.metadata],
-                             label_img=embedding.thumbnails, step=step, tag=embedding.tag)
-        return True
-    summary_writer = getattr(writer, "summary_writer", writer)
-    add = getattr(summary_writer, "add_embedding", None)
-    if not callable(add):
+    """Write one embedding through the sink's ``add_embedding``; ``False`` if the sink cannot store embeddings
+    (its ``supports_embedding`` capability is false, or it has no ``add_embedding``)."""
+    add = getattr(writer, "add_embedding", None)
+    if not getattr(writer, "supports_embedding", callable(add)) or not callable(add):
         return False
-    thumbs = None if embedding.thumbnails is None else embedding.thumbnails.float() / 255.0
-    add(embedding.features, metadata=embedding.metadata, label_img=thumbs, global_step=step, tag=embedding.tag,
-        metadata_header=embedding.header)
+    add(embedding.features, metadata=embedding.metadata, label_img=embedding.thumbnails, step=step,
+        tag=embedding.tag, metadata_header=embedding.header)
     return True
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_xai.render import apply_colormap
-from lightning_xai.views._common import ViewContext, ViewOutput, capture, check_int, display, tile_grid
+from lightning_xai.views._common import ViewContext, ViewOutput, check_int, display, tile_grid
 
 __all__ = ["ActivationsView", "strongest_channels"]
 
@@ -50,7 +50,7 @@ class ActivationsView:
         self.num_channels = num_channels
 
     def __call__(self, ctx: ViewContext) -> ViewOutput:
-        _, acts_all, _ = capture(ctx.model, ctx.images, layer=ctx.layer, output_transform=ctx.output_transform)
+        acts_all = ctx.outputs("probes")[1]
         dead = float((acts_all.amax(dim=(0, 2, 3)) <= 0).float().mean())
         n = min(self.num_probes, ctx.images.shape[0])
         acts = acts_all[:n].cpu()

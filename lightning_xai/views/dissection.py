@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_xai.views._common import ViewContext, ViewOutput, capture, check_fraction, check_int
+from lightning_xai.views._common import ViewContext, ViewOutput, check_fraction, check_int
 
 __all__ = ["Dissection", "DissectionView", "dissect"]
 
@@ -50,7 +50,7 @@ def dissect(
     *,
     top_quantile: float = 0.005,
     iou_threshold: float = 0.04,
-    chunk_units: int = 16,
+    chunk_units: int | None = None,
 ) -> Dissection:
     """Dissect a layer: IoU of each unit's top-quantile activation region with each concept mask.
 
@@ -72,7 +72,7 @@ def dissect(
         concepts: ``{name: (N, 1, H, W)}`` binary masks (nonzero = concept present).
         top_quantile: fraction of pixels above each unit's threshold, in (0, 1).
         iou_threshold: IoU above which a unit detects its best concept.
-        chunk_units: units upsampled at once.
+        chunk_units: units upsampled at once (default: as many as fit in about 16 M floats).
 
     Returns:
         A :class:`Dissection`.
@@ -107,6 +107,8 @@ def dissect(
     mask_area = flat_masks.sum(dim=(0, 2))  # (K,)
     total = n * size[0] * size[1]
     k_top = max(1, math.ceil(top_quantile * total))
+    if chunk_units is None:
+        chunk_units = max(1, 2**24 // max(1, total))
     iou = torch.zeros(units, len(names))
     thresholds = torch.zeros(units)
     for start in range(0, units, chunk_units):
@@ -142,7 +144,7 @@ class DissectionView:
     reaches with it, a continuous signal below the detection rule). Text ``xai/dissection/top_units``: a Markdown
     table of the ``top`` units (unit, concept, IoU, detector or not). Nothing is logged without concepts.
 
-    Cost: one forward over the pool with a hook on the layer, then :func:`dissect`.
+    Cost: one forward over the pool (shared with the other views), then :func:`dissect`.
 
     Logged: the scalars above and the text table.
     """
@@ -161,7 +163,7 @@ class DissectionView:
     def __call__(self, ctx: ViewContext) -> ViewOutput:
         if not ctx.concepts:
             return ViewOutput()
-        _, acts, _ = capture(ctx.model, ctx.pool_images, layer=ctx.layer, output_transform=ctx.output_transform)
+        acts = ctx.outputs("pool")[1]
         result = dissect(acts, ctx.concepts, top_quantile=self.top_quantile, iou_threshold=self.iou_threshold)
         self.last = result
         out = ViewOutput()

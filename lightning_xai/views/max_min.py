@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_xai.views._common import ViewContext, ViewOutput, capture, check_int, display, tile_grid
+from lightning_xai.views._common import ViewContext, ViewOutput, check_int, display, tile_grid
 
 __all__ = ["MaxMinView", "extremes", "set_change"]
 
@@ -43,7 +43,7 @@ class MaxMinView:
     the Jaccard distance between this round's sets and the previous round's (by sample id), averaged over all rows
     and both ends (0 = the same samples, 1 = all new); absent in the first round.
 
-    Cost: one forward over the pool (with a hook on the layer if ``units`` is given) and ``2 k`` tiles per row.
+    Cost: one forward over the pool (shared with the other views) and ``2 k`` tiles per row.
 
     Logged: ``xai/max_min/grid`` (image), ``xai/max_min/change`` (scalar).
     """
@@ -61,8 +61,7 @@ class MaxMinView:
 
     def __call__(self, ctx: ViewContext) -> ViewOutput:
         pool, pool_ids, pool_labels = ctx.pool_images, ctx.pool_ids, ctx.pool_labels
-        logits, acts, _ = capture(ctx.model, pool, layer=ctx.layer if self.units else None,
-                                  output_transform=ctx.output_transform)
+        logits, acts, _ = ctx.outputs("pool")
         probs = logits.softmax(dim=1).cpu()
         columns = [logits.cpu()]
         names = [ctx.class_name(c) for c in range(logits.shape[1])]

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from lightning_xai.render import to_uint8
-from lightning_xai.views._common import Embedding, ViewContext, ViewOutput, capture, check_int, display
+from lightning_xai.views._common import Embedding, ViewContext, ViewOutput, check_int, display
 
 __all__ = ["ProjectorView", "nearest_centroid_accuracy", "silhouette"]
 
@@ -70,7 +70,7 @@ class ProjectorView:
     cheap scalars of class separation on the pool: ``xai/projector/centroid_accuracy`` (leave-one-out
     nearest-centroid accuracy of the features) and ``xai/projector/silhouette``.
 
-    Cost: one forward over the pool, an ``N x N`` distance matrix, and (when due) the features, metadata and
+    Cost: one forward over the pool (shared with the other views), an ``N x N`` distance matrix, and (when due) the features, metadata and
     thumbnails written to disk (TensorBoard writes ``N x D`` floats as text plus a sprite image).
 
     Logged: ``xai/projector/centroid_accuracy``, ``xai/projector/silhouette`` (scalars); the embedding under tag
@@ -86,8 +86,7 @@ class ProjectorView:
         self.thumbnail_size = thumbnail_size
 
     def __call__(self, ctx: ViewContext) -> ViewOutput:
-        logits, _, feats = capture(ctx.model, ctx.pool_images, layer=ctx.layer, head_input=True,
-                                   output_transform=ctx.output_transform)
+        logits, _, feats = ctx.outputs("pool")
         feats = feats.cpu()
         labels = ctx.pool_labels.cpu()
         preds = logits.argmax(dim=1).cpu()

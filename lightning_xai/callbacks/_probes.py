@@ -1,0 +1,166 @@
+"""Probe handling and the checks made at ``setup()``: where the probes come from, which ones, and whether they fit
+the model, the strategy and the other callbacks. Everything that can fail before training fails here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from torch import Tensor
+
+from lightning_xai._validation import is_int
+from lightning_xai.attribution import find_gradcam_layer, preserved_state, resolve_layer
+from lightning_xai.callbacks._config import MonitorConfig
+from lightning_xai.callbacks._round import module_device
+from lightning_xai.probes import ProbeSet, select_probes
+
+# Strategies where every forward is a collective (parameters sharded): a forward on one rank's probes alone hangs.
+_SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+
+
+def check_strategy(strategy: Any) -> None:
+    name = type(strategy).__name__
+    if any(cls.__name__ in _SHARDED_STRATEGIES for cls in type(strategy).__mro__):  # subclasses too
+        raise MisconfigurationException(
+            f"ExplanationMonitor does not support strategy {name}: its parameters are sharded, so every "
+            "forward pass is a collective. Use strategy='ddp' (or 'ddp_spawn'), or explain a saved checkpoint "
+            "offline with lightning_xai.attribution.explain."
+        )
+
+
+def check_monitors(callbacks: Iterable[Any], keys: set[str], every_n_epochs: int) -> None:
+    """Other callbacks that ``monitor`` an ``xai/`` key must watch one this monitor logs, as often as it logs it."""
+    for cb in callbacks:
+        monitor = getattr(cb, "monitor", None)
+        if isinstance(monitor, str) and monitor.startswith("xai/") and monitor not in keys:
+            raise MisconfigurationException(
+                f"{type(cb).__name__}(monitor={monitor!r}) watches a key ExplanationMonitor does not log. "
+                f"Available: {sorted(keys)}."
+            )
+        if (isinstance(monitor, str) and monitor in keys and every_n_epochs > 1
+                and isinstance(cb, pl.callbacks.EarlyStopping) and cb.strict):
+            raise MisconfigurationException(
+                f"EarlyStopping(monitor={monitor!r}) checks every epoch but ExplanationMonitor explains every "
+                f"{every_n_epochs} epochs. Use EarlyStopping(..., strict=False) or every_n_epochs=1."
+            )
+
+
+def default_probe_source(trainer: pl.Trainer) -> tuple[Any, str]:
+    """The validation DataLoader's dataset (training data if there is no validation), without iterating a loader."""
+    # Lightning keeps where each loader comes from (module hook, datamodule hook or a loader passed to fit) on the
+    # loops; calling the source builds the loader object without iterating it (no RNG use, no workers started).
+    for source, what in ((trainer.fit_loop.epoch_loop.val_loop._data_source, "the validation data"),
+                         (trainer.fit_loop._data_source, "the training data")):
+        if not source.is_defined():
+            continue
+        loaders = source.dataloader()
+        if isinstance(loaders, dict):
+            loaders = next(iter(loaders.values()), None)
+        elif isinstance(loaders, (list, tuple)):
+            loaders = loaders[0] if loaders else None
+        if loaders is not None:
+            return loaders, what
+    raise MisconfigurationException(
+        "ExplanationMonitor found no validation or training dataloader to take probes from. Pass `probes=` "
+        "(a tensor of images, (images, labels), a Dataset or a DataLoader)."
+    )
+
+
+def dataset_classes(source: Any) -> list[str] | None:
+    """Class names from a dataset (or a loader's dataset) that has a ``classes`` list, as ImageFolder does."""
+    for obj in (source, getattr(source, "dataset", None)):
+        classes = getattr(obj, "classes", None)
+        if isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes):
+            return list(classes)
+    return None
+
+
+class ProbeSetup:
+    """Selects the probes for a fit and checks them against the model.
+
+    After :meth:`select`: ``probe_set`` and ``class_names``; after :meth:`validate`: ``layer_name`` (Grad-CAM).
+    """
+
+    def __init__(self, config: MonitorConfig) -> None:
+        self.config = config
+        self.probe_set: ProbeSet | None = None
+        self.class_names: list[str] | None = config.display["class_names"]
+        self.layer_name: str | None = None
+
+    def select(self, source: Any, what: str = "probes") -> ProbeSet:
+        options = self.config.probe_options
+        try:
+            probes = select_probes(source, self.config.num_probes, input_key=options["input_key"],
+                                   label_key=options["label_key"], mask_key=options["mask_key"],
+                                   seed=options["seed"])
+        except (ValueError, TypeError) as err:
+            raise MisconfigurationException(
+                f"ExplanationMonitor could not take probes from {what}: {err} Pass `probes=` explicitly, or set "
+                "probe_options={'input_key': ..., 'label_key': ...} to select the image and label from each sample."
+            ) from err
+        self.probe_set = probes
+        if self.class_names is None:
+            self.class_names = dataset_classes(source)
+        return probes
+
+    def select_for(self, trainer: pl.Trainer) -> ProbeSet:
+        source, what = self.config.probes, "probes"
+        if source is None:
+            source, what = default_probe_source(trainer)
+        return self.select(source, what)
+
+    def validate(self, model: torch.nn.Module) -> None:
+        """One forward on one probe: output shape, label and target range, channels, Grad-CAM layer."""
+        probes, config = self.probe_set, self.config
+        assert probes is not None, "select() first"
+        if probes.images.ndim != 4:
+            raise MisconfigurationException(
+                f"ExplanationMonitor: probe images must be (N, C, H, W), got shape {tuple(probes.images.shape)}."
+            )
+        example = probes.images[:1]
+        try:
+            with preserved_state(model), torch.no_grad():
+                output = model(example.to(module_device(model)))
+                logits = config.output_transform(output) if config.output_transform is not None else output
+        except Exception as err:
+            raise MisconfigurationException(
+                f"ExplanationMonitor: the model failed on a probe image of shape {tuple(example.shape)}: "
+                f"{type(err).__name__}: {err}. Check that the probes match the model's input (probes=, "
+                "probe_options={'input_key': ...})."
+            ) from err
+        if not isinstance(logits, Tensor) or logits.ndim != 2:
+            got = type(logits).__name__ if not isinstance(logits, Tensor) else f"a tensor of shape {tuple(logits.shape)}"
+            raise MisconfigurationException(
+                f"ExplanationMonitor: the model returned {got}; explanations need logits (N, num_classes). "
+                "Pass output_transform=, e.g. `lambda out: out[0]` or `lambda out: out['logits']`."
+            )
+        num_classes = logits.shape[1]
+        labels = probes.labels[probes.labels >= 0]
+        if labels.numel() and int(labels.max()) >= num_classes:
+            raise MisconfigurationException(
+                f"ExplanationMonitor: probe label {int(labels.max())} is out of range for a model with "
+                f"{num_classes} outputs. Check probe_options['label_key'] or the dataset's labels."
+            )
+        if is_int(config.target) and config.target >= num_classes:
+            raise MisconfigurationException(
+                f"ExplanationMonitor: target={config.target} is out of range for a model with {num_classes} outputs; "
+                f"use a class index in [0, {num_classes - 1}], 'label' or 'pred'."
+            )
+        mean = config.display["mean"]
+        if mean is not None and len(mean) not in (1, probes.images.shape[1]):
+            raise MisconfigurationException(
+                f"ExplanationMonitor: display['mean']/display['std'] have {len(mean)} values but probes have "
+                f"{probes.images.shape[1]} channels."
+            )
+        if "grad_cam" in config.methods:
+            try:
+                if config.layer is None:
+                    self.layer_name = find_gradcam_layer(model, example.to(module_device(model)),
+                                                         output_transform=config.output_transform)
+                else:
+                    self.layer_name, _ = resolve_layer(model, config.layer)
+            except (ValueError, RuntimeError) as err:
+                raise MisconfigurationException(f"ExplanationMonitor (layer={config.layer!r}): {err}") from err

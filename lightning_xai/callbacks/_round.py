@@ -1,0 +1,161 @@
+"""One explanation round: shard -> explain -> agree -> gather, and the agreement every rank-local step goes through.
+
+:class:`ProbeExplainer` (pure torch) explains a batch of probes with the configured methods and the measures that
+need the model. :class:`DistributedRound` runs it on every rank's shard and reassembles the results; it only needs an
+object with ``world_size``, ``global_rank``, ``current_epoch`` and a ``strategy`` offering
+``reduce_boolean_decision`` and ``broadcast`` (a Lightning ``Trainer``, or a stand-in in tests).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_xai._validation import is_int
+from lightning_xai.attribution import explain_detailed, preserved_state, to_heatmap
+from lightning_xai.callbacks._config import MonitorConfig, explain_options
+from lightning_xai.distributed import gather_shards, rank_zero_buffers, shard_bounds
+from lightning_xai.metrics.registry import Measure
+from lightning_xai.probes import ProbeSet
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+class ProbeExplainer:
+    """Explains probes with the configured methods; results are ``(n, ...)`` CPU tensors keyed by name.
+
+    Keys: ``map/{method}`` ``(n, 1, H, W)`` heatmaps, ``pred``, ``prob``, ``target``, ``ig_error`` (with Integrated
+    Gradients) and the outputs of the given measures' ``shard`` functions.
+    """
+
+    def __init__(self, config: MonitorConfig, layer_name: str | None = None) -> None:
+        self.config = config
+        self.layer_name = layer_name
+        self.train_batch_size: int | None = None
+
+    def targets(self, model: torch.nn.Module, images: Tensor, labels: Tensor) -> Tensor:
+        """The class explained for each probe: the fixed index, the label (prediction where unknown) or the pred."""
+        target = self.config.target
+        if is_int(target):
+            return torch.full((images.shape[0],), int(target), dtype=torch.long, device=images.device)
+        if target == "label" and bool((labels >= 0).all()):
+            return labels.clone()
+        with torch.no_grad():
+            output = model(images)
+            transform = self.config.output_transform
+            logits = transform(output) if transform is not None else output
+        pred = logits.argmax(dim=1)
+        return pred if target == "pred" else torch.where(labels >= 0, labels, pred)
+
+    def empty(self, probes: ProbeSet, measures: Sequence[Measure]) -> dict[str, Tensor]:
+        """The results of zero probes (a rank with an empty shard still takes part in every gather)."""
+        h, w = probes.images.shape[-2:]
+        out = {"pred": torch.zeros(0, dtype=torch.long), "prob": torch.zeros(0),
+               "target": torch.zeros(0, dtype=torch.long)}
+        if "integrated_gradients" in self.config.methods:
+            out["ig_error"] = torch.zeros(0)
+        for m in self.config.methods:
+            out[f"map/{m}"] = torch.zeros(0, 1, h, w)
+        for measure in measures:
+            for key in measure.shard_keys(self.config.methods):
+                out[key] = torch.zeros(0)
+        return out
+
+    def explain(self, model: torch.nn.Module, probes: ProbeSet, *, targets: Tensor | None = None,
+                measures: Sequence[Measure] = ()) -> dict[str, Tensor]:
+        """Explain ``probes`` (a shard) on ``model``; ``targets`` overrides the target rule (the sanity round)."""
+        out = self.empty(probes, measures)
+        if len(probes) == 0:
+            return out
+        config = self.config
+        device = module_device(model)
+        images = probes.images.to(device)
+        with preserved_state(model):  # eval mode, grads on, RNG and flags restored on exit
+            targets = self.targets(model, images, probes.labels.to(device)) if targets is None else targets.to(device)
+            options = explain_options(config, images, self.layer_name, self.train_batch_size)
+            explanation = explain_detailed(model, images, targets, config.methods, **options)
+            maps = {m: to_heatmap(explanation.maps[m]).float() for m in config.methods}
+            for measure in measures:
+                if measure.shard is not None:
+                    out.update(measure.shard(model, images, targets, maps, config.metric_options.get(measure.name, {}),
+                                             config.output_transform))
+        probs = explanation.logits.float().softmax(dim=1)
+        pred = probs.argmax(dim=1)
+        out["pred"] = pred.cpu()
+        out["prob"] = probs.gather(1, pred[:, None])[:, 0].cpu()
+        out["target"] = targets.cpu()
+        if explanation.ig_relative_error is not None:
+            out["ig_error"] = explanation.ig_relative_error.float().cpu()
+        for m in config.methods:
+            out[f"map/{m}"] = maps[m].cpu()
+        return out
+
+
+class DistributedRound:
+    """Runs rank-local work so that all ranks agree on its outcome, and the shard/explain/gather round.
+
+    Args:
+        on_error: ``"warn"``: a failure on any rank makes every rank skip (one warning); ``"raise"``: every rank
+            raises.
+        warn: how to warn (rank-zero warning in the callback).
+    """
+
+    def __init__(self, on_error: str, warn: Callable[[str], None] | None = None) -> None:
+        self.on_error = on_error
+        self._warn = warn or (lambda message: warnings.warn(message, stacklevel=3))
+
+    def agreed(self, trainer: Any, fn: Callable[[], Any], *, what: str = "") -> tuple[bool, Any]:
+        """Run ``fn`` on this rank; every rank learns whether it failed on any rank, then all warn or all raise."""
+        error: BaseException | None = None
+        value = None
+        try:
+            value = fn()
+        except Exception as err:
+            error = err
+        if trainer.strategy.reduce_boolean_decision(error is None, all=True):
+            return True, value
+        self.fail(trainer, error, what=what)
+        return False, None
+
+    def fail(self, trainer: Any, error: BaseException | None, *, what: str = "") -> None:
+        where = f"rank {trainer.global_rank}: {type(error).__name__}: {error}" if error else "another rank"
+        doing = f" ({what})" if what else ""
+        message = f"ExplanationMonitor failed at epoch {trainer.current_epoch}{doing} on {where}"
+        if self.on_error == "raise":
+            if error is not None:
+                raise RuntimeError(message) from error
+            raise RuntimeError(message)
+        self._warn(f"{message}. The epoch's explanations are skipped; training continues "
+                   "(set on_error='raise' to stop instead).")
+
+    def explain(self, trainer: Any, model: torch.nn.Module, probes: ProbeSet, explainer: ProbeExplainer, *,
+                targets: Tensor | None = None, measures: Sequence[Measure] = ()) -> dict[str, Tensor] | None:
+        """Every rank explains its shard (with rank 0's BatchNorm buffers); all agree; gather in probe order.
+
+        Returns ``None`` when the round was skipped (already warned on every rank).
+        """
+        start, stop = shard_bounds(len(probes), trainer.world_size, trainer.global_rank)
+
+        def explain_shard() -> dict[str, Tensor]:
+            with rank_zero_buffers(model):
+                shard_targets = None if targets is None else targets[start:stop]
+                return explainer.explain(model, probes.subset(start, stop), targets=shard_targets, measures=measures)
+
+        ok, local = self.agreed(trainer, explain_shard, what="explaining")
+        if not ok:
+            return None
+        return {k: gather_shards(v, len(probes)) for k, v in local.items()}
+
+    def broadcast(self, trainer: Any, obj: Any) -> Any:
+        """Rank 0's value on every rank (identical decisions and monitored values, no float drift between ranks)."""
+        return trainer.strategy.broadcast(obj, src=0)
