@@ -8,20 +8,19 @@ work is done by named collaborators, each testable without a Trainer:
 - :mod:`._round`: one explanation round over the ranks (``ProbeExplainer``, ``DistributedRound``);
 - :mod:`lightning_xai.metrics.registry`: the quality measures and their keys;
 - :mod:`._tracker`: stability, drift and the history (``DriftTracker``);
-- :mod:`._reporter`: the writer, overlays, drift text and warnings on rank 0 (``Reporter``).
+- :mod:`._reporter`: the sinks (one per logger), overlays, drift text and warnings on rank 0 (``Reporter``);
+- :mod:`._compat`: both Lightning packages (base classes, exceptions, muted ``self.log``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
+from lightning_xai.callbacks._compat import CALLBACK_BASES, muted_logging, rank_zero_warn
 from lightning_xai.callbacks._config import (
     DEFAULT_METHODS,
     DEFAULT_METRICS,
@@ -31,7 +30,7 @@ from lightning_xai.callbacks._config import (
     ProbeOptions,
     build_config,
 )
-from lightning_xai.callbacks._probes import ProbeSetup, check_monitors, check_strategy
+from lightning_xai.callbacks._probes import ProbeSetup, check_monitors, check_strategy, train_batch_size
 from lightning_xai.callbacks._reporter import Reporter, drift_text
 from lightning_xai.callbacks._round import DistributedRound, ProbeExplainer
 from lightning_xai.callbacks._tracker import DriftTracker, Report
@@ -45,10 +44,13 @@ from lightning_xai.metrics.registry import (
 from lightning_xai.metrics.sanity import randomized_copy
 from lightning_xai.probes import ProbeSet
 
+if TYPE_CHECKING:  # either package's classes; only for the annotations
+    import pytorch_lightning as pl
+
 _STATE_VERSION = 2
 
 
-class ExplanationMonitor(Callback):
+class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Lightning package
     r"""Explain a fixed probe set while the model trains; log overlays, stability, quality measures and drift.
 
     At the end of every ``every_n_epochs``-th training epoch (at the end-of-epoch validation run when there is one,
@@ -269,7 +271,8 @@ class ExplanationMonitor(Callback):
         self._last_explained_epoch = None
         if self.probe_set is None:
             self._probes.select_for(trainer)
-        self._probes.validate(pl_module)
+        with muted_logging(pl_module):  # setup's forwards: a self.log() in forward would fail here
+            self._probes.validate(pl_module, lambda: train_batch_size(trainer))
         self._explainer.layer_name = self._probes.layer_name
         self._check_restored_probes()
 
@@ -318,8 +321,9 @@ class ExplanationMonitor(Callback):
                  measures: Sequence[Any] = ()) -> dict[str, Tensor] | None:
         """Every rank explains its shard; all agree on success before gathering. ``None``: skipped (warned)."""
         assert self.probe_set is not None, "setup() selects the probes"
-        results = self._round.explain(trainer, model, self.probe_set, self._explainer, targets=targets,
-                                      measures=measures)
+        with muted_logging(model):  # the model's own self.log() in forward must not log the monitor's forwards
+            results = self._round.explain(trainer, model, self.probe_set, self._explainer, targets=targets,
+                                          measures=measures)
         if results is not None and not all(bool(torch.isfinite(v).all())
                                            for k, v in results.items() if k.startswith("map/")):
             self._reporter.warn_once(
