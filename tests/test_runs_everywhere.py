@@ -246,3 +246,34 @@ def test_a_model_that_only_runs_at_its_training_batch_size_gets_a_clear_setup_er
                        match=r"runs on a batch of 8 images \(the training batch size\) but fails on 1 image") as info:
         fit("lightning.pytorch", tmp_path, callbacks=[monitor()], net=Net)
     assert "internal_batch_size" in str(info.value) and "x.view(x.shape[0], -1)" in str(info.value)
+
+
+@pytest.mark.slow  # W&B's service and MLflow's import take ~20 s; tests/test_sinks.py reads both back by default
+def test_wandb_and_mlflow_next_to_tensorboard_in_a_real_run(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    pytest.importorskip("mlflow")
+    import lightning.pytorch as L
+    from mlflow.tracking import MlflowClient
+    from wandb_records import history, run_dirs
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = (tmp_path / "mlruns").as_uri()
+    tb = L.loggers.TensorBoardLogger(str(tmp_path), name="tb")
+    wb = L.loggers.WandbLogger(save_dir=str(tmp_path), offline=True, project="lightning_xai_test")
+    ml = L.loggers.MLFlowLogger(experiment_name="xai", tracking_uri=uri)
+    mon = monitor(methods=("saliency",))
+    fit("lightning.pytorch", tmp_path, callbacks=[mon], logger=[tb, wb, ml])
+    wandb.teardown()
+    steps = [h["step"] for h in mon.history]
+    assert [s for s, *_ in read_events(tb.log_dir)["images"]["xai/saliency/overlay"]] == steps
+    rows = history(run_dirs(tmp_path)[0])
+    assert [r["trainer/global_step"] for r in rows if "xai/saliency/overlay/filenames" in r] == steps
+    assert [r["trainer/global_step"] for r in rows if "xai/saliency/stability" in r] == steps
+    assert [r["trainer/global_step"] for r in rows if "xai/drift/path" in r] == steps
+    client = MlflowClient(tracking_uri=uri)
+    assert [m.step for m in client.get_metric_history(ml.run_id, "xai/saliency/stability")] == steps
+    images = [a.path for a in client.list_artifacts(ml.run_id, "images") if a.path.endswith(".png")]
+    assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in images) == steps
