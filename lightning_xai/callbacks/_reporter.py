@@ -94,9 +94,6 @@ class Reporter:
                 raise SinkError("setting up the loggers' sinks", resolved.errors)
         return self._sink
 
-    # kept for callers of the v0.1 name
-    writer = sink
-
     def reset(self) -> None:
         """A later fit may bring other loggers."""
         self._sink = None
