@@ -12,7 +12,7 @@ from torch import Tensor
 from lightning_xai._validation import is_int
 from lightning_xai.attribution import find_gradcam_layer, preserved_state, resolve_layer
 from lightning_xai.callbacks._compat import EARLY_STOPPING, MisconfigurationException, muted_logging, rank_zero_warn
-from lightning_xai.callbacks._config import MonitorConfig
+from lightning_xai.callbacks._config import MonitorConfig, uses_layer
 from lightning_xai.callbacks._round import module_device
 from lightning_xai.probes import ProbeSet, agree_on_probes, select_probes
 
@@ -202,7 +202,7 @@ class ProbeSetup:
                 f"ExplanationMonitor: display['mean']/display['std'] have {len(mean)} values but probes have "
                 f"{probes.images.shape[1]} channels."
             )
-        if "grad_cam" in config.methods:
+        if uses_layer(config.methods):
             try:
                 if config.layer is None:
                     self.layer_name = find_gradcam_layer(model, example.to(module_device(model)),
