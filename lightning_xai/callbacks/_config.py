@@ -18,13 +18,14 @@ import torch
 from torch import Tensor
 
 from lightning_xai._validation import Option, check, check_options, is_int, is_number, path
+from lightning_xai.attribution import METHODS, available_methods
 from lightning_xai.drift import DriftDetector
 from lightning_xai.metrics.registry import available_measures, get_measure
 from lightning_xai.render import COLORMAPS
 
 #: Views of what a layer has learnt (implemented by :mod:`lightning_xai.views` as they land).
 VIEWS = ("activations", "max_min", "projector", "activation_max", "dissection")
-DEFAULT_METHODS = ("grad_cam", "saliency", "integrated_gradients")
+DEFAULT_METHODS = METHODS  # the attribution registry's default selection (one definition)
 DEFAULT_METRICS = ("localisation", "agreement", "sanity")
 
 
@@ -56,11 +57,8 @@ class ProbeOptions(TypedDict, total=False):
 
 
 def known_methods() -> tuple[str, ...]:
-    """The attribution methods the monitor accepts: the attribution registry's when it has one."""
-    import lightning_xai.attribution as attribution
-
-    available = getattr(attribution, "available_methods", None)
-    return tuple(available()) if callable(available) else tuple(attribution.METHODS)
+    """The attribution methods the monitor accepts: the attribution registry's."""
+    return available_methods()
 
 
 def _batch(v: Any) -> bool:
