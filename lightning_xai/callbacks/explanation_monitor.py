@@ -344,8 +344,12 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                 self._reporter.write_scalars(trainer, self._views.history[-1]["scalars"])
             if failures:
                 name, error = next(iter(failures.items()))
-                raise RuntimeError(f"view(s) {', '.join(failures)} failed (the other views and the heatmaps were "
-                                   f"written); {name}: {type(error).__name__}: {error}") from error
+                message = (f"ExplanationMonitor: view(s) {', '.join(failures)} failed at epoch "
+                           f"{trainer.current_epoch}; {name}: {type(error).__name__}: {error}. The other views and "
+                           "the heatmaps were written")
+                if self.config.on_error == "raise":  # raised inside the agreement: every rank stops
+                    raise RuntimeError(message) from error
+                rank_zero_warn(f"{message}; training continues (set on_error='raise' to stop instead).")
 
         self._round.agreed(trainer, run, what="views")
 
