@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from lightning_xai._validation import Option, check, check_options, is_int, is_number, path
+from lightning_xai.attribution import METHODS, available_methods
 from lightning_xai.drift import DriftDetector
 from lightning_xai.metrics.registry import available_measures, get_measure
 from lightning_xai.render import COLORMAPS
@@ -26,7 +27,7 @@ from lightning_xai.views import VIEWS as _VIEW_CLASSES
 
 #: Views of what a layer has learnt (:mod:`lightning_xai.views`), each round, then the end-of-fit work.
 VIEWS = (*_VIEW_CLASSES, *END_OF_FIT)
-DEFAULT_METHODS = ("grad_cam", "saliency", "integrated_gradients")
+DEFAULT_METHODS = METHODS  # the attribution registry's default selection (one definition)
 DEFAULT_METRICS = ("localisation", "agreement", "sanity")
 
 
@@ -58,11 +59,8 @@ class ProbeOptions(TypedDict, total=False):
 
 
 def known_methods() -> tuple[str, ...]:
-    """The attribution methods the monitor accepts: the attribution registry's when it has one."""
-    import lightning_xai.attribution as attribution
-
-    available = getattr(attribution, "available_methods", None)
-    return tuple(available()) if callable(available) else tuple(attribution.METHODS)
+    """The attribution methods the monitor accepts: the attribution registry's."""
+    return available_methods()
 
 
 def _batch(v: Any) -> bool:
