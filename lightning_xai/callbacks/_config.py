@@ -39,11 +39,15 @@ class DisplayOptions(TypedDict, total=False):
 
 
 class DriftOptions(TypedDict, total=False):
-    threshold: float
     warmup_epochs: int
     window: int
-    drop_sigmas: float
-    min_drop: float
+    sigmas: float
+    min_spread: float
+    min_probes: int
+    cusum_slack: float
+    cusum_limit: float
+    mass_drop: float
+    probe_sigmas: float
     size: int
     topk: float
 
@@ -161,7 +165,7 @@ class MonitorConfig:
         return {k: v for k, v in self.drift.items() if k not in _STABILITY}
 
     def new_detector(self) -> DriftDetector:
-        return DriftDetector(**self.detector_options)
+        return DriftDetector(**self.detector_options, size=self.size, topk=float(self.drift["topk"]))
 
     @property
     def size(self) -> int:

@@ -34,7 +34,8 @@ from lightning_xai.callbacks._config import (
 from lightning_xai.callbacks._probes import ProbeSetup, check_monitors, check_strategy
 from lightning_xai.callbacks._reporter import Reporter, drift_text
 from lightning_xai.callbacks._round import DistributedRound, ProbeExplainer
-from lightning_xai.callbacks._tracker import DriftTracker, Report
+from lightning_xai.callbacks._tracker import DriftTracker
+from lightning_xai.drift import DriftReport
 from lightning_xai.metrics.registry import (
     MeasureContext,
     active_measures,
@@ -357,17 +358,18 @@ class ExplanationMonitor(Callback):
         # rank 0 writes; a failure there is still agreed on, so no rank goes on alone to the next collective
         self._round.agreed(trainer, write, what="writing")
         if report.alarm:
-            rank_zero_warn(f"ExplanationMonitor: explanation drift at epoch {trainer.current_epoch} "
-                           f"(step {trainer.global_step}).\n{report.details()}")
+            # one line; the details (what moved where, per class and probe) are in the `xai/drift` text
+            rank_zero_warn(f"ExplanationMonitor: {report.headline()} (step {trainer.global_step}; details in the "
+                           "xai/drift text)")
             if self.config.on_drift is not None:
                 self.config.on_drift(report)
 
     def _measure(self, trainer: pl.Trainer, results: Mapping[str, Tensor], measures: Sequence[Any]
-                 ) -> tuple[dict[str, float], Report, dict[str, Any], dict[str, Tensor]]:
+                 ) -> tuple[dict[str, float], DriftReport, dict[str, Any], dict[str, Tensor]]:
         probes = self.probe_set
         scalars, report, record = self._tracker.update(trainer.current_epoch, trainer.global_step, results,
                                                        masks=probes.masks, labels=probes.labels,
-                                                       probe_ids=probes.ids.tolist())
+                                                       probe_ids=probes.ids.tolist(), class_names=self.class_names)
         measured = run_measures(measures, self._context(results), self.config.metric_options)
         scalars.update(measured.scalars)
         record.update(measured.per_probe)
