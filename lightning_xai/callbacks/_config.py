@@ -21,9 +21,11 @@ from lightning_xai._validation import Option, check, check_options, is_int, is_n
 from lightning_xai.drift import DriftDetector
 from lightning_xai.metrics.registry import available_measures, get_measure
 from lightning_xai.render import COLORMAPS
+from lightning_xai.views import END_OF_FIT, ViewRunner
+from lightning_xai.views import VIEWS as _VIEW_CLASSES
 
-#: Views of what a layer has learnt (implemented by :mod:`lightning_xai.views` as they land).
-VIEWS = ("activations", "max_min", "projector", "activation_max", "dissection")
+#: Views of what a layer has learnt (:mod:`lightning_xai.views`), each round, then the end-of-fit work.
+VIEWS = (*_VIEW_CLASSES, *END_OF_FIT)
 DEFAULT_METHODS = ("grad_cam", "saliency", "integrated_gradients")
 DEFAULT_METRICS = ("localisation", "agreement", "sanity")
 
@@ -149,6 +151,7 @@ class MonitorConfig:
     metrics: tuple[str, ...]
     log_images: bool
     views: tuple[str, ...]
+    view_options: dict[str, dict[str, Any]]
     on_drift: Callable[..., Any] | None
     on_error: str
     max_overhead: float | None
@@ -188,6 +191,14 @@ def build_config(**args: Any) -> MonitorConfig:
     log_images = args["log_images"]
     check(isinstance(log_images, bool), "log_images", log_images, "True or False", error=TypeError)
     views = _tuple_of_names(args["views"], "views", VIEWS, empty_ok=True)
+    view_options = {} if args.get("view_options") is None else args["view_options"]
+    check(isinstance(view_options, Mapping) and all(isinstance(v, Mapping) for v in view_options.values()),
+          "view_options", view_options, "None or a dict {view: {option: value}}", error=TypeError)
+    view_options = {str(k): dict(v) for k, v in view_options.items()}
+    try:
+        ViewRunner(views, view_options)  # checks every view's options now, not at the first epoch
+    except ValueError as err:
+        raise ValueError(f"ExplanationMonitor: {err}") from None
     on_drift, on_error = args["on_drift"], args["on_error"]
     check(on_drift is None or callable(on_drift), "on_drift", on_drift, "None or a callable(report)")
     check(on_error in ("warn", "raise"), "on_error", on_error, "'warn' or 'raise'")
@@ -209,8 +220,8 @@ def build_config(**args: Any) -> MonitorConfig:
 
     return MonitorConfig(
         probes=probes, num_probes=int(num_probes), methods=methods, every_n_epochs=int(every), target=target,
-        layer=layer, metrics=metrics, log_images=log_images, views=views, on_drift=on_drift, on_error=on_error,
-        max_overhead=None if budget is None else float(budget), output_transform=transform,
+        layer=layer, metrics=metrics, log_images=log_images, views=views, view_options=view_options,
+        on_drift=on_drift, on_error=on_error, max_overhead=None if budget is None else float(budget), output_transform=transform,
         method_options=_method_options(args["method_options"], methods),
         metric_options=_metric_options(args["metric_options"]),
         drift=_drift_options(args["drift"]),
@@ -220,6 +231,8 @@ def build_config(**args: Any) -> MonitorConfig:
 
 
 def _method_options(given: Any, methods: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    from lightning_xai.attribution import check_method_options
+
     given = {} if given is None else given
     check(isinstance(given, Mapping), "method_options", given, "None or a dict {method: {option: value}}",
           error=TypeError)
@@ -229,6 +242,18 @@ def _method_options(given: Any, methods: tuple[str, ...]) -> dict[str, dict[str,
     out = {}
     for method in methods:
         spec = method_option_spec(method)
+        if not spec:
+            # Any other registered method: its own options, checked by the attribution registry; only what the user
+            # gave is kept (the method's defaults apply in explain, and `layer` comes from the monitor's).
+            mine = given.get(method) or {}
+            check(isinstance(mine, Mapping), path("method_options", method), mine,
+                  "None or a dict {option: value}", error=TypeError)
+            try:
+                check_method_options(method, mine)
+            except ValueError as err:
+                raise ValueError(f"ExplanationMonitor: `{path('method_options', method)}`: {err}") from None
+            out[method] = dict(mine)
+            continue
         options = check_options(given.get(method), spec, path("method_options", method))
         if method == "integrated_gradients":
             check(options["max_steps"] >= options["n_steps"], path("method_options", method, "max_steps"),
@@ -280,11 +305,18 @@ def _display_options(given: Any) -> dict[str, Any]:
     return out
 
 
+def uses_layer(methods: Sequence[str]) -> bool:
+    """Whether any of ``methods`` reads a layer (the CAM family): the monitor then resolves one at setup."""
+    from lightning_xai.attribution import get_method
+
+    return any(get_method(m).uses_layer for m in methods)
+
+
 def explain_options(config: MonitorConfig, images: Tensor, layer_name: str | None,
                     train_batch_size: int | None) -> dict[str, Any]:
     """``method_options`` turned into the keyword arguments of :func:`~lightning_xai.attribution.explain_detailed`."""
     options: dict[str, Any] = {"output_transform": config.output_transform}
-    if "grad_cam" in config.methods:
+    if uses_layer(config.methods):
         options["layer"] = layer_name
     ig = config.method_options.get("integrated_gradients")
     if ig is not None:
@@ -297,4 +329,7 @@ def explain_options(config: MonitorConfig, images: Tensor, layer_name: str | Non
             options["max_steps"] = ig["max_steps"]
     else:
         options["internal_batch_size"] = train_batch_size
+    others = {m: opts for m, opts in config.method_options.items() if not method_option_spec(m) and opts}
+    if others:
+        options["options"] = others
     return options

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from lightning_xai._validation import is_int
 from lightning_xai.attribution import find_gradcam_layer, preserved_state, resolve_layer
-from lightning_xai.callbacks._config import MonitorConfig
+from lightning_xai.callbacks._config import MonitorConfig, uses_layer
 from lightning_xai.callbacks._round import module_device
 from lightning_xai.probes import ProbeSet, select_probes
 
@@ -89,6 +89,7 @@ class ProbeSetup:
         self.probe_set: ProbeSet | None = None
         self.class_names: list[str] | None = config.display["class_names"]
         self.layer_name: str | None = None
+        self.source: Any = None
 
     def select(self, source: Any, what: str = "probes") -> ProbeSet:
         options = self.config.probe_options
@@ -102,6 +103,7 @@ class ProbeSetup:
                 "probe_options={'input_key': ..., 'label_key': ...} to select the image and label from each sample."
             ) from err
         self.probe_set = probes
+        self.source = source  # the views read their pool from the same place
         if self.class_names is None:
             self.class_names = dataset_classes(source)
         return probes
@@ -155,7 +157,7 @@ class ProbeSetup:
                 f"ExplanationMonitor: display['mean']/display['std'] have {len(mean)} values but probes have "
                 f"{probes.images.shape[1]} channels."
             )
-        if "grad_cam" in config.methods:
+        if uses_layer(config.methods):
             try:
                 if config.layer is None:
                     self.layer_name = find_gradcam_layer(model, example.to(module_device(model)),
