@@ -147,7 +147,10 @@ def replay(run: dict, **detector_kwargs) -> list:
     det = DriftDetector(**detector_kwargs)
     reports = []
     for e in run["epochs"]:
-        reports.append(det.update(e["epoch"], e["maps"], pred=e["pred"], labels=run["labels"], masks=run["masks"]))
+        # what the monitor does: a learning-rate step between explained epochs is reported as a non-drift event
+        event = "learning rate x10" if run["scenario"] in ("lr_up", "lr_down") and e["epoch"] == run["change"] else None
+        reports.append(det.update(e["epoch"], e["maps"], pred=e["pred"], labels=run["labels"], masks=run["masks"],
+                                  event=event))
     return reports
 
 

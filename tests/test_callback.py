@@ -298,6 +298,36 @@ def test_planted_drift_is_flagged_and_unchanged_weights_are_not(tmp_path):
     assert len(reports) == 1 and reports[0].any
 
 
+def test_drift_alarm_scalars_one_line_warning_text_and_accept(tmp_path):
+    # the same planted move, read back from the event file: xai/drift/alarm at every explained epoch, 1 only at the
+    # move; the episode stays active until on_drift accepts the new behaviour
+    moved = MaskedCNN(lr=0.0)
+    moved.band.zero_()
+    moved.band[..., :, 11:16] = 1.0
+    seen = []
+
+    def accept(report):
+        seen.append(report)
+        monitor.drift_detector.accept()
+
+    monitor = small_monitor(methods=("grad_cam", "saliency"), drift={"warmup_epochs": 1}, on_drift=accept)
+    with pytest.warns(UserWarning, match="explanation drift at epoch 3") as caught:
+        trainer, _ = fit(tmp_path, callbacks=[monitor, SwapWeights(3, moved.state_dict())], model=MaskedCNN(lr=0.0),
+                         max_epochs=6)
+    drift_warnings = [str(w.message) for w in caught if "explanation drift at" in str(w.message)]
+    assert len(drift_warnings) == 1 and "\n" not in drift_warnings[0]
+    assert "gained mass" in drift_warnings[0] and "right" in drift_warnings[0]  # the band moved to the right side
+    events = read_events(tb_dir(trainer))
+    alarm = [v for _, v in events["scalars"]["xai/drift/alarm"]]
+    assert alarm == [0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+    assert [v for _, v in events["scalars"]["xai/drift/active"]][3:] == [1.0, 0.0, 0.0]  # accepted in on_drift
+    texts = dict(events["texts"]["xai/drift"])
+    text = texts[sorted(texts)[3]]
+    assert "Where it moved" in text and "Evidence" in text
+    assert len(seen) == 1 and seen[0].alarm and seen[0].movement["grad_cam"].region_count >= 4
+    assert [r["alarm"] for r in monitor.history] == [False, False, False, True, False, False]
+
+
 # ---------------------------------------------------------------------------------------------- failures
 class NaNAfter(TinyCNN):
     """Produces NaN logits from epoch 1 on (only outside training steps, so training itself survives)."""

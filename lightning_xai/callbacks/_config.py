@@ -43,11 +43,9 @@ class DisplayOptions(TypedDict, total=False):
 class DriftOptions(TypedDict, total=False):
     warmup_epochs: int
     window: int
+    horizon: int
     sigmas: float
     min_spread: float
-    min_probes: int
-    cusum_slack: float
-    cusum_limit: float
     mass_drop: float
     probe_sigmas: float
     size: int

@@ -22,6 +22,19 @@ def pool(maps: Tensor, size: int) -> Tensor:
     return downsample(maps, size=size).reshape(maps.shape[0], 1, size, size)
 
 
+def lr_event(previous: Sequence[float] | None, current: Sequence[float], factor: float = 2.0) -> str | None:
+    """A learning-rate step between two explained epochs (any param group changed by ``factor`` or more), described
+    for the drift report; None otherwise. Schedule steps change how fast the maps move, which is not drift."""
+    if not previous or len(previous) != len(current):
+        return None
+    ratios = [c / p for p, c in zip(previous, current) if p > 0 and c > 0]
+    big = [r for r in ratios if r >= factor or r <= 1.0 / factor]
+    if not big:
+        return None
+    r = max(big, key=lambda v: max(v, 1.0 / v))
+    return f"learning rate x{r:.3g} since the previous explained epoch"
+
+
 def new_drift(detector_options: Mapping[str, Any], size: int, topk: float) -> DriftDetector:
     """The drift detector the monitor uses (pooled maps of side ``size`` in, :class:`DriftReport` out)."""
     return DriftDetector(**{**dict(detector_options), "size": int(size), "topk": float(topk)})
@@ -63,12 +76,13 @@ class DriftTracker:
 
     def update(self, epoch: int, step: int, results: Mapping[str, Tensor], *, masks: Tensor | None = None,
                labels: Tensor | None = None, probe_ids: Sequence[Any] | None = None,
-               class_names: Sequence[str] | None = None) -> tuple[dict[str, float], DriftReport, dict[str, Any]]:
+               class_names: Sequence[str] | None = None, event: str | None = None
+               ) -> tuple[dict[str, float], DriftReport, dict[str, Any]]:
         """Compare this round with the references; returns scalars, the report and the history record to keep."""
         if labels is not None and labels.ndim != 1:
             labels = None  # multi-label probes: no single class per probe for the per-class story
         report = self.drift.update(epoch, self.pooled(results), pred=results["pred"], labels=labels, masks=masks,
-                                   probe_ids=probe_ids, class_names=class_names)
+                                   probe_ids=probe_ids, class_names=class_names, event=event)
         self.has_reference = True
         record: dict[str, Any] = {"epoch": epoch, "step": step, "alarm": report.alarm}
         for key, values in (("stability", report.stability), ("topk_overlap", report.topk_overlap),

@@ -37,7 +37,7 @@ from lightning_xai.callbacks._config import (
 from lightning_xai.callbacks._probes import ProbeSetup, check_monitors, check_strategy
 from lightning_xai.callbacks._reporter import Reporter, drift_text
 from lightning_xai.callbacks._round import DistributedRound, ProbeExplainer, module_device
-from lightning_xai.callbacks._tracker import DriftTracker
+from lightning_xai.callbacks._tracker import DriftTracker, lr_event
 from lightning_xai.drift import DriftReport
 from lightning_xai.metrics.registry import (
     MeasureContext,
@@ -195,6 +195,7 @@ class ExplanationMonitor(Callback):
         self._explainer = ProbeExplainer(config)
         self._round = DistributedRound(config.on_error, warn=rank_zero_warn)
         self._tracker = DriftTracker(config.methods, config.size, config.detector_options, config.drift["topk"])
+        self._last_lrs: list[float] | None = None  # learning rates at the last explained round (schedule steps)
         self._reporter = Reporter(config.methods, config.display, config.log_images)
         self._views = ViewRunner(config.views, config.view_options)
         self._views_layer: str | None = None
@@ -227,6 +228,11 @@ class ExplanationMonitor(Callback):
     def history(self) -> list[dict[str, Any]]:
         """One plain record per explained epoch: epoch, step, per-probe stability/top-k/flags, measures, pred."""
         return self._tracker.history
+
+    @property
+    def drift_detector(self) -> Any:
+        """The :class:`~lightning_xai.drift.DriftDetector` (e.g. ``accept()`` a new behaviour after an alarm)."""
+        return self._tracker.drift
 
     @property
     def latest(self) -> dict[str, Any] | None:
@@ -425,6 +431,7 @@ class ExplanationMonitor(Callback):
             return
         if reference:
             self._tracker.take_reference(trainer.current_epoch, results)
+            self._last_lrs = [float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups if "lr" in g]
             if "sanity" in self.config.metrics:
                 self.check_sanity(trainer, pl_module, warn=False, reference=results)
             return
@@ -456,9 +463,13 @@ class ExplanationMonitor(Callback):
     def _measure(self, trainer: pl.Trainer, results: Mapping[str, Tensor], measures: Sequence[Any]
                  ) -> tuple[dict[str, float], DriftReport, dict[str, Any], dict[str, Tensor]]:
         probes = self.probe_set
+        lrs = [float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups if "lr" in g]
+        event = lr_event(self._last_lrs, lrs)
+        self._last_lrs = lrs
         scalars, report, record = self._tracker.update(trainer.current_epoch, trainer.global_step, results,
                                                        masks=probes.masks, labels=probes.labels,
-                                                       probe_ids=probes.ids.tolist(), class_names=self.class_names)
+                                                       probe_ids=probes.ids.tolist(), class_names=self.class_names,
+                                                       event=event)
         measured = run_measures(measures, self._context(results), self.config.metric_options)
         scalars.update(measured.scalars)
         record.update(measured.per_probe)

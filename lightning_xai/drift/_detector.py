@@ -282,7 +282,7 @@ class DriftDetector:
         *,
         window: int = 8,
         horizon: int = 3,
-        sigmas: float = 3.0,
+        sigmas: float = 2.5,
         min_spread: float = 0.02,
         mass_drop: float = 0.25,
         probe_sigmas: float = 3.0,
@@ -372,6 +372,7 @@ class DriftDetector:
         masks: Tensor | None = None,
         probe_ids: Sequence[Any] | None = None,
         class_names: Sequence[str] | None = None,
+        event: str | None = None,
     ) -> DriftReport:
         """Measure this epoch's maps against the earlier frames and the reference, decide, then learn.
 
@@ -385,6 +386,9 @@ class DriftDetector:
                 decision.
             probe_ids: ``N`` names for the text (dataset indices, say).
             class_names: names for the classes in the text.
+            event: a known change of training that is not drift (e.g. ``"learning rate x10"``, reported by the monitor
+                when the optimiser's learning rate stepped): the maps are measured and reported, but the noise
+                floors start afresh from this epoch (the new regime has its own pace), so it raises no alarm.
 
         Returns:
             The :class:`DriftReport`.
@@ -405,6 +409,8 @@ class DriftDetector:
         if pred_t is not None and self.prev_pred is not None and self.prev_pred.shape == pred_t.shape:
             changed = pred_t != self.prev_pred
 
+        if event is not None and not isinstance(event, str):
+            raise TypeError(f"`event` must be None or a str describing the change, got {event!r}")
         warmup = self.num_updates < self.warmup_epochs
         report = DriftReport(epoch=int(epoch), alarm=False, active=self.episode, warmup=warmup, stability={},
                              topk_overlap={}, shift={}, degenerate={}, flags={}, num_flagged={}, scores={},
@@ -422,6 +428,10 @@ class DriftDetector:
                 evidence[kind] = sum(zs) / len(pooled) / self.sigmas  # methods without the evidence count as 0
         report.evidence = evidence
         top = max(evidence.values(), default=0.0)
+        if event is not None:
+            report.reasons.append(f"not drift: {event}; the noise floors start afresh")
+            evidence.clear()
+            top = 0.0
         if warmup:
             top = 0.0
         sudden = evidence.get("lag", 0.0) >= 1.0 and not warmup
@@ -451,6 +461,10 @@ class DriftDetector:
                 report.movement[name] = movement(name, before, current, valid, report.flags[name],
                                                  reference=what, labels=labels_t, masks=masks_t)
         self._learn(pooled, measured, report, warmup, normal=top < 1.0)
+        if event is not None:  # a new regime: floors and older frames (which span the event) are dropped
+            for state in self.methods.values():
+                state.lag, state.far, state.probe_lag = [], [], []
+                state.frames = state.frames[-1:]
         self._scalars(report, measured)
         report.reference_epoch = next((s.ref_epoch for s in self.methods.values() if s.ref is not None), None)
         self.num_updates += 1
