@@ -44,15 +44,21 @@ def choose_writer(trainer: pl.Trainer, warn: Callable[[str], None]) -> tuple[Any
     return FileWriter(log_dir), list(trainer.loggers)
 
 
-def captions(probes: ProbeSet, pred: Tensor, prob: Tensor, class_names: list[str] | None) -> list[list[str]]:
+def captions(probes: ProbeSet, pred: Tensor, prob: Tensor, class_names: list[str] | None,
+             target: Tensor | None = None) -> list[list[str]]:
     """Two short lines per probe (they fit a 96-128 px tile): the true label, then the prediction and its
-    probability."""
+    probability. Multi-label probes: every positive label (``y=a+b``), then the explained class and its sigmoid
+    score (``a sig=0.83``; ``prob`` holds that score)."""
 
     def name(index: int) -> str:
         if index < 0:
             return "?"
         return class_names[index] if class_names is not None and index < len(class_names) else str(index)
 
+    if probes.label_sets is not None:
+        explained = probes.labels if target is None else target
+        return [["y=" + ("+".join(name(int(c)) for c in row.nonzero().flatten()) or "none"),
+                 f"{name(int(t))} sig={float(q):.2f}"] for row, t, q in zip(probes.label_sets, explained, prob)]
     return [[f"y={name(int(y))}", f"p={name(int(p))} {float(q):.2f}"] for y, p, q in zip(probes.labels, pred, prob)]
 
 
@@ -121,7 +127,8 @@ class Reporter:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lightning_xai")
             self._job = self._executor.submit(self._write_overlays, writer, probes.images, maps,
-                                              captions(probes, results["pred"], results["prob"], class_names), step)
+                                              captions(probes, results["pred"], results["prob"], class_names,
+                                                       results.get("target")), step)
         self.write_scalars(trainer, scalars, flush=False)
         for tag, values in histograms.items():
             writer.add_histogram(tag, values, step)

@@ -34,8 +34,9 @@ def module_device(module: torch.nn.Module) -> torch.device:
 class ProbeExplainer:
     """Explains probes with the configured methods; results are ``(n, ...)`` CPU tensors keyed by name.
 
-    Keys: ``map/{method}`` ``(n, 1, H, W)`` heatmaps, ``pred``, ``prob``, ``target``, ``ig_error`` (with Integrated
-    Gradients) and the outputs of the given measures' ``shard`` functions.
+    Keys: ``map/{method}`` ``(n, 1, H, W)`` heatmaps, ``pred``, ``prob`` (softmax probability of ``pred``; for
+    multi-label probes the sigmoid score of ``target``), ``target``, ``ig_error`` (with Integrated Gradients) and the
+    outputs of the given measures' ``shard`` functions.
     """
 
     def __init__(self, config: MonitorConfig, layer_name: str | None = None) -> None:
@@ -89,10 +90,14 @@ class ProbeExplainer:
                 if measure.shard is not None:
                     out.update(measure.shard(model, images, targets, maps, config.metric_options.get(measure.name, {}),
                                              config.output_transform))
-        probs = explanation.logits.float().softmax(dim=1)
-        pred = probs.argmax(dim=1)
+        logits = explanation.logits.float()
+        pred = logits.argmax(dim=1)
+        if probes.multi_label:
+            # Independent sigmoid scores (a BCE-trained head): the explained class's own score, not a softmax share.
+            out["prob"] = logits.sigmoid().gather(1, targets[:, None].to(logits.device))[:, 0].cpu()
+        else:
+            out["prob"] = logits.softmax(dim=1).gather(1, pred[:, None])[:, 0].cpu()
         out["pred"] = pred.cpu()
-        out["prob"] = probs.gather(1, pred[:, None])[:, 0].cpu()
         out["target"] = targets.cpu()
         if explanation.ig_relative_error is not None:
             out["ig_error"] = explanation.ig_relative_error.float().cpu()

@@ -13,12 +13,14 @@ work is done by named collaborators, each testable without a Trainer:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
@@ -175,6 +177,10 @@ class ExplanationMonitor(Callback):
         self._last_explained_epoch: int | None = None
         self._loaded_fingerprint: str | None = None
         self._latest: dict[str, Any] | None = None  # the last explained epoch's results, on every rank
+        # As constructed: the setup dry run may leave methods out, the checkpoint key must not change with it.
+        self._state_key = self._generate_state_key(methods=config.methods, num_probes=config.num_probes,
+                                                   layer=config.layer, every_n_epochs=config.every_n_epochs,
+                                                   target=config.target)
 
     # ------------------------------------------------------------------ what users read
     def __getattr__(self, name: str) -> Any:
@@ -219,9 +225,7 @@ class ExplanationMonitor(Callback):
     # ------------------------------------------------------------------ identity & state
     @property
     def state_key(self) -> str:
-        c = self.config
-        return self._generate_state_key(methods=c.methods, num_probes=c.num_probes, layer=c.layer,
-                                        every_n_epochs=c.every_n_epochs, target=c.target)
+        return self._state_key
 
     def state_dict(self) -> dict[str, Any]:
         """Plain tensors, lists and numbers only, so checkpoints load with ``torch.load(weights_only=True)``."""
@@ -271,7 +275,29 @@ class ExplanationMonitor(Callback):
             self._probes.select_for(trainer)
         self._probes.validate(pl_module)
         self._explainer.layer_name = self._probes.layer_name
+        self._dry_run(trainer, pl_module)
         self._check_restored_probes()
+
+    def _dry_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """One probe through every method: what cannot work fails now, once, with its cause (not every epoch)."""
+        failed = self._probes.dry_run(pl_module, self._explainer)
+        for note in self._probes.notes:
+            rank_zero_warn(f"ExplanationMonitor: {note}")
+        if not failed:
+            return
+        why = "\n".join(f"- {m}: {reason}" for m, reason in failed.items())
+        working = tuple(m for m in self.config.methods if m not in failed)
+        if not working:
+            raise MisconfigurationException(f"ExplanationMonitor: no method can explain this model:\n{why}")
+        rank_zero_warn(f"ExplanationMonitor: explaining with {', '.join(working)} only; these methods cannot work on "
+                       f"this model and are left out:\n{why}")
+        config = dataclasses.replace(self.config, methods=working,
+                                     method_options={m: o for m, o in self.config.method_options.items()
+                                                     if m in working})
+        self.config = self._probes.config = self._explainer.config = config
+        self._tracker.methods = self._reporter.methods = working
+        # a callback monitoring a left-out method's key would wait forever: say so now
+        check_monitors(trainer.callbacks, self.logged_keys(), config.every_n_epochs)
 
     # ------------------------------------------------------------------ when to explain
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

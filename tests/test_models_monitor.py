@@ -1,0 +1,195 @@
+"""The models people train, end to end: transformers (Grad-CAM equal to pytorch-grad-cam's), a compiled submodule,
+a frozen backbone under no_grad, a multi-label head, an all-zero model, through real Trainer runs where the
+monitor's path matters."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_xai import ExplanationMonitor
+from lightning_xai.attribution import grad_cam
+from lightning_xai.callbacks._reporter import captions
+from lightning_xai.probes import ProbeSet
+
+torchvision = pytest.importorskip("torchvision")
+
+SIZE = 16
+
+
+# ------------------------------------------------------------------------------------------ Trainer scenarios
+
+
+def _data(n: int = 12, multi_label: bool = False, size: int = SIZE) -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, size, size, generator=g)
+    if multi_label:
+        y = (torch.rand(n, 3, generator=g) > 0.5).float()
+        y[torch.arange(n), torch.arange(n) % 3] = 1.0  # every sample has a positive label
+    else:
+        y = torch.arange(n) % 3
+    return DataLoader(TensorDataset(x, y), batch_size=6)
+
+
+class Classifier(pl.LightningModule):
+    """Wraps a network; ``multi_label`` trains with BCE on multi-hot labels."""
+
+    def __init__(self, net: nn.Module, multi_label: bool = False) -> None:
+        super().__init__()
+        self.net = net
+        self.multi_label = multi_label
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        out = self(x)
+        if self.multi_label:
+            return nn.functional.binary_cross_entropy_with_logits(out, y)
+        return nn.functional.cross_entropy(out, y)
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+
+class CompiledInside(Classifier):
+    """``self.net = torch.compile(net)``: the pattern whose hooks a compiled module ignores."""
+
+    def __init__(self) -> None:
+        super().__init__(torch.compile(cnn(), backend="eager"))
+
+
+class FrozenBackbone(Classifier):
+    """A frozen backbone run under torch.no_grad() inside forward, a trained head (a common fine-tuning pattern)."""
+
+    def __init__(self, spatial_head: bool = True) -> None:
+        super().__init__(cnn())
+        self.backbone = self.net[:4]
+        self.head = (nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+                     if spatial_head else nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)))
+
+    def forward(self, x):
+        with torch.no_grad():
+            feats = self.backbone(x)
+        return self.head(feats)
+
+
+def _fit(model: pl.LightningModule, monitor: ExplanationMonitor, tmp_path, *, multi_label: bool = False,
+         epochs: int = 2) -> pl.Trainer:
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         callbacks=[monitor], num_sanity_val_steps=0)
+    data = _data(multi_label=multi_label)
+    trainer.fit(model, data, data)
+    return trainer
+
+
+def _monitor(**kwargs) -> ExplanationMonitor:
+    kwargs.setdefault("methods", ("grad_cam", "saliency", "integrated_gradients"))
+    options = {"integrated_gradients": {"n_steps": 4}} if "integrated_gradients" in kwargs["methods"] else {}
+    return ExplanationMonitor(num_probes=3, metrics=(), log_images=False, method_options=options, **kwargs)
+
+
+def test_compiled_submodule_maps_equal_the_eager_models(tmp_path):
+    model = CompiledInside()
+    monitor = _monitor()
+    _fit(model, monitor, tmp_path)
+    assert monitor.layer_name == "net._orig_mod.3"
+    latest = monitor.latest
+    eager = model.net._orig_mod  # the same weights, run eagerly
+    probes = monitor.probe_set
+    expected = grad_cam(eager, probes.images, probes.labels, layer="3")
+    assert expected.abs().max() > 0
+    torch.testing.assert_close(latest["maps"]["grad_cam"], expected)
+    assert len(monitor.history) == 2
+
+
+def test_frozen_backbone_under_no_grad_is_said_once_at_setup(tmp_path):
+    monitor = _monitor()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(FrozenBackbone(), monitor, tmp_path, epochs=3)
+    messages = [str(w.message) for w in caught if "ExplanationMonitor" in str(w.message)]
+    left_out = [m for m in messages if "left out" in m]
+    assert len(left_out) == 1, messages
+    assert "saliency" in left_out[0] and "integrated_gradients" in left_out[0] and "torch.no_grad()" in left_out[0]
+    assert "'backbone'" in left_out[0]
+    assert not [m for m in messages if "does not depend" in m or "failed at epoch" in m], messages
+    # Grad-CAM on the head's conv (computed with gradients) still runs every epoch.
+    assert monitor.methods == ("grad_cam",) and monitor.layer_name == "head.1"
+    assert len(monitor.history) == 3 and monitor.latest["maps"]["grad_cam"].abs().max() > 0
+
+
+def test_frozen_backbone_without_a_layer_after_it_fails_at_setup_with_the_cause(tmp_path):
+    with pytest.raises(MisconfigurationException, match=r"(?s)no method can explain.*torch.no_grad\(\).*'backbone'"):
+        _fit(FrozenBackbone(spatial_head=False), _monitor(), tmp_path)
+
+
+def test_an_attention_internal_as_layer_fails_at_setup_naming_reshape(tmp_path):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net = timm.create_model("vit_tiny_patch16_224", img_size=SIZE, patch_size=8, pretrained=False, num_classes=3)
+    with pytest.raises(MisconfigurationException, match=r"attention internal.*reshape="):
+        _fit(Classifier(net), _monitor(layer="net.blocks.11.attn.k_norm"), tmp_path)
+
+
+def test_multi_label_probes_explain_positive_labels_with_sigmoid_scores(tmp_path):
+    model = Classifier(cnn(), multi_label=True)
+    monitor = _monitor(methods=("grad_cam", "saliency"))
+    _fit(model, monitor, tmp_path, multi_label=True)
+    probes = monitor.probe_set
+    assert probes.multi_label and probes.labels.tolist() == [0, 1, 2]
+    assert all(bool(probes.label_sets[i, c]) for i, c in enumerate(probes.labels.tolist()))
+    with torch.no_grad():
+        logits = model(probes.images)
+    expected = logits.sigmoid().gather(1, probes.labels[:, None])[:, 0]
+    torch.testing.assert_close(monitor.latest["prob"], expected)
+
+
+def test_multi_label_captions_list_positive_labels_and_the_sigmoid_score():
+    probes = ProbeSet(torch.zeros(2, 3, 4, 4), torch.tensor([0, 2]), torch.tensor([7, 9]),
+                      label_sets=torch.tensor([[1, 1, 0], [0, 0, 1]]))
+    lines = captions(probes, torch.tensor([1, 2]), torch.tensor([0.61, 0.25]), ["cat", "dog", "car"],
+                     torch.tensor([0, 2]))
+    assert lines == [["y=cat+dog", "cat sig=0.61"], ["y=car", "car sig=0.25"]]
+
+
+def test_multi_label_probes_must_match_the_models_outputs(tmp_path):
+    x = torch.randn(6, 3, SIZE, SIZE)
+    y = torch.eye(4)[torch.arange(6) % 4]  # 4 classes for a 3-output model
+    monitor = _monitor(probes=(x, y))
+    with pytest.raises(MisconfigurationException, match="multi-hot labels have 4 classes but the model has 3"):
+        _fit(Classifier(cnn()), monitor, tmp_path)
+
+
+class ZeroHead(Classifier):
+    def __init__(self) -> None:
+        super().__init__(cnn())
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def training_step(self, batch, batch_idx):  # nothing learns: the maps stay all zero
+        return (self(batch[0]) * 0).sum()
+
+
+def test_all_zero_model_is_reported_at_setup_not_refused(tmp_path):
+    monitor = _monitor()
+    with pytest.warns(UserWarning, match="all zero at setup"):
+        _fit(ZeroHead(), monitor, tmp_path)
+    assert monitor.methods == ("grad_cam", "saliency", "integrated_gradients")
