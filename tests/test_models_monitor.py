@@ -14,13 +14,81 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_xai import ExplanationMonitor
-from lightning_xai.attribution import grad_cam
+from lightning_xai.attribution import grad_cam, gradcam_layer
 from lightning_xai.callbacks._reporter import captions
 from lightning_xai.probes import ProbeSet
 
 torchvision = pytest.importorskip("torchvision")
 
 SIZE = 16
+
+
+# ------------------------------------------------------------------------------- Grad-CAM on transformer layers
+
+
+def _pytorch_grad_cam(net: nn.Module, layer: nn.Module, x: torch.Tensor, target: torch.Tensor, reshape) -> torch.Tensor:
+    pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    with GradCAM(model=net, target_layers=[layer], reshape_transform=reshape) as cam:
+        return torch.from_numpy(cam(input_tensor=x.clone(), targets=[ClassifierOutputTarget(int(t)) for t in target]))
+
+
+def _min_max(maps: torch.Tensor) -> torch.Tensor:
+    flat = maps[:, 0].flatten(1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return ((flat - lo) / (hi - lo + 1e-7)).view(maps.shape[0], *maps.shape[2:])
+
+
+def _assert_same_as_pytorch_grad_cam(net, x, reshape):
+    found = gradcam_layer(net, x[:1])
+    with torch.no_grad():
+        target = net(x).argmax(1)
+    ours = grad_cam(net, x, target)
+    assert ours.shape == (x.shape[0], 1, *x.shape[-2:])
+    assert bool((ours.flatten(1).amax(1) > ours.flatten(1).amin(1)).all())  # not flat: the grid is right
+    # pytorch-grad-cam calls model.eval() and keeps hooks until closed: give it a copy.
+    import copy
+
+    reference = copy.deepcopy(net)
+    layer = dict(reference.named_modules())[found.name]
+    theirs = _pytorch_grad_cam(reference, layer, x, target, reshape)
+    # Same maps up to pytorch-grad-cam's min-max normalisation (before its bilinear resize, which keeps the extremes).
+    assert (_min_max(ours) - theirs).abs().max() < 2e-3
+
+
+def test_torchvision_vit_grad_cam_equals_pytorch_grad_cam_with_its_reshape():
+    torch.manual_seed(0)
+    net = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=16,
+                                               mlp_dim=32, num_classes=3).eval()
+    nn.init.normal_(net.heads.head.weight)  # torchvision initialises the head to zero: every map would be zero
+
+    def reshape(t):  # pytorch-grad-cam's documented ViT reshape: drop the class token, tokens to a 4x4 grid
+        return t[:, 1:, :].reshape(t.shape[0], 4, 4, t.shape[2]).permute(0, 3, 1, 2)
+
+    _assert_same_as_pytorch_grad_cam(net, torch.randn(3, 3, 32, 32), reshape)
+
+
+def test_timm_deit_grad_cam_drops_class_and_distillation_tokens():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net = timm.create_model("deit_tiny_distilled_patch16_224", img_size=64, pretrained=False, num_classes=3).eval()
+
+    def reshape(t):
+        return t[:, 2:, :].reshape(t.shape[0], 4, 4, t.shape[2]).permute(0, 3, 1, 2)
+
+    _assert_same_as_pytorch_grad_cam(net, torch.randn(2, 3, 64, 64), reshape)
+
+
+def test_swin_grad_cam_reads_the_channels_last_stage():
+    torch.manual_seed(0)
+    net = torchvision.models.swin_t(weights=None, num_classes=3).eval()
+
+    def reshape(t):
+        return t.permute(0, 3, 1, 2)
+
+    _assert_same_as_pytorch_grad_cam(net, torch.randn(2, 3, 64, 64), reshape)
 
 
 # ------------------------------------------------------------------------------------------ Trainer scenarios
@@ -103,6 +171,7 @@ def _fit(model: pl.LightningModule, monitor: ExplanationMonitor, tmp_path, *, mu
 def _monitor(**kwargs) -> ExplanationMonitor:
     kwargs.setdefault("methods", ("grad_cam", "saliency", "integrated_gradients"))
     options = {"integrated_gradients": {"n_steps": 4}} if "integrated_gradients" in kwargs["methods"] else {}
+    options.update(kwargs.pop("method_options", {}))
     return ExplanationMonitor(num_probes=3, metrics=(), log_images=False, method_options=options, **kwargs)
 
 
@@ -149,6 +218,18 @@ def test_an_attention_internal_as_layer_fails_at_setup_naming_reshape(tmp_path):
         _fit(Classifier(net), _monitor(layer="net.blocks.11.attn.k_norm"), tmp_path)
 
 
+def test_vision_transformer_in_a_trainer(tmp_path):
+    torch.manual_seed(0)
+    net = torchvision.models.VisionTransformer(image_size=SIZE, patch_size=4, num_layers=2, num_heads=2,
+                                               hidden_dim=16, mlp_dim=32, num_classes=3)
+    monitor = _monitor(methods=("grad_cam", "saliency"))
+    _fit(Classifier(net), monitor, tmp_path, epochs=1)
+    assert monitor.layer_name == "net.encoder.layers.encoder_layer_0"
+    cam = monitor.latest["maps"]["grad_cam"]
+    assert cam.shape == (3, 1, SIZE, SIZE) and torch.isfinite(cam).all()
+    assert monitor.methods == ("grad_cam", "saliency")
+
+
 def test_multi_label_probes_explain_positive_labels_with_sigmoid_scores(tmp_path):
     model = Classifier(cnn(), multi_label=True)
     monitor = _monitor(methods=("grad_cam", "saliency"))
@@ -193,3 +274,43 @@ def test_all_zero_model_is_reported_at_setup_not_refused(tmp_path):
     with pytest.warns(UserWarning, match="all zero at setup"):
         _fit(ZeroHead(), monitor, tmp_path)
     assert monitor.methods == ("grad_cam", "saliency", "integrated_gradients")
+
+
+class ChannelsFirstTokens(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix = nn.Linear(8, 8)
+
+    def forward(self, tokens):
+        return self.mix(tokens).transpose(1, 2)  # (N, C, T): an unusual token layout
+
+
+class TokenNet(nn.Module):
+    """Tokens (patches + a trailing summary token) without a patch-embedding conv, channels first after `block`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3 * 4 * 4, 8)
+        self.block = ChannelsFirstTokens()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        patches = x.unfold(2, 4, 4).unfold(3, 4, 4).permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(1, 2)  # (N, 16, 48)
+        tokens = self.embed(patches)
+        tokens = torch.cat([tokens, tokens.mean(1, keepdim=True)], dim=1)  # (N, 17, 8)
+        mixed = self.block(tokens)  # (N, 8, 17)
+        return self.head(mixed[:, :, -1] + mixed[:, :, :-1].amax(2))
+
+
+def _token_reshape(t):
+    return t[:, :, :-1].reshape(t.shape[0], t.shape[1], 4, 4)
+
+
+def test_a_user_reshape_for_tokens_the_setup_cannot_map(tmp_path):
+    torch.manual_seed(0)
+    with pytest.raises(MisconfigurationException, match=r"(?s)layer='net.block'.*reshape="):
+        _fit(Classifier(TokenNet()), _monitor(layer="net.block", methods=("grad_cam",)), tmp_path)
+    monitor = _monitor(layer="net.block", methods=("grad_cam",),
+                       method_options={"grad_cam": {"reshape": _token_reshape}})
+    _fit(Classifier(TokenNet()), monitor, tmp_path, epochs=1)
+    assert monitor.latest is not None and monitor.latest["maps"]["grad_cam"].shape == (3, 1, SIZE, SIZE)

@@ -79,6 +79,11 @@ _METHOD_OPTIONS: dict[str, dict[str, Option]] = {
                            "None (zeros) or a finite float, in the model's input space"),
         "internal_batch_size": Option(None, _batch, "None (the training batch size) or an int >= 1"),
     },
+    "grad_cam": {
+        # For a layer whose output is neither (N, C, h, w), channels-last nor patch tokens the setup can map.
+        "reshape": Option(None, lambda v: v is None or callable(v),
+                          "None (inferred with the layer) or a callable: layer output -> (N, C, h, w)"),
+    },
 }
 
 
@@ -277,11 +282,16 @@ def _display_options(given: Any) -> dict[str, Any]:
 
 
 def explain_options(config: MonitorConfig, images: Tensor, layer_name: str | None,
-                    train_batch_size: int | None) -> dict[str, Any]:
-    """``method_options`` turned into the keyword arguments of :func:`~lightning_xai.attribution.explain_detailed`."""
+                    train_batch_size: int | None, layer_reshape: Any = None) -> dict[str, Any]:
+    """``method_options`` turned into the keyword arguments of :func:`~lightning_xai.attribution.explain_detailed`.
+
+    ``layer_reshape``: how the Grad-CAM layer's output becomes ``(N, C, h, w)`` (found with the layer at setup).
+    """
     options: dict[str, Any] = {"output_transform": config.output_transform}
     if "grad_cam" in config.methods:
         options["layer"] = layer_name
+        if layer_reshape is not None:
+            options["options"] = {"grad_cam": {"reshape": layer_reshape}}
     ig = config.method_options.get("integrated_gradients")
     if ig is not None:
         options["n_steps"] = ig["n_steps"]

@@ -15,6 +15,7 @@ from lightning_xai._validation import is_int
 from lightning_xai.attribution import explain_detailed, gradcam_layer, gradient_blockers, preserved_state
 from lightning_xai.callbacks._config import MonitorConfig, explain_options
 from lightning_xai.callbacks._round import ProbeExplainer, module_device
+from lightning_xai.metrics.degenerate import DEGENERATE_KINDS, degenerate_kinds
 from lightning_xai.probes import ProbeSet, select_probes
 
 # Strategies where every forward is a collective (parameters sharded): a forward on one rank's probes alone hangs.
@@ -91,6 +92,7 @@ class ProbeSetup:
         self.probe_set: ProbeSet | None = None
         self.class_names: list[str] | None = config.display["class_names"]
         self.layer_name: str | None = None
+        self.layer_reshape: Any = None
         self.layer_problem: str | None = None
         self.notes: list[str] = []
 
@@ -165,20 +167,22 @@ class ProbeSetup:
                 f"{probes.images.shape[1]} channels."
             )
         self.notes = []
-        self.layer_name = self.layer_problem = None
+        self.layer_name = self.layer_reshape = self.layer_problem = None
         if "grad_cam" in config.methods:
             self._find_layer(model, example.to(module_device(model)))
 
     def _find_layer(self, model: torch.nn.Module, example: Tensor) -> None:
         config = self.config
         try:
-            found = gradcam_layer(model, example, config.layer, output_transform=config.output_transform)
+            reshape = config.method_options.get("grad_cam", {}).get("reshape")
+            found = gradcam_layer(model, example, config.layer, reshape=reshape,
+                                  output_transform=config.output_transform)
         except ValueError as err:  # an unknown or unusable `layer=`: the user's argument, fix it before training
             raise MisconfigurationException(f"ExplanationMonitor (layer={config.layer!r}): {err}") from err
         except RuntimeError as err:  # no layer can work (no spatial layer, all under no_grad): the dry run says so
             self.layer_problem = str(err)
             return
-        self.layer_name = found.name
+        self.layer_name, self.layer_reshape = found.name, found.reshape
         if found.warning is not None:
             self.notes.append(f"Grad-CAM layer {found.name!r}: {found.warning}.")
 
@@ -198,7 +202,7 @@ class ProbeSetup:
         blockers: list[str] | None = None
         with preserved_state(model):
             targets = explainer.targets(model, images, probes.labels[:1].to(device))
-            options = explain_options(config, images, self.layer_name, None)
+            options = explain_options(config, images, self.layer_name, None, layer_reshape=self.layer_reshape)
             for method in config.methods:
                 if method == "grad_cam" and self.layer_problem is not None:
                     failed[method] = self.layer_problem
@@ -208,9 +212,11 @@ class ProbeSetup:
                 except Exception as err:  # noqa: BLE001 - any failure of one method is reported, not raised
                     failed[method] = f"{type(err).__name__}: {err}"
                     continue
-                if not bool(torch.isfinite(found).all()):
-                    self.notes.append(f"{method}: the map of the first probe is not finite (NaN/inf) at setup.")
-                elif bool((found == 0).all()):
+                kind = DEGENERATE_KINDS[int(degenerate_kinds(found)[0])]
+                if kind in ("non-finite", "constant"):
+                    self.notes.append(f"{method}: the map of the first probe is {kind} at setup; such maps are "
+                                      "reported as degenerate, never as stable.")
+                elif kind == "all zero":
                     if blockers is None:
                         blockers = gradient_blockers(model, images, output_transform=config.output_transform)
                     if blockers:

@@ -42,6 +42,7 @@ class ProbeExplainer:
     def __init__(self, config: MonitorConfig, layer_name: str | None = None) -> None:
         self.config = config
         self.layer_name = layer_name
+        self.layer_reshape: Any = None  # the Grad-CAM layer's reshape to (N, C, h, w), found with it at setup
         self.train_batch_size: int | None = None
 
     def targets(self, model: torch.nn.Module, images: Tensor, labels: Tensor) -> Tensor:
@@ -83,7 +84,8 @@ class ProbeExplainer:
         images = probes.images.to(device)
         with preserved_state(model):  # eval mode, grads on, RNG and flags restored on exit
             targets = self.targets(model, images, probes.labels.to(device)) if targets is None else targets.to(device)
-            options = explain_options(config, images, self.layer_name, self.train_batch_size)
+            options = explain_options(config, images, self.layer_name, self.train_batch_size,
+                                      layer_reshape=self.layer_reshape)
             explanation = explain_detailed(model, images, targets, config.methods, **options)
             maps = {m: to_heatmap(explanation.maps[m]).float() for m in config.methods}
             for measure in measures:

@@ -275,6 +275,7 @@ class ExplanationMonitor(Callback):
             self._probes.select_for(trainer)
         self._probes.validate(pl_module)
         self._explainer.layer_name = self._probes.layer_name
+        self._explainer.layer_reshape = self._probes.layer_reshape
         self._dry_run(trainer, pl_module)
         self._check_restored_probes()
 
