@@ -314,3 +314,32 @@ def test_a_user_reshape_for_tokens_the_setup_cannot_map(tmp_path):
                        method_options={"grad_cam": {"reshape": _token_reshape}})
     _fit(Classifier(TokenNet()), monitor, tmp_path, epochs=1)
     assert monitor.latest is not None and monitor.latest["maps"]["grad_cam"].shape == (3, 1, SIZE, SIZE)
+
+
+class SkipsItsConvLater(Classifier):
+    """From epoch 1 on, forward bypasses the second conv: Grad-CAM on it fails then, saliency does not."""
+
+    def __init__(self) -> None:
+        super().__init__(cnn())
+        self.skip = False
+
+    def on_train_epoch_start(self):
+        self.skip = self.current_epoch >= 1
+
+    def forward(self, x):
+        if self.skip:
+            h = self.net[1](self.net[0](x))
+            return self.net[4:](h)
+        return self.net(x)
+
+
+def test_a_method_failing_in_an_epoch_does_not_take_the_others_down(tmp_path):
+    monitor = _monitor(methods=("grad_cam", "saliency"), layer="net.3")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(SkipsItsConvLater(), monitor, tmp_path, epochs=3)
+    failed = [str(w.message) for w in caught if "grad_cam failed at epoch" in str(w.message)]
+    assert len(failed) == 1 and "net.3" in failed[0], failed  # once, with the cause
+    assert len(monitor.history) == 3  # every epoch explained
+    assert torch.isfinite(monitor.latest["maps"]["saliency"]).all() and monitor.latest["maps"]["saliency"].abs().max() > 0
+    assert torch.isnan(monitor.latest["maps"]["grad_cam"]).all()

@@ -43,6 +43,7 @@ class ProbeExplainer:
         self.config = config
         self.layer_name = layer_name
         self.layer_reshape: Any = None  # the Grad-CAM layer's reshape to (N, C, h, w), found with it at setup
+        self.errors: dict[str, str] = {}  # methods that failed in the last call, with the cause
         self.train_batch_size: int | None = None
 
     def targets(self, model: torch.nn.Module, images: Tensor, labels: Tensor) -> Tensor:
@@ -86,8 +87,15 @@ class ProbeExplainer:
             targets = self.targets(model, images, probes.labels.to(device)) if targets is None else targets.to(device)
             options = explain_options(config, images, self.layer_name, self.train_batch_size,
                                       layer_reshape=self.layer_reshape)
-            explanation = explain_detailed(model, images, targets, config.methods, **options)
-            maps = {m: to_heatmap(explanation.maps[m]).float() for m in config.methods}
+            # A method that fails is reported and its maps are NaN (left out of every metric, never logged as a
+            # number); the other methods' maps still count.
+            explanation = explain_detailed(model, images, targets, config.methods, errors="collect", **options)
+            self.errors = {m: f"{type(e).__name__}: {e}" for m, e in explanation.errors.items()}
+            if len(self.errors) == len(config.methods):  # nothing left to show: the round fails (agreed on)
+                raise RuntimeError("every method failed: " + "; ".join(f"{m}: {e}" for m, e in self.errors.items()))
+            h, w = images.shape[-2:]
+            maps = {m: to_heatmap(explanation.maps[m]).float() if m in explanation.maps
+                    else torch.full((images.shape[0], 1, h, w), float("nan"), device=device) for m in config.methods}
             for measure in measures:
                 if measure.shard is not None:
                     out.update(measure.shard(model, images, targets, maps, config.metric_options.get(measure.name, {}),

@@ -347,8 +347,12 @@ class ExplanationMonitor(Callback):
         assert self.probe_set is not None, "setup() selects the probes"
         results = self._round.explain(trainer, model, self.probe_set, self._explainer, targets=targets,
                                       measures=measures)
-        if results is not None and not all(bool(torch.isfinite(v).all())
-                                           for k, v in results.items() if k.startswith("map/")):
+        for method, error in self._explainer.errors.items():
+            self._reporter.warn_once(
+                f"failed/{method}", f"ExplanationMonitor: {method} failed at epoch {trainer.current_epoch} ({error}); "
+                "its maps are left out of the metrics while the other methods go on. Warned once.")
+        if results is not None and not all(bool(torch.isfinite(results[f"map/{m}"]).all())
+                                           for m in self.config.methods if m not in self._explainer.errors):
             self._reporter.warn_once(
                 "nonfinite", "ExplanationMonitor: the model produced non-finite attributions (NaN/inf) at epoch "
                 f"{trainer.current_epoch}; those probes are shown as flat maps and left out of the stability metrics. "
