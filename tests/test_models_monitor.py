@@ -189,6 +189,16 @@ def test_compiled_submodule_maps_equal_the_eager_models(tmp_path):
     assert len(monitor.history) == 2
 
 
+def test_compiled_lightning_module_maps_equal_the_eager_models(tmp_path):
+    model = Classifier(cnn())
+    monitor = _monitor(methods=("grad_cam", "saliency"))
+    _fit(torch.compile(model, backend="eager"), monitor, tmp_path, epochs=1)  # Lightning compiles its forward
+    assert monitor.layer_name == "net.3"
+    probes = monitor.probe_set
+    torch.testing.assert_close(monitor.latest["maps"]["grad_cam"],
+                               grad_cam(model.net, probes.images, probes.labels, layer="3"))
+
+
 def test_frozen_backbone_under_no_grad_is_said_once_at_setup(tmp_path):
     monitor = _monitor()
     with warnings.catch_warnings(record=True) as caught:
