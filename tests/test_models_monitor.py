@@ -88,7 +88,7 @@ def test_swin_grad_cam_reads_the_channels_last_stage():
     def reshape(t):
         return t.permute(0, 3, 1, 2)
 
-    _assert_same_as_pytorch_grad_cam(net, torch.randn(2, 3, 64, 64), reshape)
+    _assert_same_as_pytorch_grad_cam(net, torch.randn(2, 3, 32, 32), reshape)  # features.5, a 2x2 stage
 
 
 # ------------------------------------------------------------------------------------------ Trainer scenarios
