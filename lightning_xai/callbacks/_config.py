@@ -79,11 +79,6 @@ _METHOD_OPTIONS: dict[str, dict[str, Option]] = {
                            "None (zeros) or a finite float, in the model's input space"),
         "internal_batch_size": Option(None, _batch, "None (the training batch size) or an int >= 1"),
     },
-    "grad_cam": {
-        # For a layer whose output is neither (N, C, h, w), channels-last nor patch tokens the setup can map.
-        "reshape": Option(None, lambda v: v is None or callable(v),
-                          "None (inferred with the layer) or a callable: layer output -> (N, C, h, w)"),
-    },
 }
 
 
@@ -221,6 +216,8 @@ def build_config(**args: Any) -> MonitorConfig:
 
 
 def _method_options(given: Any, methods: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    from lightning_xai.attribution import check_method_options
+
     given = {} if given is None else given
     check(isinstance(given, Mapping), "method_options", given, "None or a dict {method: {option: value}}",
           error=TypeError)
@@ -230,6 +227,18 @@ def _method_options(given: Any, methods: tuple[str, ...]) -> dict[str, dict[str,
     out = {}
     for method in methods:
         spec = method_option_spec(method)
+        if not spec:
+            # Any other registered method: its own options, checked by the attribution registry; only what the user
+            # gave is kept (the method's defaults apply in explain, and `layer` comes from the monitor's).
+            mine = given.get(method) or {}
+            check(isinstance(mine, Mapping), path("method_options", method), mine,
+                  "None or a dict {option: value}", error=TypeError)
+            try:
+                check_method_options(method, mine)
+            except ValueError as err:
+                raise ValueError(f"ExplanationMonitor: `{path('method_options', method)}`: {err}") from None
+            out[method] = dict(mine)
+            continue
         options = check_options(given.get(method), spec, path("method_options", method))
         if method == "integrated_gradients":
             check(options["max_steps"] >= options["n_steps"], path("method_options", method, "max_steps"),
@@ -281,6 +290,13 @@ def _display_options(given: Any) -> dict[str, Any]:
     return out
 
 
+def uses_layer(methods: Sequence[str]) -> bool:
+    """Whether any of ``methods`` reads a layer (the CAM family): the monitor then resolves one at setup."""
+    from lightning_xai.attribution import get_method
+
+    return any(get_method(m).uses_layer for m in methods)
+
+
 def explain_options(config: MonitorConfig, images: Tensor, layer_name: str | None,
                     train_batch_size: int | None, layer_reshape: Any = None) -> dict[str, Any]:
     """``method_options`` turned into the keyword arguments of :func:`~lightning_xai.attribution.explain_detailed`.
@@ -288,10 +304,8 @@ def explain_options(config: MonitorConfig, images: Tensor, layer_name: str | Non
     ``layer_reshape``: how the Grad-CAM layer's output becomes ``(N, C, h, w)`` (found with the layer at setup).
     """
     options: dict[str, Any] = {"output_transform": config.output_transform}
-    if "grad_cam" in config.methods:
+    if uses_layer(config.methods):
         options["layer"] = layer_name
-        if layer_reshape is not None:
-            options["options"] = {"grad_cam": {"reshape": layer_reshape}}
     ig = config.method_options.get("integrated_gradients")
     if ig is not None:
         options["n_steps"] = ig["n_steps"]
@@ -303,4 +317,13 @@ def explain_options(config: MonitorConfig, images: Tensor, layer_name: str | Non
             options["max_steps"] = ig["max_steps"]
     else:
         options["internal_batch_size"] = train_batch_size
+    others = {m: dict(opts) for m, opts in config.method_options.items() if not method_option_spec(m) and opts}
+    if layer_reshape is not None:
+        from lightning_xai.attribution import get_method
+
+        for m in config.methods:
+            if get_method(m).uses_layer and "reshape" in get_method(m).options:
+                others.setdefault(m, {}).setdefault("reshape", layer_reshape)
+    if others:
+        options["options"] = others
     return options

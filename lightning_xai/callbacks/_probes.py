@@ -12,8 +12,8 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
 from lightning_xai._validation import is_int
-from lightning_xai.attribution import explain_detailed, gradcam_layer, gradient_blockers, preserved_state
-from lightning_xai.callbacks._config import MonitorConfig, explain_options
+from lightning_xai.attribution import explain_detailed, get_method, gradcam_layer, gradient_blockers, preserved_state
+from lightning_xai.callbacks._config import MonitorConfig, explain_options, uses_layer
 from lightning_xai.callbacks._round import ProbeExplainer, module_device
 from lightning_xai.metrics.degenerate import DEGENERATE_KINDS, degenerate_kinds
 from lightning_xai.probes import ProbeSet, select_probes
@@ -168,7 +168,7 @@ class ProbeSetup:
             )
         self.notes = []
         self.layer_name = self.layer_reshape = self.layer_problem = None
-        if "grad_cam" in config.methods:
+        if uses_layer(config.methods):
             self._find_layer(model, example.to(module_device(model)))
 
     def _find_layer(self, model: torch.nn.Module, example: Tensor) -> None:
@@ -204,7 +204,7 @@ class ProbeSetup:
             targets = explainer.targets(model, images, probes.labels[:1].to(device))
             options = explain_options(config, images, self.layer_name, None, layer_reshape=self.layer_reshape)
             for method in config.methods:
-                if method == "grad_cam" and self.layer_problem is not None:
+                if self.layer_problem is not None and get_method(method).uses_layer:
                     failed[method] = self.layer_problem
                     continue
                 try:
