@@ -282,8 +282,9 @@ class ExplanationMonitor(Callback):
     def _dry_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """One probe through every method: what cannot work fails now, once, with its cause (not every epoch)."""
         failed = self._probes.dry_run(pl_module, self._explainer)
-        for note in self._probes.notes:
-            rank_zero_warn(f"ExplanationMonitor: {note}")
+        if self._probes.notes:  # one warning for all of them
+            rank_zero_warn("ExplanationMonitor (setup dry run on the first probe):\n"
+                           + "\n".join(f"- {note}" for note in self._probes.notes))
         if not failed:
             return
         why = "\n".join(f"- {m}: {reason}" for m, reason in failed.items())
