@@ -27,10 +27,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_xai import ExplanationMonitor
+from lightning_xai.attribution import METHODS
 from lightning_xai.datasets import SHAPES_MEAN, SHAPES_STD, ShapesDataset
 from lightning_xai.metrics import relevance_mass
 
-METHODS = ("grad_cam", "saliency", "integrated_gradients")
 #: What the network learned, per epoch (lightning_xai.views); attention graphs once at the end.
 VIEWS = ("activations", "max_min", "projector", "activation_max", "dissection", "attention_graphs")
 SHORT = {"grad_cam": "gc", "saliency": "sal", "integrated_gradients": "ig"}

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from lightning_xai._validation import Option, check, check_options, is_int, is_number, path
+from lightning_xai.attribution import METHODS, available_methods
 from lightning_xai.drift import DriftDetector
 from lightning_xai.metrics.registry import available_measures, get_measure
 from lightning_xai.render import COLORMAPS
@@ -26,7 +27,7 @@ from lightning_xai.views import VIEWS as _VIEW_CLASSES
 
 #: Views of what a layer has learnt (:mod:`lightning_xai.views`), each round, then the end-of-fit work.
 VIEWS = (*_VIEW_CLASSES, *END_OF_FIT)
-DEFAULT_METHODS = ("grad_cam", "saliency", "integrated_gradients")
+DEFAULT_METHODS = METHODS  # the attribution registry's default selection (one definition)
 DEFAULT_METRICS = ("localisation", "agreement", "sanity")
 
 
@@ -60,11 +61,8 @@ class ProbeOptions(TypedDict, total=False):
 
 
 def known_methods() -> tuple[str, ...]:
-    """The attribution methods the monitor accepts: the attribution registry's when it has one."""
-    import lightning_xai.attribution as attribution
-
-    available = getattr(attribution, "available_methods", None)
-    return tuple(available()) if callable(available) else tuple(attribution.METHODS)
+    """The attribution methods the monitor accepts: the attribution registry's."""
+    return available_methods()
 
 
 def _batch(v: Any) -> bool:
@@ -311,8 +309,11 @@ def uses_layer(methods: Sequence[str]) -> bool:
 
 
 def explain_options(config: MonitorConfig, images: Tensor, layer_name: str | None,
-                    train_batch_size: int | None) -> dict[str, Any]:
-    """``method_options`` turned into the keyword arguments of :func:`~lightning_xai.attribution.explain_detailed`."""
+                    train_batch_size: int | None, layer_reshape: Any = None) -> dict[str, Any]:
+    """``method_options`` turned into the keyword arguments of :func:`~lightning_xai.attribution.explain_detailed`.
+
+    ``layer_reshape``: how the Grad-CAM layer's output becomes ``(N, C, h, w)`` (found with the layer at setup).
+    """
     options: dict[str, Any] = {"output_transform": config.output_transform}
     if uses_layer(config.methods):
         options["layer"] = layer_name
@@ -327,7 +328,13 @@ def explain_options(config: MonitorConfig, images: Tensor, layer_name: str | Non
             options["max_steps"] = ig["max_steps"]
     else:
         options["internal_batch_size"] = train_batch_size
-    others = {m: opts for m, opts in config.method_options.items() if not method_option_spec(m) and opts}
+    others = {m: dict(opts) for m, opts in config.method_options.items() if not method_option_spec(m) and opts}
+    if layer_reshape is not None:
+        from lightning_xai.attribution import get_method
+
+        for m in config.methods:
+            if get_method(m).uses_layer and "reshape" in get_method(m).options:
+                others.setdefault(m, {}).setdefault("reshape", layer_reshape)
     if others:
         options["options"] = others
     return options
