@@ -35,18 +35,35 @@ def _class_name(index: int, class_names: list[str] | None) -> str:
     return class_names[index] if class_names is not None and index < len(class_names) else str(index)
 
 
+def _true_label(probes: ProbeSet, i: int, class_names: list[str] | None) -> str:
+    if probes.label_sets is not None:  # multi-label: every positive label
+        positives = probes.label_sets[i].nonzero().flatten().tolist()
+        return "+".join(_class_name(int(c), class_names) for c in positives) or "none"
+    return _class_name(int(probes.labels[i]), class_names)
+
+
 def probe_labels(probes: ProbeSet, class_names: list[str] | None) -> list[str]:
-    """``#<probe id> <true label>`` per probe: the id the drift text names, on the picture."""
-    return [f"#{int(i)} {_class_name(int(y), class_names)}" for i, y in zip(probes.ids, probes.labels)]
+    """``#<probe id> <true label(s)>`` per probe: the id the drift text names, on the picture."""
+    return [f"#{int(probes.ids[i])} {_true_label(probes, i, class_names)}" for i in range(len(probes))]
 
 
-def captions(probes: ProbeSet, pred: Tensor, prob: Tensor, class_names: list[str] | None) -> list[list[Any]]:
+def _score(q: float) -> str:
+    return "1.0" if q >= 0.995 else f"{q:.2f}"[1:]  # ".87": fits a 64 px tile
+
+
+def captions(probes: ProbeSet, pred: Tensor, prob: Tensor, class_names: list[str] | None,
+             target: Tensor | None = None) -> list[list[Any]]:
     """Two short lines per probe (they fit a 64 px tile): the probe's id and true label, then the prediction and its
-    probability, in a warning colour when the prediction is wrong."""
+    probability, in a warning colour when the prediction is wrong. Multi-label probes: every positive label
+    (``#3 a+b``), then the explained class and its sigmoid score (``a sig=.83``; ``prob`` holds that score)."""
+    labels = probe_labels(probes, class_names)
+    if probes.label_sets is not None:
+        explained = probes.labels if target is None else target
+        return [[label, f"{_class_name(int(t), class_names)} sig={_score(float(q))}"]
+                for label, t, q in zip(labels, explained, prob)]
     out = []
-    for label, y, p, q in zip(probe_labels(probes, class_names), probes.labels, pred, prob):
-        q = float(q)
-        line = f"p={_class_name(int(p), class_names)} " + ("1.0" if q >= 0.995 else f"{q:.2f}"[1:])  # ".87": fits 64 px
+    for label, y, p, q in zip(labels, probes.labels, pred, prob):
+        line = f"p={_class_name(int(p), class_names)} {_score(float(q))}"
         out.append([label, (line, WARN_COLOR) if int(p) != int(y) else line])
     return out
 
@@ -130,7 +147,7 @@ class Reporter:
             # Rendering and PNG encoding overlap with training on a background thread (rank 0 only, no collectives);
             # the inputs are this epoch's own tensors, never modified afterwards.
             maps = {m: results[f"map/{m}"] for m in self.methods}
-            labels = captions(probes, results["pred"], results["prob"], class_names)
+            labels = captions(probes, results["pred"], results["prob"], class_names, results.get("target"))
             flagged = {m: list((flags or {}).get(m) or [False] * len(probes)) for m in self.methods}
             self._jobs.submit((trainer.current_epoch, step), self._write_overlays, sink, probes.images, maps, labels,
                               step, trainer.current_epoch, flagged)

@@ -15,6 +15,7 @@ work is done by named collaborators, each testable without a Trainer:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -41,7 +42,8 @@ from lightning_xai.callbacks._config import (
 from lightning_xai.callbacks._probes import ProbeSetup, check_monitors, check_strategy, train_batch_size
 from lightning_xai.callbacks._reporter import Reporter, drift_text
 from lightning_xai.callbacks._round import DistributedRound, ProbeExplainer, module_device
-from lightning_xai.callbacks._tracker import DriftTracker, Report
+from lightning_xai.callbacks._tracker import DriftTracker, lr_event
+from lightning_xai.drift import DriftReport
 from lightning_xai.metrics.registry import (
     MeasureContext,
     active_measures,
@@ -208,12 +210,17 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self._explainer = ProbeExplainer(config)
         self._round = DistributedRound(config.on_error, warn=rank_zero_warn)
         self._tracker = DriftTracker(config.methods, config.size, config.detector_options, config.drift["topk"])
+        self._last_lrs: list[float] | None = None  # learning rates at the last explained round (schedule steps)
         self._reporter = Reporter(config.methods, config.display, config.log_images)
         self._views = ViewRunner(config.views, config.view_options)
         self._views_layer: str | None = None
         self._last_explained_epoch: int | None = None
         self._loaded_fingerprint: str | None = None
         self._latest: dict[str, Any] | None = None  # the last explained epoch's results, on every rank
+        # As constructed: the setup dry run may leave methods out, the checkpoint key must not change with it.
+        self._state_key = self._generate_state_key(methods=config.methods, num_probes=config.num_probes,
+                                                   layer=config.layer, every_n_epochs=config.every_n_epochs,
+                                                   target=config.target)
 
     # ------------------------------------------------------------------ what users read
     def __getattr__(self, name: str) -> Any:
@@ -242,6 +249,11 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         return self._tracker.history
 
     @property
+    def drift_detector(self) -> Any:
+        """The :class:`~lightning_xai.drift.DriftDetector` (e.g. ``accept()`` a new behaviour after an alarm)."""
+        return self._tracker.drift
+
+    @property
     def latest(self) -> dict[str, Any] | None:
         """The last explained epoch, on every rank: ``{"epoch", "step", "maps": {method: (N, 1, H, W)}, "pred",
         "prob"}`` (heatmaps on the CPU, probe order), or ``None`` before the first one."""
@@ -263,9 +275,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
     # ------------------------------------------------------------------ identity & state
     @property
     def state_key(self) -> str:
-        c = self.config
-        return self._generate_state_key(methods=c.methods, num_probes=c.num_probes, layer=c.layer,
-                                        every_n_epochs=c.every_n_epochs, target=c.target)
+        return self._state_key
 
     def state_dict(self) -> dict[str, Any]:
         """Plain tensors, lists and numbers only, so checkpoints load with ``torch.load(weights_only=True)``."""
@@ -318,9 +328,34 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         with muted_logging(pl_module):  # setup's forwards: a self.log() in forward would fail here
             self._probes.validate(pl_module, lambda: train_batch_size(trainer))
         self._explainer.layer_name = self._probes.layer_name
+        self._explainer.layer_reshape = self._probes.layer_reshape
+        self._dry_run(trainer, pl_module)
         if self._views:
             self._setup_views(pl_module)
         self._check_restored_probes()
+
+    def _dry_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """One probe through every method: what cannot work fails now, once, with its cause (not every epoch)."""
+        with muted_logging(pl_module):
+            failed = self._probes.dry_run(pl_module, self._explainer)
+        if self._probes.notes:  # one warning for all of them
+            rank_zero_warn("ExplanationMonitor (setup dry run on the first probe):\n"
+                           + "\n".join(f"- {note}" for note in self._probes.notes))
+        if not failed:
+            return
+        why = "\n".join(f"- {m}: {reason}" for m, reason in failed.items())
+        working = tuple(m for m in self.config.methods if m not in failed)
+        if not working:
+            raise MisconfigurationException(f"ExplanationMonitor: no method can explain this model:\n{why}")
+        rank_zero_warn(f"ExplanationMonitor: explaining with {', '.join(working)} only; these methods cannot work on "
+                       f"this model and are left out:\n{why}")
+        config = dataclasses.replace(self.config, methods=working,
+                                     method_options={m: o for m, o in self.config.method_options.items()
+                                                     if m in working})
+        self.config = self._probes.config = self._explainer.config = config
+        self._tracker.methods = self._reporter.methods = working
+        # a callback monitoring a left-out method's key would wait forever: say so now
+        check_monitors(trainer.callbacks, self.logged_keys(), config.every_n_epochs)
 
     def _setup_views(self, model: torch.nn.Module) -> None:
         """The views' layer (the Grad-CAM layer) and pool, on every rank (no collectives, so a bad source fails
@@ -448,8 +483,12 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         with muted_logging(model):  # the model's own self.log() in forward must not log the monitor's forwards
             results = self._round.explain(trainer, model, self.probe_set, self._explainer, targets=targets,
                                           measures=measures)
-        if results is not None and not all(bool(torch.isfinite(v).all())
-                                           for k, v in results.items() if k.startswith("map/")):
+        for method, error in self._explainer.errors.items():
+            self._reporter.warn_once(
+                f"failed/{method}", f"ExplanationMonitor: {method} failed at epoch {trainer.current_epoch} ({error}); "
+                "its maps are left out of the metrics while the other methods go on. Warned once.")
+        if results is not None and not all(bool(torch.isfinite(results[f"map/{m}"]).all())
+                                           for m in self.config.methods if m not in self._explainer.errors):
             self._reporter.warn_once(
                 "nonfinite", "ExplanationMonitor: the model produced non-finite attributions (NaN/inf) at epoch "
                 f"{trainer.current_epoch}; those probes are shown as flat maps and left out of the stability metrics. "
@@ -463,6 +502,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             return
         if reference:
             self._tracker.take_reference(trainer.current_epoch, results)
+            self._last_lrs = [float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups if "lr" in g]
             if "sanity" in self.config.metrics:
                 self.check_sanity(trainer, pl_module, warn=False, reference=results)
             return
@@ -493,11 +533,15 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                 self.config.on_drift(report)
 
     def _measure(self, trainer: pl.Trainer, results: Mapping[str, Tensor], measures: Sequence[Any]
-                 ) -> tuple[dict[str, float], Report, dict[str, Any], dict[str, Tensor]]:
+                 ) -> tuple[dict[str, float], DriftReport, dict[str, Any], dict[str, Tensor]]:
         probes = self.probe_set
+        lrs = [float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups if "lr" in g]
+        event = lr_event(self._last_lrs, lrs)
+        self._last_lrs = lrs
         scalars, report, record = self._tracker.update(trainer.current_epoch, trainer.global_step, results,
                                                        masks=probes.masks, labels=probes.labels,
-                                                       probe_ids=probes.ids.tolist())
+                                                       probe_ids=probes.ids.tolist(), class_names=self.class_names,
+                                                       event=event)
         measured = run_measures(measures, self._context(results), self.config.metric_options)
         scalars.update(measured.scalars)
         record.update(measured.per_probe)
