@@ -523,9 +523,11 @@ class Shared:
 class Context:
     """The inputs of one call and chunked evaluation for the methods' own passes."""
 
-    def __init__(self, engine: _Engine, x: Tensor, target: Tensor) -> None:
+    def __init__(self, engine: _Engine, x: Tensor, target: Tensor, auto_layer: dict[str, Any] | None = None) -> None:
         self.engine, self.x, self.target = engine, x, target
         self.n = x.shape[0]
+        # The automatic CAM layer, found once per call (sub-contexts of SmoothGrad share it).
+        self.auto_layer: dict[str, Any] = {} if auto_layer is None else auto_layer
 
     @property
     def net(self) -> nn.Module:
@@ -550,24 +552,25 @@ class Context:
     def gradients(self, total: int, make: Callable[[slice], tuple[Tensor, Tensor]], *,
                   relu_mode: str | None = None, consume: Callable[[slice, Tensor, Tensor], None]) -> None:
         """Forward + input gradient at ``total`` points in chunks; ``consume(sl, logits, grads)`` per chunk."""
-        self.engine.stream(total, make, lambda sl, logits, g: consume(sl, logits, g),  # type: ignore[arg-type]
-                           relu_mode=relu_mode)
+        def forward(sl: slice, logits: Tensor, grads: Tensor | None) -> None:
+            assert grads is not None  # a gradient stream
+            consume(sl, logits, grads)
+
+        self.engine.stream(total, make, forward, relu_mode=relu_mode)
 
     def run(self, method: Any, inputs: Tensor, target: Tensor) -> Tensor:
         """``method``'s map on other inputs (e.g. noisy copies), with this call's model and settings."""
-        sub = Context(self.engine, inputs, target)
-        shared, errors = shared_pass(sub, {method.name: method}, {}, collect=False)
-        del errors
+        sub = Context(self.engine, inputs, target, self.auto_layer)
+        shared, _ = shared_pass(sub, {method.name: method}, collect=False)
         return method.compute(sub, shared)
 
 
-def shared_pass(ctx: Context, methods: dict[str, Any], auto_layer: dict[str, Any], *, collect: bool
-                ) -> tuple[Shared, dict[str, BaseException]]:
+def shared_pass(ctx: Context, methods: dict[str, Any], *, collect: bool) -> tuple[Shared, dict[str, BaseException]]:
     """Serve every method's :class:`~._registry.Request` with one stream of batched forward/backward chunks.
 
     Returns the :class:`Shared` results and, for ``collect``, the methods whose layer could not be resolved.
     """
-    engine, x, tgt, n = ctx.engine, ctx.x, ctx.target, ctx.n
+    engine, x, tgt, n, auto_layer = ctx.engine, ctx.x, ctx.target, ctx.n, ctx.auto_layer
     device, dtype = x.device, x.dtype
     requests = {name: m.request() for name, m in methods.items()}
     errors: dict[str, BaseException] = {}
