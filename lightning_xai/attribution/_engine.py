@@ -32,9 +32,10 @@ OutputTransform = Callable[[Any], Tensor]
 REL_EPS = 1e-4
 # Adaptive IG: a probe whose |f(x) - f(b)| is below this fraction of its logit range is "flat" for the stopping rule.
 FLAT_FRACTION = 0.02
-# Adaptive IG: a refinement round must cut a probe's error below this fraction of the previous one, twice in a row
-# at worst, or the probe stops (its error comes from the model, e.g. kinks everywhere, not from too few nodes).
+# Adaptive IG: a probe whose error was not cut below STALL_RATIO of the previous round's in STALL_ROUNDS rounds in a
+# row stops (its error comes from the model, e.g. a jump or kinks everywhere, not from too few nodes).
 STALL_RATIO = 0.8
+STALL_ROUNDS = 3
 
 
 # --------------------------------------------------------------------------------------------------- validation
@@ -708,7 +709,7 @@ def shared_pass(ctx: Context, methods: dict[str, Any], *, collect: bool) -> tupl
             while True:
                 err = delta.abs() / scale
                 stalls = torch.where(err > STALL_RATIO * previous, stalls + 1, torch.zeros_like(stalls))
-                done |= stalls >= 2
+                done |= stalls >= STALL_ROUNDS
                 previous = err
                 ref_idx, ref_alpha = paths.refinement((err > tolerance) & ~done, max_steps)
                 if ref_idx.numel() == 0:
