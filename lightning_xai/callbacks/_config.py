@@ -307,8 +307,11 @@ def uses_layer(methods: Sequence[str]) -> bool:
 
 
 def explain_options(config: MonitorConfig, images: Tensor, layer_name: str | None,
-                    train_batch_size: int | None) -> dict[str, Any]:
-    """``method_options`` turned into the keyword arguments of :func:`~lightning_xai.attribution.explain_detailed`."""
+                    train_batch_size: int | None, layer_reshape: Any = None) -> dict[str, Any]:
+    """``method_options`` turned into the keyword arguments of :func:`~lightning_xai.attribution.explain_detailed`.
+
+    ``layer_reshape``: how the Grad-CAM layer's output becomes ``(N, C, h, w)`` (found with the layer at setup).
+    """
     options: dict[str, Any] = {"output_transform": config.output_transform}
     if uses_layer(config.methods):
         options["layer"] = layer_name
@@ -323,7 +326,13 @@ def explain_options(config: MonitorConfig, images: Tensor, layer_name: str | Non
             options["max_steps"] = ig["max_steps"]
     else:
         options["internal_batch_size"] = train_batch_size
-    others = {m: opts for m, opts in config.method_options.items() if not method_option_spec(m) and opts}
+    others = {m: dict(opts) for m, opts in config.method_options.items() if not method_option_spec(m) and opts}
+    if layer_reshape is not None:
+        from lightning_xai.attribution import get_method
+
+        for m in config.methods:
+            if get_method(m).uses_layer and "reshape" in get_method(m).options:
+                others.setdefault(m, {}).setdefault("reshape", layer_reshape)
     if others:
         options["options"] = others
     return options

@@ -1,58 +1,48 @@
-"""Reporting on rank 0: which writer, overlays on a background thread, scalars to every logger, drift text, warnings.
+"""Reporting on rank 0: the sinks (one per logger, by capability), overlays on a background thread, scalars, drift
+text, warnings.
 
 Nothing here is a collective; the monitor calls it inside its rank agreement so a failure never leaves a rank alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
-from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
+from lightning_xai.callbacks._compat import rank_zero_warn
 from lightning_xai.probes import ProbeSet
 from lightning_xai.render import make_overlay_grid
-from lightning_xai.writers import FileWriter, TensorBoardWriter
+from lightning_xai.writers import BackgroundWrites, MultiSink, SinkError, sinks_for_loggers
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 
-def log_dir_no_collective(trainer: pl.Trainer) -> str:
-    """``trainer.log_dir`` without its ``strategy.broadcast``: the writer is made on rank 0 only, where a collective
-    would hang or abort DDP. On rank 0 this is the value the broadcast would send."""
-    if trainer.loggers:
-        logger = trainer.loggers[0]
-        if isinstance(logger, (pl.loggers.TensorBoardLogger, pl.loggers.CSVLogger)):
-            return logger.log_dir or trainer.default_root_dir
-        return logger.save_dir or trainer.default_root_dir
-    return trainer.default_root_dir
+class OverlayWriteError(RuntimeError):
+    """Writing an epoch's overlays failed on the background thread; reported at the next write, under its epoch."""
+
+    def __init__(self, epoch: int, step: int, error: BaseException) -> None:
+        self.epoch, self.step = epoch, step
+        super().__init__(f"writing the overlays of epoch {epoch} (step {step}) failed: {type(error).__name__}: {error}")
 
 
-def choose_writer(trainer: pl.Trainer, warn: Callable[[str], None]) -> tuple[Any, list[Any]]:
-    """The writer for images, text and histograms, and the loggers that get the scalars through their own API.
-
-    The one place that decides where results go.
-    """
-    for logger in trainer.loggers:
-        if isinstance(logger, pl.loggers.TensorBoardLogger):
-            others = [lg for lg in trainer.loggers if lg is not logger]
-            return TensorBoardWriter(logger.experiment), others
-    log_dir = log_dir_no_collective(trainer)
-    warn("ExplanationMonitor: no TensorBoardLogger found; overlays, scalars and drift text are written "
-         f"as PNG/CSV/Markdown files under {log_dir} (scalars also go to your loggers).")
-    return FileWriter(log_dir), list(trainer.loggers)
-
-
-def captions(probes: ProbeSet, pred: Tensor, prob: Tensor, class_names: list[str] | None) -> list[list[str]]:
+def captions(probes: ProbeSet, pred: Tensor, prob: Tensor, class_names: list[str] | None,
+             target: Tensor | None = None) -> list[list[str]]:
     """Two short lines per probe (they fit a 96-128 px tile): the true label, then the prediction and its
-    probability."""
+    probability. Multi-label probes: every positive label (``y=a+b``), then the explained class and its sigmoid
+    score (``a sig=0.83``; ``prob`` holds that score)."""
 
     def name(index: int) -> str:
         if index < 0:
             return "?"
         return class_names[index] if class_names is not None and index < len(class_names) else str(index)
 
+    if probes.label_sets is not None:
+        explained = probes.labels if target is None else target
+        return [["y=" + ("+".join(name(int(c)) for c in row.nonzero().flatten()) or "none"),
+                 f"{name(int(t))} sig={float(q):.2f}"] for row, t, q in zip(probes.label_sets, explained, prob)]
     return [[f"y={name(int(y))}", f"p={name(int(p))} {float(q):.2f}"] for y, p, q in zip(probes.labels, pred, prob)]
 
 
@@ -73,7 +63,8 @@ def drift_text(epoch: int, step: int, methods: tuple[str, ...], scalars: Mapping
 
 
 class Reporter:
-    """Writes one monitor's results (rank 0 only).
+    """Writes one monitor's results (rank 0 only) to every logger of the Trainer, each through the sink that fits it
+    (:func:`lightning_xai.writers.sinks_for_loggers`).
 
     Args:
         methods: explained methods (overlay and text order).
@@ -88,75 +79,89 @@ class Reporter:
         self.display = dict(display)
         self.log_images = log_images
         self.text_tag = text_tag
-        self._writer: Any = None
-        self._others: list[Any] = []
+        self._sink: MultiSink | None = None
         self._warned: set[str] = set()
-        self._executor: ThreadPoolExecutor | None = None
-        self._job: Future | None = None
+        self._jobs = BackgroundWrites()
 
     def warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
             rank_zero_warn(message)
 
-    def writer(self, trainer: pl.Trainer) -> Any:
-        if self._writer is None:
-            self._writer, self._others = choose_writer(trainer, rank_zero_warn)
-        return self._writer
+    def sink(self, trainer: pl.Trainer) -> MultiSink:
+        """The sinks of this fit's loggers, made on first use. A logger whose sink cannot be made (e.g. its directory
+        cannot be created) raises once; the other loggers keep getting everything."""
+        if self._sink is None:
+            resolved = sinks_for_loggers(trainer.loggers, trainer.default_root_dir)
+            self._sink = resolved.sink
+            for note in resolved.notes:
+                self.warn_once(note, note)
+            if resolved.errors:
+                raise SinkError("setting up the loggers' sinks", resolved.errors)
+        return self._sink
 
     def reset(self) -> None:
         """A later fit may bring other loggers."""
-        self._writer, self._others = None, []
+        self._sink = None
 
     def write_epoch(self, trainer: pl.Trainer, *, probes: ProbeSet, results: Mapping[str, Tensor],
                     scalars: Mapping[str, float], histograms: Mapping[str, Tensor], text: str,
                     class_names: list[str] | None) -> None:
-        self.finish_images()  # a failure of the previous epoch's overlays surfaces here, inside the rank agreement
-        writer = self.writer(trainer)
+        """This epoch's scalars, histograms and text now; its overlays on the background thread.
+
+        An earlier epoch's overlay failure is raised (as :class:`OverlayWriteError`, naming that epoch) only after
+        this epoch's items are written, so it never costs this epoch its scalars.
+        """
+        earlier = self._jobs.collect()
+        sink = self.sink(trainer)
         step = trainer.global_step
-        if self.log_images:
+        if self.log_images and sink.supports_images:
             # Rendering and PNG encoding overlap with training on a background thread (rank 0 only, no collectives);
             # the inputs are this epoch's own tensors, never modified afterwards.
             maps = {m: results[f"map/{m}"] for m in self.methods}
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lightning_xai")
-            self._job = self._executor.submit(self._write_overlays, writer, probes.images, maps,
-                                              captions(probes, results["pred"], results["prob"], class_names), step)
-        self.write_scalars(trainer, scalars, flush=False)
-        for tag, values in histograms.items():
-            writer.add_histogram(tag, values, step)
-        writer.add_text(self.text_tag, text, step)
-        writer.flush()
+            labels = captions(probes, results["pred"], results["prob"], class_names, results.get("target"))
+            self._jobs.submit((trainer.current_epoch, step), self._write_overlays, sink, probes.images, maps, labels,
+                              step, trainer.current_epoch)
+        errors: list[tuple[str, BaseException]] = []
+        for write in (lambda: sink.add_scalars(dict(scalars), step),
+                      *(lambda t=t, v=v: sink.add_histogram(t, v, step) for t, v in histograms.items()),
+                      lambda: sink.add_text(self.text_tag, text, step),
+                      sink.flush):
+            try:
+                write()
+            except SinkError as err:  # one item's failure: the others are still written
+                errors.extend(err.failures)
+        if errors:
+            raise SinkError(f"epoch {trainer.current_epoch}'s results", errors)
+        self._raise_earlier(earlier)
 
     def write_scalars(self, trainer: pl.Trainer, scalars: Mapping[str, float], *, flush: bool = True) -> None:
-        writer = self.writer(trainer)
-        writer.add_scalars(dict(scalars), trainer.global_step)
-        for logger in self._others:  # other loggers (CSV, W&B, ...) get the scalars through their own API
-            logger.log_metrics(dict(scalars), trainer.global_step)
+        sink = self.sink(trainer)
+        sink.add_scalars(dict(scalars), trainer.global_step)
         if flush:
-            writer.flush()
+            sink.flush()
 
-    def _write_overlays(self, writer: Any, images: Tensor, maps: Mapping[str, Tensor], labels: list[list[str]],
-                        step: int) -> None:
+    def _write_overlays(self, sink: MultiSink, images: Tensor, maps: Mapping[str, Tensor], labels: list[list[str]],
+                        step: int, epoch: int) -> None:
         d = self.display
         for m, heatmaps in maps.items():
             grid = make_overlay_grid(images, heatmaps, labels, alpha=d["alpha"], colormap=d["colormap"],
                                      mean=d["mean"], std=d["std"], caption_lines=2)
-            writer.add_image(f"xai/{m}/overlay", grid, step)
-        writer.flush()
+            sink.add_image(f"xai/{m}/overlay", grid, step, caption=f"{m}, epoch {epoch}, step {step}")
+        sink.flush()
+
+    @staticmethod
+    def _raise_earlier(failures: list[tuple[Any, BaseException]]) -> None:
+        if failures:
+            (epoch, step), error = failures[0]
+            raise OverlayWriteError(epoch, step, error) from error
 
     def finish_images(self) -> None:
-        """Wait for the pending overlay job; re-raises its exception."""
-        job, self._job = self._job, None
-        if job is not None:
-            job.result()
+        """Wait for the pending overlay jobs; raises an :class:`OverlayWriteError` naming a failed job's epoch."""
+        self._raise_earlier(self._jobs.collect())
 
     def shutdown(self) -> None:
         try:
-            self.finish_images()
+            self._raise_earlier(self._jobs.close())
         except Exception as err:  # the run is ending anyway: report, don't mask what ended it
-            rank_zero_warn(f"ExplanationMonitor: writing the last overlays failed: {type(err).__name__}: {err}")
-        finally:
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
-                self._executor = None
+            rank_zero_warn(f"ExplanationMonitor: {err}")

@@ -8,23 +8,22 @@ work is done by named collaborators, each testable without a Trainer:
 - :mod:`._round`: one explanation round over the ranks (``ProbeExplainer``, ``DistributedRound``);
 - :mod:`lightning_xai.metrics.registry`: the quality measures and their keys;
 - :mod:`._tracker`: stability, drift and the history (``DriftTracker``);
-- :mod:`._reporter`: the writer, overlays, drift text and warnings on rank 0 (``Reporter``);
-- :mod:`lightning_xai.views`: what a layer has learnt, on a fixed pool, rank 0 only (``ViewRunner``).
+- :mod:`._reporter`: the sinks (one per logger), overlays, drift text and warnings on rank 0 (``Reporter``);
+- :mod:`lightning_xai.views`: what a layer has learnt, on a fixed pool, rank 0 only (``ViewRunner``);
+- :mod:`._compat`: both Lightning packages (base classes, exceptions, muted ``self.log``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
 from lightning_xai.attribution import find_gradcam_layer, resolve_layer
+from lightning_xai.callbacks._compat import CALLBACK_BASES, MisconfigurationException, muted_logging, rank_zero_warn
 from lightning_xai.callbacks._config import (
     DEFAULT_METHODS,
     DEFAULT_METRICS,
@@ -34,7 +33,7 @@ from lightning_xai.callbacks._config import (
     ProbeOptions,
     build_config,
 )
-from lightning_xai.callbacks._probes import ProbeSetup, check_monitors, check_strategy
+from lightning_xai.callbacks._probes import ProbeSetup, check_monitors, check_strategy, train_batch_size
 from lightning_xai.callbacks._reporter import Reporter, drift_text
 from lightning_xai.callbacks._round import DistributedRound, ProbeExplainer, module_device
 from lightning_xai.callbacks._tracker import DriftTracker, Report
@@ -49,10 +48,13 @@ from lightning_xai.metrics.sanity import randomized_copy
 from lightning_xai.probes import ProbeSet
 from lightning_xai.views import ViewRunner
 
+if TYPE_CHECKING:  # either package's classes; only for the annotations
+    import pytorch_lightning as pl
+
 _STATE_VERSION = 2
 
 
-class ExplanationMonitor(Callback):
+class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Lightning package
     r"""Explain a fixed probe set while the model trains; log overlays, stability, quality measures and drift.
 
     At the end of every ``every_n_epochs``-th training epoch (at the end-of-epoch validation run when there is one,
@@ -200,6 +202,10 @@ class ExplanationMonitor(Callback):
         self._last_explained_epoch: int | None = None
         self._loaded_fingerprint: str | None = None
         self._latest: dict[str, Any] | None = None  # the last explained epoch's results, on every rank
+        # As constructed: the setup dry run may leave methods out, the checkpoint key must not change with it.
+        self._state_key = self._generate_state_key(methods=config.methods, num_probes=config.num_probes,
+                                                   layer=config.layer, every_n_epochs=config.every_n_epochs,
+                                                   target=config.target)
 
     # ------------------------------------------------------------------ what users read
     def __getattr__(self, name: str) -> Any:
@@ -249,9 +255,7 @@ class ExplanationMonitor(Callback):
     # ------------------------------------------------------------------ identity & state
     @property
     def state_key(self) -> str:
-        c = self.config
-        return self._generate_state_key(methods=c.methods, num_probes=c.num_probes, layer=c.layer,
-                                        every_n_epochs=c.every_n_epochs, target=c.target)
+        return self._state_key
 
     def state_dict(self) -> dict[str, Any]:
         """Plain tensors, lists and numbers only, so checkpoints load with ``torch.load(weights_only=True)``."""
@@ -301,11 +305,37 @@ class ExplanationMonitor(Callback):
         self._last_explained_epoch = None
         if self.probe_set is None:
             self._probes.select_for(trainer)
-        self._probes.validate(pl_module)
+        with muted_logging(pl_module):  # setup's forwards: a self.log() in forward would fail here
+            self._probes.validate(pl_module, lambda: train_batch_size(trainer))
         self._explainer.layer_name = self._probes.layer_name
+        self._explainer.layer_reshape = self._probes.layer_reshape
+        self._dry_run(trainer, pl_module)
         if self._views:
             self._setup_views(pl_module)
         self._check_restored_probes()
+
+    def _dry_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """One probe through every method: what cannot work fails now, once, with its cause (not every epoch)."""
+        with muted_logging(pl_module):
+            failed = self._probes.dry_run(pl_module, self._explainer)
+        if self._probes.notes:  # one warning for all of them
+            rank_zero_warn("ExplanationMonitor (setup dry run on the first probe):\n"
+                           + "\n".join(f"- {note}" for note in self._probes.notes))
+        if not failed:
+            return
+        why = "\n".join(f"- {m}: {reason}" for m, reason in failed.items())
+        working = tuple(m for m in self.config.methods if m not in failed)
+        if not working:
+            raise MisconfigurationException(f"ExplanationMonitor: no method can explain this model:\n{why}")
+        rank_zero_warn(f"ExplanationMonitor: explaining with {', '.join(working)} only; these methods cannot work on "
+                       f"this model and are left out:\n{why}")
+        config = dataclasses.replace(self.config, methods=working,
+                                     method_options={m: o for m, o in self.config.method_options.items()
+                                                     if m in working})
+        self.config = self._probes.config = self._explainer.config = config
+        self._tracker.methods = self._reporter.methods = working
+        # a callback monitoring a left-out method's key would wait forever: say so now
+        check_monitors(trainer.callbacks, self.logged_keys(), config.every_n_epochs)
 
     def _setup_views(self, model: torch.nn.Module) -> None:
         """The views' layer (the Grad-CAM layer) and pool, on every rank (no collectives, so a bad source fails
@@ -331,7 +361,7 @@ class ExplanationMonitor(Callback):
         def run() -> None:
             if not trainer.is_global_zero:
                 return
-            writer = self._reporter.writer(trainer)
+            writer = self._reporter.sink(trainer)
             failures = self._views.run(
                 pl_module, self._views_layer, self.probe_set, writer, epoch=trainer.current_epoch,
                 step=trainer.global_step, mean=self.config.display["mean"], std=self.config.display["std"],
@@ -342,8 +372,12 @@ class ExplanationMonitor(Callback):
                 self._reporter.write_scalars(trainer, self._views.history[-1]["scalars"])
             if failures:
                 name, error = next(iter(failures.items()))
-                raise RuntimeError(f"view(s) {', '.join(failures)} failed (the other views and the heatmaps were "
-                                   f"written); {name}: {type(error).__name__}: {error}") from error
+                message = (f"ExplanationMonitor: view(s) {', '.join(failures)} failed at epoch "
+                           f"{trainer.current_epoch}; {name}: {type(error).__name__}: {error}. The other views and "
+                           "the heatmaps were written")
+                if self.config.on_error == "raise":  # raised inside the agreement: every rank stops
+                    raise RuntimeError(message) from error
+                rank_zero_warn(f"{message}; training continues (set on_error='raise' to stop instead).")
 
         self._round.agreed(trainer, run, what="views")
 
@@ -351,10 +385,10 @@ class ExplanationMonitor(Callback):
         def run() -> None:
             if trainer.is_global_zero:
                 self._views.attention_graphs(
-                    pl_module, self.probe_set, self._reporter.writer(trainer), step=trainer.global_step,
+                    pl_module, self.probe_set, self._reporter.sink(trainer), step=trainer.global_step,
                     mean=self.config.display["mean"], std=self.config.display["std"], class_names=self.class_names,
                     output_transform=self.config.output_transform, device=module_device(pl_module))
-                self._reporter.writer(trainer).flush()
+                self._reporter.sink(trainer).flush()
 
         self._round.agreed(trainer, run, what="structured attention graphs")
 
@@ -407,10 +441,15 @@ class ExplanationMonitor(Callback):
                  measures: Sequence[Any] = ()) -> dict[str, Tensor] | None:
         """Every rank explains its shard; all agree on success before gathering. ``None``: skipped (warned)."""
         assert self.probe_set is not None, "setup() selects the probes"
-        results = self._round.explain(trainer, model, self.probe_set, self._explainer, targets=targets,
-                                      measures=measures)
-        if results is not None and not all(bool(torch.isfinite(v).all())
-                                           for k, v in results.items() if k.startswith("map/")):
+        with muted_logging(model):  # the model's own self.log() in forward must not log the monitor's forwards
+            results = self._round.explain(trainer, model, self.probe_set, self._explainer, targets=targets,
+                                          measures=measures)
+        for method, error in self._explainer.errors.items():
+            self._reporter.warn_once(
+                f"failed/{method}", f"ExplanationMonitor: {method} failed at epoch {trainer.current_epoch} ({error}); "
+                "its maps are left out of the metrics while the other methods go on. Warned once.")
+        if results is not None and not all(bool(torch.isfinite(results[f"map/{m}"]).all())
+                                           for m in self.config.methods if m not in self._explainer.errors):
             self._reporter.warn_once(
                 "nonfinite", "ExplanationMonitor: the model produced non-finite attributions (NaN/inf) at epoch "
                 f"{trainer.current_epoch}; those probes are shown as flat maps and left out of the stability metrics. "
