@@ -202,6 +202,9 @@ def build_config(**args: Any) -> MonitorConfig:
     if isinstance(probes, tuple):
         check(2 <= len(probes) <= 3 and all(isinstance(t, Tensor) for t in probes), "probes",
               f"a {len(probes)}-element sequence", "(images, labels) or (images, labels, masks) of tensors")
+        _check_probe_tensors(probes)
+    elif isinstance(probes, Tensor):
+        _check_probe_tensors((probes,))
 
     return MonitorConfig(
         probes=probes, num_probes=int(num_probes), methods=methods, every_n_epochs=int(every), target=target,
@@ -213,6 +216,21 @@ def build_config(**args: Any) -> MonitorConfig:
         display=_display_options(args["display"]),
         probe_options=check_options(args["probe_options"], _PROBE_OPTIONS, "probe_options"),
     )
+
+
+def _check_probe_tensors(probes: tuple[Tensor, ...]) -> None:
+    images = probes[0]
+    if images.is_floating_point() and not bool(torch.isfinite(images).all()):
+        bad = (~torch.isfinite(images.flatten(1))).any(dim=1).nonzero().flatten().tolist()
+        check(False, "probes[0]" if len(probes) > 1 else "probes", f"images with NaN/inf values (samples {bad[:8]})",
+              "finite images; clean or drop those samples")
+    if len(probes) > 1:
+        labels = probes[1]
+        integral = not labels.is_floating_point() or bool((labels == labels.round()).all())
+        ok = labels.dtype != torch.bool and not labels.is_complex() and integral and bool((labels >= 0).all())
+        more = " ..." if labels.numel() > 8 else ""
+        check(ok, "probes[1]", f"labels {labels.flatten()[:8].tolist()}{more}",
+              "class indices >= 0 (pass the images alone when labels are unknown)")
 
 
 def _method_options(given: Any, methods: tuple[str, ...]) -> dict[str, dict[str, Any]]:

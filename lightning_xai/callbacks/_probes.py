@@ -15,6 +15,7 @@ from lightning_xai._validation import is_int
 from lightning_xai.attribution import find_gradcam_layer, preserved_state, resolve_layer
 from lightning_xai.callbacks._config import MonitorConfig
 from lightning_xai.callbacks._round import module_device
+from lightning_xai.metrics.sanity import parameterized_layers
 from lightning_xai.probes import ProbeSet, select_probes
 
 # Strategies where every forward is a collective (parameters sharded): a forward on one rank's probes alone hangs.
@@ -137,6 +138,17 @@ class ProbeSetup:
                 f"ExplanationMonitor: the model returned {got}; explanations need logits (N, num_classes). "
                 "Pass output_transform=, e.g. `lambda out: out[0]` or `lambda out: out['logits']`."
             )
+        if not bool(torch.isfinite(probes.images).all()):
+            bad = (~torch.isfinite(probes.images.flatten(1))).any(dim=1).nonzero().flatten()
+            raise MisconfigurationException(
+                f"ExplanationMonitor: probe images contain NaN/inf (probe ids {probes.ids[bad][:8].tolist()}); "
+                "their maps would be meaningless. Clean those samples or pass finite `probes=`."
+            )
+        if bool((probes.labels < -1).any()):
+            raise MisconfigurationException(
+                f"ExplanationMonitor: probe label {int(probes.labels.min())} is not a class index. Check "
+                "probe_options['label_key'] or the dataset's labels."
+            )
         num_classes = logits.shape[1]
         labels = probes.labels[probes.labels >= 0]
         if labels.numel() and int(labels.max()) >= num_classes:
@@ -155,6 +167,14 @@ class ProbeSetup:
                 f"ExplanationMonitor: display['mean']/display['std'] have {len(mean)} values but probes have "
                 f"{probes.images.shape[1]} channels."
             )
+        layers = config.metric_options["sanity"]["layers"]
+        if "sanity" in config.metrics and layers is not None:
+            available = len(parameterized_layers(model))
+            if layers > available:
+                raise MisconfigurationException(
+                    f"ExplanationMonitor: `metric_options['sanity']['layers']={layers}` is larger than the model's "
+                    f"{available} layers with parameters; use an int <= {available} or None (all)."
+                )
         if "grad_cam" in config.methods:
             try:
                 if config.layer is None:

@@ -88,6 +88,7 @@ class Reporter:
         self.display = dict(display)
         self.log_images = log_images
         self.text_tag = text_tag
+        self.suffix = ""  # set when several monitors share a Trainer: their tags must differ
         self._writer: Any = None
         self._others: list[Any] = []
         self._warned: set[str] = set()
@@ -98,6 +99,9 @@ class Reporter:
         if key not in self._warned:
             self._warned.add(key)
             rank_zero_warn(message)
+
+    def tag(self, tag: str) -> str:
+        return f"{tag}/{self.suffix}" if self.suffix else tag
 
     def writer(self, trainer: pl.Trainer) -> Any:
         if self._writer is None:
@@ -124,8 +128,8 @@ class Reporter:
                                               captions(probes, results["pred"], results["prob"], class_names), step)
         self.write_scalars(trainer, scalars, flush=False)
         for tag, values in histograms.items():
-            writer.add_histogram(tag, values, step)
-        writer.add_text(self.text_tag, text, step)
+            writer.add_histogram(self.tag(tag), values, step)
+        writer.add_text(self.tag(self.text_tag), text, step)
         writer.flush()
 
     def write_scalars(self, trainer: pl.Trainer, scalars: Mapping[str, float], *, flush: bool = True) -> None:
@@ -142,7 +146,7 @@ class Reporter:
         for m, heatmaps in maps.items():
             grid = make_overlay_grid(images, heatmaps, labels, alpha=d["alpha"], colormap=d["colormap"],
                                      mean=d["mean"], std=d["std"], caption_lines=2)
-            writer.add_image(f"xai/{m}/overlay", grid, step)
+            writer.add_image(self.tag(f"xai/{m}/overlay"), grid, step)
         writer.flush()
 
     def finish_images(self) -> None:

@@ -175,6 +175,7 @@ class ExplanationMonitor(Callback):
         self._last_explained_epoch: int | None = None
         self._loaded_fingerprint: str | None = None
         self._latest: dict[str, Any] | None = None  # the last explained epoch's results, on every rank
+        self._suffix, self._suffix_scalars = "", False  # tag names when several monitors share a Trainer
 
     # ------------------------------------------------------------------ what users read
     def __getattr__(self, name: str) -> Any:
@@ -214,7 +215,25 @@ class ExplanationMonitor(Callback):
 
     def logged_keys(self) -> set[str]:
         """Every scalar key this monitor can log (stability and drift, and the chosen measures')."""
+        return {self._key(k) for k in self._base_keys()}
+
+    def _base_keys(self) -> set[str]:
         return self._tracker.keys() | measure_keys(self.config.metrics, self.config.methods)
+
+    def _key(self, key: str) -> str:
+        return f"{key}/{self._suffix}" if self._suffix and self._suffix_scalars else key
+
+    def _name_tags(self, trainer: pl.Trainer) -> None:
+        """With several monitors in one Trainer, each writes its text and images under its own suffix
+        (``xai/drift/monitor_1``), and its scalars too where another monitor logs the same key."""
+        monitors = [cb for cb in trainer.callbacks if isinstance(cb, ExplanationMonitor)]
+        self._suffix, self._suffix_scalars = "", False
+        if len(monitors) > 1:
+            index = next(i for i, cb in enumerate(monitors) if cb is self)
+            self._suffix = f"monitor_{index}"
+            mine = self._base_keys()
+            self._suffix_scalars = any(mine & other._base_keys() for other in monitors if other is not self)
+        self._reporter.suffix = self._suffix
 
     # ------------------------------------------------------------------ identity & state
     @property
@@ -264,11 +283,15 @@ class ExplanationMonitor(Callback):
         if stage != "fit":
             return
         check_strategy(trainer.strategy)
+        self._name_tags(trainer)
         check_monitors(trainer.callbacks, self.logged_keys(), self.config.every_n_epochs)
-        # epochs count from 0 again in a new fit (a resumed one restores this in load_state_dict, after setup)
+        # Each fit starts its own history: new probes from this fit's data, a new reference, a fresh drift state.
+        # A resumed fit restores the checkpoint's in load_state_dict, which Lightning calls after setup.
         self._last_explained_epoch = None
-        if self.probe_set is None:
-            self._probes.select_for(trainer)
+        self._latest = None
+        self._tracker.reset()
+        self._reporter.reset()
+        self._probes.select_for(trainer)
         self._probes.validate(pl_module)
         self._explainer.layer_name = self._probes.layer_name
         self._check_restored_probes()
@@ -332,6 +355,8 @@ class ExplanationMonitor(Callback):
         measures = [] if reference else active_measures(self.config.metrics, stage="epoch")
         results = self._explain(trainer, pl_module, measures=[m for m in measures if m.shard is not None])
         if results is None:
+            if not reference:
+                self._publish(trainer, {}, self._epoch_keys())  # skipped: nothing stale stays behind
             return
         if reference:
             self._tracker.take_reference(trainer.current_epoch, results)
@@ -341,12 +366,14 @@ class ExplanationMonitor(Callback):
         ok, measured = self._round.agreed(trainer, lambda: self._measure(trainer, results, measures),
                                           what="measuring")
         if not ok:
+            self._publish(trainer, {}, self._epoch_keys())
             return
         # Identical decisions and monitored values on every rank, decided by rank 0 (no float drift between ranks).
         scalars, report, record, histograms = self._round.broadcast(trainer, measured)
+        scalars = {self._key(k): v for k, v in scalars.items()}
         self._tracker.history.append(record)
         self._latest = {"results": results, "step": trainer.global_step, "epoch": trainer.current_epoch}
-        self._set_callback_metrics(trainer, scalars)
+        self._publish(trainer, scalars, self._epoch_keys())
         text = drift_text(trainer.current_epoch, trainer.global_step, self.config.methods, scalars, report.details())
 
         def write() -> None:
@@ -359,8 +386,8 @@ class ExplanationMonitor(Callback):
         if report.alarm:
             rank_zero_warn(f"ExplanationMonitor: explanation drift at epoch {trainer.current_epoch} "
                            f"(step {trainer.global_step}).\n{report.details()}")
-            if self.config.on_drift is not None:
-                self.config.on_drift(report)
+            if self.config.on_drift is not None:  # user code: a failure obeys on_error like any other
+                self._round.agreed(trainer, lambda: self.config.on_drift(report), what="on_drift")
 
     def _measure(self, trainer: pl.Trainer, results: Mapping[str, Tensor], measures: Sequence[Any]
                  ) -> tuple[dict[str, float], Report, dict[str, Any], dict[str, Tensor]]:
@@ -383,10 +410,41 @@ class ExplanationMonitor(Callback):
             size=self.config.size,
         )
 
-    @staticmethod
-    def _set_callback_metrics(trainer: pl.Trainer, scalars: Mapping[str, float]) -> None:
+    def _epoch_keys(self) -> set[str]:
+        methods = self.config.methods
+        keys = self._tracker.keys().union(*(m.keys(methods) for m in active_measures(self.config.metrics)))
+        return {self._key(k) for k in keys}
+
+    def _sanity_keys(self) -> set[str]:
+        measures = active_measures(self.config.metrics, stage="sanity") or [get_measure("sanity")]
+        return {self._key(k) for m in measures for k in m.keys(self.config.methods)}
+
+    def _publish(self, trainer: pl.Trainer, scalars: Mapping[str, float], keys: set[str]) -> None:
+        """This round's values into ``trainer.callback_metrics``; a key this round could not measure (skipped round,
+        no finite value) never keeps an earlier round's number without saying so.
+
+        What a watching callback then sees: nothing, when every watcher is ``EarlyStopping(strict=False)`` (it skips
+        the epoch) or nobody watches; NaN, when every watcher is a ``ModelCheckpoint`` (it ranks NaN last, so no
+        checkpoint becomes "best" on it) or an ``EarlyStopping(check_finite=False)``; otherwise (a strict or
+        NaN-stopping ``EarlyStopping``, which would stop training on either) the last measured value, with one
+        warning: that epoch counts as one without improvement.
+        """
         for key, value in scalars.items():
             trainer.callback_metrics[key] = torch.tensor(value)
+        for key in keys - set(scalars):
+            if key not in trainer.callback_metrics:
+                continue
+            watchers = [cb for cb in trainer.callbacks if getattr(cb, "monitor", None) == key]
+            if all(isinstance(cb, pl.callbacks.EarlyStopping) and not cb.strict for cb in watchers):
+                del trainer.callback_metrics[key]
+            elif all(isinstance(cb, pl.callbacks.ModelCheckpoint)
+                     or (isinstance(cb, pl.callbacks.EarlyStopping) and not cb.check_finite) for cb in watchers):
+                trainer.callback_metrics[key] = torch.tensor(float("nan"))
+            else:
+                self._reporter.warn_once(
+                    f"stale/{key}", f"ExplanationMonitor could not measure {key!r} at epoch {trainer.current_epoch}; "
+                    f"{', '.join(type(cb).__name__ for cb in watchers)} watching it sees its last measured value "
+                    "(an epoch without improvement). EarlyStopping(..., strict=False) skips such epochs instead.")
 
     def check_sanity(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, warn: bool = True,
                      reference: Mapping[str, Tensor] | None = None) -> dict[str, float] | None:
@@ -404,21 +462,28 @@ class ExplanationMonitor(Callback):
         if reference is None:
             reference = self._explain(trainer, pl_module)
             if reference is None:
+                self._publish(trainer, {}, self._sanity_keys())
                 return None
         options = self.config.metric_options["sanity"]
-        randomized = randomized_copy(pl_module, num_layers=options["layers"], seed=self.config.probe_options["seed"])
+        ok, randomized = self._round.agreed(
+            trainer, lambda: randomized_copy(pl_module, num_layers=options["layers"],
+                                             seed=self.config.probe_options["seed"]), what="sanity check")
+        if not ok:
+            self._publish(trainer, {}, self._sanity_keys())
+            return None
         random_maps = self._explain(trainer, randomized, targets=reference["target"])
         del randomized
         if random_maps is None:
+            self._publish(trainer, {}, self._sanity_keys())
             return None
         extras = {f"random/{m}": random_maps[f"map/{m}"] for m in self.config.methods}
         measures = active_measures(self.config.metrics, stage="sanity") or [get_measure("sanity")]
         scalars = run_measures(measures, self._context(reference, extras), self.config.metric_options).scalars
-        scalars = self._round.broadcast(trainer, scalars)
-        self._set_callback_metrics(trainer, scalars)
+        scalars = {self._key(k): v for k, v in self._round.broadcast(trainer, scalars).items()}
+        self._publish(trainer, scalars, self._sanity_keys())
         self._round.agreed(trainer, lambda: self._reporter.write_scalars(trainer, scalars)
                            if trainer.is_global_zero else None, what="writing the sanity check")
-        failing = {k.split("/")[1]: v for k, v in scalars.items() if v > options["threshold"]}
+        failing = {k.split("/")[1]: v for k, v in scalars.items() if v > options["threshold"]}  # xai/{method}/...
         if warn and failing:
             rank_zero_warn(
                 "ExplanationMonitor sanity check: the maps of "
