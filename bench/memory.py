@@ -120,16 +120,16 @@ def saved_bytes_figures() -> dict[str, float]:
     train_peak = train_saved + param_grads
 
     model.eval()
-    from lightning_xai.attribution import _core
+    from lightning_xai.attribution import _engine
 
     engines: list = []
-    init = _core._Engine.__init__
+    init = _engine._Engine.__init__
 
     def record(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         init(self, *args, **kwargs)
         engines.append(self)
 
-    _core._Engine.__init__ = record  # type: ignore[method-assign]
+    _engine._Engine.__init__ = record  # type: ignore[method-assign]
     try:
         saved = LiveSavedBytes(model)
         with saved.hooks():
@@ -142,7 +142,7 @@ def saved_bytes_figures() -> dict[str, float]:
         with forced.hooks():
             forced_out = explain_phase(model, probes, probe_labels, BATCH, tolerance=1e-9)
     finally:
-        _core._Engine.__init__ = init  # type: ignore[method-assign]
+        _engine._Engine.__init__ = init  # type: ignore[method-assign]
     image_bytes = probes[0].numel() * probes.element_size()
     evals = int(out.ig_evals.sum())
     # Worst case: every probe refined to max_steps, its node gradients all held while a full chunk runs.

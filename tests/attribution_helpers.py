@@ -83,3 +83,38 @@ class Explosive(TinyCNN):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.drop(self.pool(self.bomb(self.features(x))).flatten(1)))
+
+
+def rel_diff(a: Tensor, b: Tensor) -> float:
+    """Largest absolute difference relative to the reference's largest magnitude."""
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+def min_max(maps: Tensor) -> Tensor:
+    """Per-sample min-max normalisation the way pytorch-grad-cam scales its maps (``eps = 1e-7``)."""
+    flat = maps.flatten(1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return ((flat - lo) / (hi - lo + 1e-7)).view_as(maps)
+
+
+def grad_cam_reference(cam_class: type, x: Tensor, target: Tensor, seed: int = 0) -> Tensor:
+    """pytorch-grad-cam's map at ``features.3`` of a fresh ``tiny_cnn(seed)`` (same size as the input: no resize)."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    net = tiny_cnn(seed)  # a copy: pytorch-grad-cam calls model.eval() and keeps hooks until closed
+    with cam_class(model=net, target_layers=[net.features[3]]) as cam:
+        return torch.from_numpy(cam(input_tensor=x.clone(), targets=[ClassifierOutputTarget(int(t)) for t in target]))
+
+
+# Cheap options per method for tests that run every registered method (unknown names get none).
+FAST_OPTIONS: dict[str, dict] = {
+    "integrated_gradients": {"n_steps": 3},
+    "smoothgrad": {"n_samples": 2},
+    "occlusion": {"window": 4, "stride": 4},
+    "lime": {"n_samples": 8, "grid": 3},
+    "igos": {"iterations": 2, "ig_steps": 2},
+}
+
+
+def fast_options(names) -> dict:
+    return {name: FAST_OPTIONS[name] for name in names if name in FAST_OPTIONS}

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attribution_helpers import Explosive, tiny_cnn
+from attribution_helpers import Explosive, fast_options, tiny_cnn
 from torch import nn
 
 from lightning_xai.attribution import (
     METHODS,
+    available_methods,
     explain,
     explain_detailed,
     find_gradcam_layer,
@@ -27,6 +28,10 @@ CALLS = {
     "integrated_gradients": lambda net, x, t: integrated_gradients(net, x, t, n_steps=3, internal_batch_size=2),
     "find_gradcam_layer": lambda net, x, t: find_gradcam_layer(net, x),
 }
+# Every registered method on its own (its own passes, hooks and modified backward included).
+for _name in available_methods():
+    CALLS[f"method:{_name}"] = lambda net, x, t, name=_name: explain(net, x, t, methods=(name,),
+                                                                     options=fast_options([name]))
 
 
 def _hook_count(model: nn.Module) -> int:

@@ -1,192 +1,221 @@
+"""DriftDetector on synthetic map series (no training): noise floor, alarms, long horizon, masks, state, text."""
+
 import io
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from lightning_xai.drift import DriftDetector, DriftReport
+from lightning_xai.drift import REGIONS, DriftDetector, DriftReport
+from lightning_xai.metrics.degenerate import DEGENERATE_KINDS, degenerate_kinds, degenerate_rows
+
+N, S = 16, 16
 
 
-def _t(*values):
-    return torch.tensor(values, dtype=torch.float32)
+def _blobs(n, seed, where=None):
+    """(n, 1, S, S) smooth maps: a Gaussian blob per probe (random centres, or all at ``where`` = (x, y))."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(n, 2, generator=g) * 0.6 + 0.2 if where is None else torch.tensor([where] * n)
+    coords = (torch.arange(S) + 0.5) / S
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    d2 = (xx[None] - centres[:, 0, None, None]) ** 2 + (yy[None] - centres[:, 1, None, None]) ** 2
+    return torch.exp(-d2 / 0.02)[:, None]
+
+
+def _noisy(base, epoch, scale=0.08, seed=0):
+    g = torch.Generator().manual_seed(1000 * seed + epoch)
+    noise = F.avg_pool2d(torch.rand(base.shape, generator=g), 3, stride=1, padding=1)
+    return base + scale * noise
+
+
+def _series(det, frames, **kw):
+    return [det.update(e, {"grad_cam": f}, **kw) for e, f in enumerate(frames)]
 
 
 @pytest.mark.parametrize(
     ("kwargs", "name"),
-    [
-        ({"threshold": float("nan")}, "threshold"),
-        ({"threshold": "0.5"}, "threshold"),
-        ({"warmup_epochs": -1}, "warmup_epochs"),
-        ({"warmup_epochs": 1.5}, "warmup_epochs"),
-        ({"window": 0}, "window"),
-        ({"drop_sigmas": -1.0}, "drop_sigmas"),
-        ({"min_drop": float("inf")}, "min_drop"),
-    ],
+    [({"warmup_epochs": 1}, "warmup_epochs"), ({"window": 1.5}, "window"), ({"sigmas": 0}, "sigmas"),
+     ({"min_spread": float("nan")}, "min_spread"), ({"min_probes": 0}, "min_probes"),
+     ({"mass_drop": 1.5}, "mass_drop"), ({"topk": 0.0}, "topk"), ({"size": 1}, "size"),
+     ({"cusum_limit": -1.0}, "cusum_limit")],
 )
-def test_argument_validation(kwargs, name):
+def test_argument_validation_names_argument_and_value(kwargs, name):
     with pytest.raises(ValueError, match=f"`{name}`.*{list(kwargs.values())[0]!r}"):
         DriftDetector(**kwargs)
 
 
-def test_all_bad_arguments_reported_at_once():
-    with pytest.raises(ValueError, match="window.*min_drop"):
-        DriftDetector(window=0, min_drop=-1)
-
-
-def test_warmup_then_absolute_threshold():
-    det = DriftDetector(threshold=0.5, warmup_epochs=2)
-    for epoch in range(2):
-        report = det.update(epoch, {"grad_cam": _t(0.1, 0.9)})
-        assert not report.any and report.warmup
-        assert report.flags["grad_cam"].tolist() == [False, False]
-        assert "warming up" in report.summary()
-    report = det.update(2, {"grad_cam": _t(0.1, 0.9)})
-    assert not report.warmup
-    assert report.flags["grad_cam"].dtype == torch.bool
-    assert report.flags["grad_cam"].tolist() == [True, False]
-    assert report.num_flagged == {"grad_cam": 1} and report.any
-    assert report.flagged_probes == [0]
-    assert "threshold" in report.reasons[0] and "probe 0 (grad_cam)" in report.reasons[0]
-
-
-def test_relative_drop_rule():
-    det = DriftDetector(threshold=0.5, warmup_epochs=0, window=4, drop_sigmas=3.0, min_drop=0.2)
-    steady, noisy = [0.95, 0.96, 0.95, 0.96], [0.6, 1.0, 0.6, 1.0]
-    for epoch, (a, b) in enumerate(zip(steady, noisy)):
-        assert not det.update(epoch, {"saliency": _t(a, a, b)}).any
-    # probe 0: 0.70 is 0.255 below a steady mean -> flagged; probe 1: 0.80 only 0.155 below -> not (min_drop);
-    # probe 2: 0.55 is 0.25 below a noisy mean (std 0.2) but not 3 sigmas -> not flagged
-    report = det.update(4, {"saliency": _t(0.70, 0.80, 0.55)})
-    assert report.flags["saliency"].tolist() == [True, False, False]
-    assert "below its recent mean 0.955" in report.reasons[0]
-    # the history is updated after deciding: the window now holds 0.96, 0.95, 0.96, 0.70
-    assert det.history["saliency"][:, 0].tolist() == pytest.approx([0.96, 0.95, 0.96, 0.70])
-
-
-def test_relative_rule_needs_both_conditions():
-    det = DriftDetector(threshold=0.0, warmup_epochs=0, window=3, drop_sigmas=0.0, min_drop=0.0)
-    det.update(0, {"m": _t(0.9)})
-    assert det.update(1, {"m": _t(0.8)}).any  # any drop below the mean with both margins at 0
-    assert not det.update(2, {"m": _t(0.95)}).any
-
-
-def test_nan_is_ignored():
-    det = DriftDetector(threshold=0.5, warmup_epochs=0, window=3)
-    det.update(0, {"m": _t(0.9, 0.9)})
-    report = det.update(1, {"m": _t(float("nan"), 0.9)})
-    assert report.flags["m"].tolist() == [False, False]
-    det.update(2, {"m": _t(float("nan"), 0.9)})
-    # probe 0's statistics use only the 0.9: a drop to 0.65 (above threshold) is 0.25 below that mean
-    report = det.update(3, {"m": _t(0.65, float("nan"))})
-    assert report.flags["m"].tolist() == [True, False]
-    assert "over 1 epoch(s)" in report.reasons[0]
-    assert torch.isnan(det.history["m"][:, 0]).sum() == 2  # placeholders only, never in the statistics
-
-
-def test_history_is_capped():
-    det = DriftDetector(window=5)
-    for epoch in range(50):
-        det.update(epoch, {"a": torch.rand(4), "b": torch.rand(4)})
-    assert det.history["a"].shape == (5, 4) and det.history["b"].shape == (5, 4)
-    assert det.num_updates == 50 and det.last_epoch == 49
-
-
-def test_report_summary_names_probes_methods_and_predictions():
-    det = DriftDetector(threshold=0.5, warmup_epochs=0)
-    report = det.update(
-        7,
-        {"grad_cam": _t(0.2, 0.9, 0.3), "saliency": _t(0.9, 0.9, 0.1)},
-        prediction_changed=torch.tensor([True, False, False]),
-        probe_ids=["cat_0", "dog_1", "bird_2"],
-    )
-    assert isinstance(report, DriftReport)
-    assert report.num_flagged == {"grad_cam": 2, "saliency": 1}
-    assert report.flagged_probes == [0, 2]
-    text = report.summary()
-    assert "epoch 7" in text and "2 probe(s)" in text
-    assert "| cat_0 | grad_cam | 0.200 |" in text and "| yes |" in text
-    assert "| bird_2 | saliency | 0.100 |" in text
-    assert "Prediction changed for 1 of the 2 flagged probe(s)" in text
-    assert any("prediction changed: yes" in r for r in report.reasons)
-    assert report.prediction_changed.tolist() == [True, False, False]
-    calm = det.update(8, {"grad_cam": _t(0.9, 0.9, 0.9)})
-    assert "No explanation drift at epoch 8" in calm.summary()
-
-
-def test_update_validation():
+def test_bad_inputs_are_refused_clearly():
     det = DriftDetector()
-    det.update(0, {"m": torch.rand(3)})
+    with pytest.raises(TypeError, match="maps"):
+        det.update(0, torch.zeros(2, 1, 4, 4))
+    det.update(0, {"grad_cam": torch.rand(4, 1, S, S)})
     with pytest.raises(ValueError, match="probe set must stay fixed"):
-        det.update(1, {"m": torch.rand(4)})
-    with pytest.raises(ValueError, match="same length"):
-        det.update(1, {"m": torch.rand(3), "n": torch.rand(2)})
-    with pytest.raises(ValueError, match="prediction_changed"):
-        det.update(1, {"m": torch.rand(3)}, prediction_changed=torch.zeros(2, dtype=torch.bool))
-    with pytest.raises(ValueError, match=r"similarity\['m'\]"):
-        det.update(1, {"m": torch.rand(3, 1)})
-    with pytest.raises(TypeError, match="epoch"):
-        det.update(1.0, {"m": torch.rand(3)})
+        det.update(1, {"grad_cam": torch.rand(5, 1, S, S)})
+    with pytest.raises(ValueError, match="pred"):
+        det.update(1, {"grad_cam": torch.rand(4, 1, S, S)}, pred=torch.zeros(3))
+    with pytest.raises(ValueError, match="masks"):
+        det.update(1, {"grad_cam": torch.rand(4, 1, S, S)}, masks=torch.zeros(3, 1, 8, 8))
 
 
-def _sims(gen, n=6):
-    return {"grad_cam": torch.rand(n, generator=gen), "saliency": 0.5 + 0.5 * torch.rand(n, generator=gen)}
+def test_noise_alone_never_alarms_and_scalars_are_complete():
+    base = _blobs(N, 0)
+    det = DriftDetector(warmup_epochs=3)
+    reports = _series(det, [_noisy(base, e) for e in range(40)], pred=torch.zeros(N, dtype=torch.long))
+    assert not any(r.alarm for r in reports)
+    assert all(r.warmup for r in reports[:3]) and not any(r.warmup for r in reports[3:])
+    for r in reports:
+        assert set(r.scalars) <= DriftDetector.keys(["grad_cam"])
+        assert all(math.isfinite(v) for v in r.scalars.values())
+        assert r.scalars["xai/drift/alarm"] == 0.0
+    assert {"xai/grad_cam/stability", "xai/grad_cam/topk_overlap", "xai/grad_cam/drift", "xai/grad_cam/shift",
+            "xai/grad_cam/drift_score"} <= set(reports[-1].scalars)
+    # the stability is the per-probe Spearman with the previous epoch
+    assert reports[0].stability["grad_cam"].isnan().all()
+    assert float(reports[-1].scalars["xai/grad_cam/stability"]) > 0.6
 
 
-def test_state_round_trip_weights_only_and_identical_future():
-    gen = torch.Generator().manual_seed(0)
-    sequence = [_sims(gen) for _ in range(12)]
-    sequence[4]["grad_cam"][1] = float("nan")
-    det = DriftDetector(threshold=0.4, warmup_epochs=2, window=3, drop_sigmas=1.0, min_drop=0.1)
-    for epoch, sims in enumerate(sequence[:6]):
-        det.update(epoch, sims)
+def test_sudden_change_alarms_at_that_epoch_and_says_where():
+    before, after = _blobs(N, 0), _blobs(N, 1, where=(0.1, 0.1))  # every probe's evidence jumps to the top-left
+    frames = [_noisy(before, e) for e in range(10)] + [_noisy(after, e) for e in range(10, 16)]
+    labels = torch.arange(N) % 4
+    det = DriftDetector(warmup_epochs=3)
+    reports = _series(det, frames, labels=labels, probe_ids=[f"#{i}" for i in range(N)],
+                      class_names=["circle", "square", "triangle", "cross"])
+    alarms = [r.epoch for r in reports if r.alarm]
+    assert alarms == [10]
+    hit = reports[10]
+    assert hit.scores["grad_cam"]["lag"] >= 1.0 and hit.num_flagged["grad_cam"] >= 8
+    mv = hit.movement["grad_cam"]
+    assert mv.region == "top-left" and mv.converged and mv.region_count >= 12
+    assert mv.per_class[0][0] == "top-left"
+    dx, dy = mv.centroid_shift.nanmean(0).tolist()
+    assert dx < -0.1 and dy < -0.1
+    line = hit.headline()
+    assert "\n" not in line and "epoch 10" in line and "top-left" in line
+    text = hit.details()
+    assert "Where it moved" in text and "circle: top-left" in text and "#0" in text
+    # a settled new behaviour stays "different from before" until accepted
+    assert all(r.active for r in reports[10:]) and not any(r.alarm for r in reports[11:])
+    assert reports[-1].scalars["xai/drift/active"] == 1.0 and "differ" in reports[-1].headline()
+    det.accept()
+    later = det.update(16, {"grad_cam": _noisy(after, 16)})
+    assert not later.alarm and not later.active
 
+
+def test_slow_slide_is_caught_by_the_long_horizon_reference():
+    a, b = _blobs(N, 0), _blobs(N, 1, where=(0.85, 0.15))
+    # 10 still epochs, then the evidence slides 1/10 of the way per epoch: each step is small next to the noise
+    frames = [_noisy(a, e, scale=0.3) for e in range(10)]
+    frames += [_noisy(a * (1 - t / 10) + b * (t / 10), 10 + t, scale=0.3) for t in range(1, 11)]
+    reports = _series(DriftDetector(warmup_epochs=3), frames)
+    first = next(r.epoch for r in reports if r.alarm)
+    assert 10 <= first < 15  # before the slide is half way
+    hit = reports[first]
+    assert hit.scores["grad_cam"].get("long", 0.0) >= 1.0
+    assert max(r.scores.get("grad_cam", {}).get("lag", 0.0) for r in reports[:first + 1]) < 1.0
+    assert hit.movement["grad_cam"].region == "top-right"
+
+
+def test_evidence_leaving_the_masks_alarms():
+    centres = _blobs(N, 0)
+    masks = centres > 0.5
+    frames = [_noisy(centres, e, scale=0.05) for e in range(8)]
+    # from epoch 8 a second blob in the corner takes more and more of the mass, the object's blob stays
+    corner = _blobs(N, 2, where=(0.9, 0.9))
+    frames += [_noisy(centres + (0.3 + 0.3 * t) * corner, 8 + t, scale=0.05) for t in range(6)]
+    reports = _series(DriftDetector(warmup_epochs=3), frames, masks=masks)
+    first = next(r.epoch for r in reports if r.alarm)
+    assert 8 <= first <= 10
+    hit = reports[first]
+    assert max(r.scores["grad_cam"].get("mass", 0.0) for r in reports[first:]) >= 1.0  # mass evidence too
+    mv = hit.movement["grad_cam"]
+    assert mv.mass_now < mv.mass_before and mv.region == "bottom-right"
+    assert "xai/grad_cam/mass_change" in hit.scalars
+
+
+def test_degenerate_maps_are_reported_not_stable():
+    base = _blobs(N, 0)
+    det = DriftDetector(warmup_epochs=2)
+    reports = []
+    for e in range(8):
+        frame = _noisy(base, e)
+        frame[:4] = 0.0  # four probes never get any gradient
+        frame[4] = float("nan") if e == 6 else frame[4]
+        reports.append(det.update(e, {"saliency": frame}))
+    last = reports[-1]
+    assert last.degenerate["saliency"][:4].all() and last.stability["saliency"][:4].isnan().all()
+    assert last.scalars["xai/saliency/degenerate"] == 4.0
+    assert reports[6].stability["saliency"][4].isnan() and reports[7].stability["saliency"][4].isnan()
+    assert all(math.isfinite(v) for r in reports for v in r.scalars.values())
+    assert not any(r.alarm for r in reports)
+
+
+def test_all_maps_degenerate_gives_no_stability_and_no_nan():
+    det = DriftDetector(warmup_epochs=2)
+    for e in range(5):
+        r = det.update(e, {"grad_cam": torch.zeros(N, 1, S, S)})
+        assert "xai/grad_cam/stability" not in r.scalars and not r.alarm
+        assert r.scalars["xai/grad_cam/degenerate"] == N
+        assert all(math.isfinite(v) for v in r.scalars.values())
+
+
+def test_state_dict_round_trip_with_weights_only(tmp_path):
+    base, after = _blobs(N, 0), _blobs(N, 1, where=(0.1, 0.9))
+    frames = [_noisy(base, e) for e in range(9)] + [_noisy(after, e) for e in range(9, 14)]
+    straight = DriftDetector(warmup_epochs=3)
+    ref = _series(straight, frames, pred=torch.zeros(N, dtype=torch.long))
+    first = DriftDetector(warmup_epochs=3)
+    for e, f in enumerate(frames[:6]):
+        first.update(e, {"grad_cam": f}, pred=torch.zeros(N, dtype=torch.long))
     buffer = io.BytesIO()
-    torch.save(det.state_dict(), buffer)
+    torch.save(first.state_dict(), buffer)
     buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)
-    restored = DriftDetector(threshold=0.4, warmup_epochs=2, window=3, drop_sigmas=1.0, min_drop=0.1)
-    restored.load_state_dict(state)
-    assert restored.num_updates == det.num_updates and restored.last_epoch == 5
-    for name in det.history:
-        torch.testing.assert_close(restored.history[name], det.history[name], equal_nan=True, rtol=0, atol=0)
-
-    flagged = 0
-    for epoch, sims in enumerate(sequence[6:], start=6):
-        a, b = det.update(epoch, sims), restored.update(epoch, sims)
-        assert a.reasons == b.reasons
-        for name in a.flags:
-            assert torch.equal(a.flags[name], b.flags[name])
-        flagged += sum(a.num_flagged.values())
-    assert flagged > 0  # the comparison exercised some flags
+    resumed = DriftDetector(warmup_epochs=3)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    for e, f in enumerate(frames[6:], start=6):
+        r = resumed.update(e, {"grad_cam": f}, pred=torch.zeros(N, dtype=torch.long))
+        assert r.alarm == ref[e].alarm and r.scalars == ref[e].scalars
+    assert [r.epoch for r in ref if r.alarm] == [9]
 
 
-def test_state_dict_is_plain():
+def test_prime_gives_the_first_update_a_previous_frame():
+    base = _blobs(N, 0)
     det = DriftDetector()
-    det.update(0, {"m": torch.rand(2)})
-    state = det.state_dict()
-
-    def plain(value):
-        if isinstance(value, dict):
-            return all(isinstance(k, str) and plain(v) for k, v in value.items())
-        if isinstance(value, list):
-            return all(plain(v) for v in value)
-        return isinstance(value, (torch.Tensor, int, float, str))
-
-    assert plain(state)
-    fresh = DriftDetector()
-    fresh.load_state_dict(DriftDetector().state_dict())
-    assert fresh.num_updates == 0 and fresh.last_epoch is None and fresh.history == {}
-    with pytest.raises(KeyError, match="history"):
-        fresh.load_state_dict({"num_updates": 0, "last_epoch": -1, "methods": [], "method_updates": []})
+    det.prime({"grad_cam": base}, pred=torch.zeros(N, dtype=torch.long))
+    r = det.update(0, {"grad_cam": base}, pred=torch.ones(N, dtype=torch.long))
+    assert torch.allclose(r.stability["grad_cam"], torch.ones(N)) and r.prediction_changed.all()
 
 
-def test_inference_tensors_and_device_of_flags():
-    det = DriftDetector(warmup_epochs=0)
-    with torch.inference_mode():
-        sims = {"m": torch.tensor([0.1, 0.9])}
-        changed = torch.tensor([True, False])
-    report = det.update(0, sims, prediction_changed=changed)
-    assert report.flags["m"].device == sims["m"].device and report.flags["m"].tolist() == [True, False]
-    with torch.inference_mode():
-        report = det.update(1, {"m": torch.tensor([0.9, 0.9])})
-    assert det.state_dict()["history"][0].shape == (2, 2)
-    assert not det.history["m"].is_inference()
+def test_same_maps_twice_are_fully_similar():
+    maps = _blobs(N, 3) + 0.01 * torch.rand(N, 1, S, S)
+    det = DriftDetector()
+    det.update(0, {"integrated_gradients": maps})
+    r = det.update(1, {"integrated_gradients": maps.clone()})
+    assert float(r.stability["integrated_gradients"].min()) >= 0.999
+
+
+def test_report_is_the_contract_type_and_keys_cover_every_method():
+    keys = DriftDetector.keys(["grad_cam", "saliency"])
+    assert "xai/drift/alarm" in keys and "xai/saliency/drift" in keys and "xai/grad_cam/stability" in keys
+    r = DriftDetector().update(0, {"grad_cam": _blobs(N, 0)})
+    assert isinstance(r, DriftReport) and r.warmup and "learning" in r.headline()
+    assert r.scalars["xai/drift/alarm"] == 0.0 and len(REGIONS) == 9
+
+
+def test_degenerate_rule():
+    maps = torch.stack([torch.rand(1, 4, 4) + 0.1, torch.zeros(1, 4, 4), torch.full((1, 4, 4), -2.0),
+                        torch.full((1, 4, 4), float("nan")), torch.eye(4)[None] * float("inf")])
+    assert [DEGENERATE_KINDS[k] for k in degenerate_kinds(maps).tolist()] == [
+        "ok", "all zero", "constant", "non-finite", "non-finite"]
+    assert degenerate_rows(maps).tolist() == [False, True, True, True, True]
+    # multi-channel attributions are reduced first (sum of |values|): opposite signs do not cancel
+    attr = torch.zeros(1, 3, 4, 4)
+    attr[0, 0, 0, 0], attr[0, 1, 0, 0] = 1.0, -1.0
+    assert not degenerate_rows(attr).item()
+    assert degenerate_rows(torch.zeros(2, 7)).tolist() == [True, True]  # flattened rows
+
+
+def test_legacy_arguments_still_build_the_v01_rule():
+    det = DriftDetector(threshold=0.5, warmup_epochs=0)
+    assert det.update(0, {"grad_cam": torch.tensor([0.9, 0.2])}).flags["grad_cam"].tolist() == [False, True]

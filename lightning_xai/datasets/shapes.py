@@ -44,6 +44,8 @@ MARKER_COLORS: tuple[tuple[float, float, float], ...] = (
 )
 
 _MARKER_MODES = ("class", "none", "counter")
+_PLACEMENTS = ("corner", "edge", "random")
+_CORRUPTIONS = (None, "noise", "blur", "brightness")
 _MASK64 = (1 << 64) - 1
 _NUM_CENTRE_TRIES = 16
 _TEXTURE_CELLS = 6
@@ -131,6 +133,10 @@ class ShapesDataset(Dataset):
         shortcut_strength: probability in [0, 1] that a sample carries the marker (``marker`` "class"/"counter").
         marker: ``"class"``, ``"counter"`` or ``"none"``.
         marker_size: side of the marker square in pixels; default ``max(3, round(image_size / 8))``.
+        placement: where the marker goes: ``"corner"`` (the class's corner, ``class % 4``), ``"edge"`` (one fixed
+            square at the middle of the top edge for every class, so only its colour encodes the class; shapes keep
+            clear of it) or ``"random"`` (a different free place on every image, never over the shape: a cue
+            without a fixed position).
         normalize: if True, images are standardised with :data:`SHAPES_MEAN` / :data:`SHAPES_STD`; else in [0, 1].
 
     Returns (``dataset[i]``):
@@ -161,9 +167,12 @@ class ShapesDataset(Dataset):
         shortcut_strength: float = 0.0,
         marker: str = "class",
         marker_size: int | None = None,
+        placement: str = "corner",
         normalize: bool = True,
     ) -> None:
         errors = []
+        if placement not in _PLACEMENTS:
+            errors.append(f"`placement` must be one of {_PLACEMENTS}, got {placement!r}")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
             errors.append(f"`num_samples` must be an int >= 0, got {num_samples!r}")
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 16:
@@ -199,6 +208,9 @@ class ShapesDataset(Dataset):
         self.marker_size = marker_size if marker_size is not None else max(3, round(image_size / 8))
         self.shortcut_strength = float(shortcut_strength)
         self.marker = marker
+        self.placement = placement
+        self.corruption: str | None = None
+        self.corruption_severity = 0.0
         self.classes = list(SHAPE_NAMES[:num_classes])
         self._mean = torch.tensor(SHAPES_MEAN).view(3, 1, 1)
         self._std = torch.tensor(SHAPES_STD).view(3, 1, 1)
@@ -217,6 +229,9 @@ class ShapesDataset(Dataset):
         m = self.marker_size
         # (x0, y0) of each corner's marker square: top-left, top-right, bottom-left, bottom-right.
         self._corners = [(off, off), (s - off - m, off), (off, s - off - m), (s - off - m, s - off - m)]
+        self._edge = ((s - m) // 2, off)  # placement="edge": top edge, centred
+        # squares the shape keeps clear of: the corners, and the edge square when it is used
+        self._avoid = self._corners + ([self._edge] if placement == "edge" else [])
 
     # ------------------------------------------------------------------ shortcut control
     @staticmethod
@@ -241,6 +256,22 @@ class ShapesDataset(Dataset):
         self.shortcut_strength = float(strength)
         self.marker = marker
 
+    def set_corruption(self, kind: str | None, severity: float = 1.0) -> None:
+        """Shift the image domain of items generated from now on (applied before normalisation).
+
+        Args:
+            kind: ``"noise"`` (extra Gaussian pixel noise, std ``0.15 * severity``, drawn per item from its own
+                generator), ``"blur"`` (``severity`` passes of a 3x3 box blur), ``"brightness"`` (``+0.25 *
+                severity``), or ``None`` for clean images.
+            severity: strength in ``[0, 4]``.
+        """
+        if kind not in _CORRUPTIONS:
+            raise ValueError(f"`kind` must be one of {_CORRUPTIONS}, got {kind!r}")
+        if isinstance(severity, bool) or not isinstance(severity, (int, float)) or not 0.0 <= float(severity) <= 4.0:
+            raise ValueError(f"`severity` must be a number in [0, 4], got {severity!r}")
+        self.corruption = kind
+        self.corruption_severity = float(severity)
+
     # ------------------------------------------------------------------ Dataset protocol
     def __len__(self) -> int:
         return self.num_samples
@@ -253,7 +284,8 @@ class ShapesDataset(Dataset):
         return (
             f"{type(self).__name__}(num_samples={self.num_samples}, image_size={self.image_size}, "
             f"num_classes={self.num_classes}, seed={self.seed}, shortcut_strength={self.shortcut_strength}, "
-            f"marker={self.marker!r}, marker_size={self.marker_size}, normalize={self.normalize})"
+            f"marker={self.marker!r}, marker_size={self.marker_size}, placement={self.placement!r}, "
+            f"normalize={self.normalize})"
         )
 
     # ------------------------------------------------------------------ public helpers
@@ -276,17 +308,24 @@ class ShapesDataset(Dataset):
         Returns:
             float32 ``(1, H, W)``: 1.0 on the marker square, all zeros if this sample carries no marker.
         """
-        cls = self.marker_class(index)
-        return self._marker_pixels(cls)
+        index = self._check_index(index)
+        params = self._params(index)
+        cls = self._marker_class(self.label(index), params["marker_u"])
+        return self._marker_pixels(cls, params)
 
     def marker_region(self, class_index: int) -> Tensor:
         """Where the marker of class ``class_index`` would be drawn (whether or not any sample carries it).
 
         Returns:
             float32 ``(1, H, W)`` mask of the marker square for that class.
+
+        Raises:
+            ValueError: with ``placement="random"``, where the place differs per image (use :meth:`marker_mask`).
         """
         if isinstance(class_index, bool) or not isinstance(class_index, int) or not 0 <= class_index < self.num_classes:
             raise ValueError(f"`class_index` must be an int in [0, {self.num_classes}), got {class_index!r}")
+        if self.placement == "random":
+            raise ValueError("marker_region() needs a fixed place; with placement='random' use marker_mask(index)")
         return self._marker_pixels(class_index)
 
     def sample(self, index: int) -> dict[str, Any]:
@@ -302,9 +341,11 @@ class ShapesDataset(Dataset):
         params = self._params(index)
         image, mask = self._render(label, params)
         marker_cls = self._marker_class(label, params["marker_u"])
-        marker_mask = self._marker_pixels(marker_cls)
+        marker_mask = self._marker_pixels(marker_cls, params)
         if marker_cls >= 0:
             image = torch.where(marker_mask.bool(), self._marker_image(marker_cls), image)
+        if self.corruption is not None:
+            image = self._corrupt(image, index)
         if self.normalize:
             image = (image - self._mean) / self._std
         return {
@@ -353,13 +394,41 @@ class ShapesDataset(Dataset):
             return (label + 1) % self.num_classes
         return label
 
-    def _marker_pixels(self, marker_cls: int) -> Tensor:
+    def _marker_pixels(self, marker_cls: int, params: dict[str, Any] | None = None) -> Tensor:
         s, m = self.image_size, self.marker_size
         out = torch.zeros(1, s, s)
         if marker_cls >= 0:
-            x0, y0 = self._corners[marker_cls % 4]
+            x0, y0 = self._marker_xy(marker_cls, params)
             out[:, y0 : y0 + m, x0 : x0 + m] = 1.0
         return out
+
+    def _marker_xy(self, marker_cls: int, params: dict[str, Any] | None) -> tuple[int, int]:
+        """Top-left pixel of the marker square."""
+        if self.placement == "edge":
+            return self._edge
+        if self.placement == "random" and params is not None:
+            s, m = self.image_size, self.marker_size
+            cx, cy, radius = self._centre(s * (0.22 + 0.12 * params["u"][0]), params["centres"])
+            xy = (params["marker_xy"] * (s - m + 1)).floor().clamp(max=s - m)  # (T, 2) candidate corners
+            near = torch.maximum(torch.minimum(torch.tensor([cx, cy], dtype=xy.dtype), xy + m), xy)
+            free = ((near - torch.tensor([cx, cy], dtype=xy.dtype)) ** 2).sum(-1) > (radius + 1.5) ** 2
+            idx = torch.nonzero(free)
+            if idx.numel():
+                x0, y0 = xy[int(idx[0, 0])].tolist()
+                return int(x0), int(y0)
+        return self._corners[marker_cls % 4]  # "corner", or no free random place: the corner is always free
+
+    def _corrupt(self, image: Tensor, index: int) -> Tensor:
+        sev = self.corruption_severity
+        if self.corruption == "noise":
+            g = torch.Generator().manual_seed(_item_seed(self.seed, index, stream=2))
+            image = image + 0.15 * sev * torch.randn(image.shape, generator=g)
+        elif self.corruption == "blur":
+            for _ in range(round(sev)):
+                image = F.avg_pool2d(F.pad(image[None], (1, 1, 1, 1), mode="replicate"), 3, stride=1)[0]
+        elif self.corruption == "brightness":
+            image = image + 0.25 * sev
+        return image.clamp(0.0, 1.0)
 
     def _marker_image(self, marker_cls: int) -> Tensor:
         """Full-size 1-px checkerboard of the class colour and black; only the marker square is used from it.
@@ -390,7 +459,9 @@ class ShapesDataset(Dataset):
         centres = torch.rand(_NUM_CENTRE_TRIES, 2, generator=g, dtype=torch.float64)
         texture = torch.rand(1, 3, _TEXTURE_CELLS, _TEXTURE_CELLS, generator=g)
         noise = torch.randn(3, self.image_size, self.image_size, generator=g)
-        return {"u": u, "centres": centres, "texture": texture, "noise": noise, "marker_u": u[13]}
+        marker_xy = torch.rand(_NUM_CENTRE_TRIES, 2, generator=g, dtype=torch.float64)  # drawn last: older draws kept
+        return {"u": u, "centres": centres, "texture": texture, "noise": noise, "marker_u": u[13],
+                "marker_xy": marker_xy}
 
     def _centre(self, radius: float, centres: Tensor) -> tuple[float, float, float]:
         """``(cx, cy, radius)``: the first candidate centre whose disk of ``radius`` (+1.5 px) stays inside the image
@@ -398,12 +469,14 @@ class ShapesDataset(Dataset):
         s, m = self.image_size, self.marker_size
         lo, hi = radius + 1.0, s - radius - 1.0
         c = lo + centres * (hi - lo)  # (T, 2) as (x, y)
-        corners = torch.tensor(self._corners, dtype=c.dtype)  # (4, 2) top-left of each marker square
+        corners = torch.tensor(self._avoid, dtype=c.dtype)  # (K, 2) top-left of each marker square to avoid
         d = c[:, None, :] - torch.maximum(torch.minimum(c[:, None, :], corners + m), corners)  # (T, 4, 2)
         ok = ((d * d).sum(-1) > (radius + 1.5) ** 2).all(dim=1)
         idx = torch.nonzero(ok)
         if idx.numel() == 0:
             clearance = math.sqrt(2.0) * (s / 2 - self._corners[0][0] - m)  # image centre -> nearest marker corner
+            if self.placement == "edge":
+                clearance = min(clearance, s / 2 - self._edge[1] - m)
             return s / 2, s / 2, min(radius, clearance - 1.5)
         cx, cy = c[int(idx[0, 0])].tolist()
         return cx, cy, radius

@@ -1,4 +1,4 @@
-"""Explanation drift: flag probes whose maps suddenly stop resembling their previous epoch's maps.
+"""Transitional: v0.1's per-probe rule, kept only while the v0.1 callback still builds it (see DriftDetector.__new__).
 
 Pure torch; the Lightning callback feeds it one similarity vector per method per logging epoch.
 """
@@ -13,13 +13,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["DriftDetector", "DriftReport"]
+__all__ = ["LegacyDriftDetector", "LegacyDriftReport"]
 
 _STATE_VERSION = 1
 
 
 @dataclass
-class DriftReport:
+class LegacyDriftReport:
     """Outcome of one :meth:`DriftDetector.update`.
 
     Attributes:
@@ -83,7 +83,7 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-class DriftDetector:
+class LegacyDriftDetector:
     """Flag probes whose explanation suddenly changes, per method.
 
     Input, once per logging epoch: for every method, each probe's similarity between this epoch's map and the
@@ -115,7 +115,7 @@ class DriftDetector:
 
     Example::
 
-        >>> detector = DriftDetector(threshold=0.5, warmup_epochs=1)
+        >>> detector = LegacyDriftDetector(threshold=0.5, warmup_epochs=1)
         >>> detector.update(0, {"grad_cam": torch.tensor([0.9, 0.9])}).any
         False
         >>> report = detector.update(1, {"grad_cam": torch.tensor([0.95, 0.2])})
@@ -166,7 +166,7 @@ class DriftDetector:
         prediction_changed: Tensor | None = None,
         *,
         probe_ids: Sequence[Any] | None = None,
-    ) -> DriftReport:
+    ) -> LegacyDriftReport:
         """Decide which probes drift at ``epoch``, then add the similarities to the history.
 
         Args:
@@ -251,7 +251,7 @@ class DriftDetector:
         self.num_updates += 1
         self.last_epoch = int(epoch)
         num_flagged = {name: int(f.sum()) for name, f in flags.items()}
-        return DriftReport(
+        return LegacyDriftReport(
             epoch=int(epoch),
             flags=flags,
             num_flagged=num_flagged,
