@@ -295,8 +295,12 @@ def _display_options(given: Any) -> dict[str, Any]:
 
 
 def explain_options(config: MonitorConfig, images: Tensor, layer_name: str | None,
-                    train_batch_size: int | None) -> dict[str, Any]:
-    """``method_options`` turned into the keyword arguments of :func:`~lightning_xai.attribution.explain_detailed`."""
+                    train_batch_size: int | None, *, adaptive: bool = True) -> dict[str, Any]:
+    """``method_options`` turned into the keyword arguments of :func:`~lightning_xai.attribution.explain_detailed`.
+
+    ``adaptive=False``: Integrated Gradients with exactly ``n_steps`` (no refinement), for the fit-start reference,
+    whose untrained model would refine most probes up to ``max_steps``.
+    """
     options: dict[str, Any] = {"output_transform": config.output_transform}
     if "grad_cam" in config.methods:
         options["layer"] = layer_name
@@ -306,7 +310,7 @@ def explain_options(config: MonitorConfig, images: Tensor, layer_name: str | Non
         options["internal_batch_size"] = ig["internal_batch_size"] or train_batch_size
         if ig["baseline"] is not None:
             options["baseline"] = torch.full_like(images, float(ig["baseline"]))
-        if ig["tolerance"] is not None:
+        if ig["tolerance"] is not None and adaptive:
             options["tolerance"] = ig["tolerance"]
             options["max_steps"] = ig["max_steps"]
     else:

@@ -32,8 +32,9 @@ def check_strategy(strategy: Any) -> None:
         )
 
 
-def check_monitors(callbacks: Iterable[Any], keys: set[str], every_n_epochs: int) -> None:
-    """Other callbacks that ``monitor`` an ``xai/`` key must watch one this monitor logs, as often as it logs it."""
+def check_monitors(callbacks: Iterable[Any], keys: set[str], every_n_epochs: int, budget: bool = False) -> None:
+    """Other callbacks that ``monitor`` an ``xai/`` key must watch one this monitor logs, as often as it logs it
+    (``budget``: ``max_overhead`` may skip epochs)."""
     for cb in callbacks:
         monitor = getattr(cb, "monitor", None)
         if isinstance(monitor, str) and monitor.startswith("xai/") and monitor not in keys:
@@ -41,11 +42,13 @@ def check_monitors(callbacks: Iterable[Any], keys: set[str], every_n_epochs: int
                 f"{type(cb).__name__}(monitor={monitor!r}) watches a key ExplanationMonitor does not log. "
                 f"Available: {sorted(keys)}."
             )
-        if (isinstance(monitor, str) and monitor in keys and every_n_epochs > 1
+        if (isinstance(monitor, str) and monitor in keys and (every_n_epochs > 1 or budget)
                 and isinstance(cb, pl.callbacks.EarlyStopping) and cb.strict):
+            how = f"every {every_n_epochs} epochs" if every_n_epochs > 1 else "on the epochs max_overhead allows"
+            fix = "every_n_epochs=1" if every_n_epochs > 1 else "max_overhead=None"
             raise MisconfigurationException(
-                f"EarlyStopping(monitor={monitor!r}) checks every epoch but ExplanationMonitor explains every "
-                f"{every_n_epochs} epochs. Use EarlyStopping(..., strict=False) or every_n_epochs=1."
+                f"EarlyStopping(monitor={monitor!r}) checks every epoch but ExplanationMonitor explains {how}. Use "
+                f"EarlyStopping(..., strict=False) or {fix}."
             )
 
 

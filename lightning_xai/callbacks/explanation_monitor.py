@@ -13,13 +13,15 @@ work is done by named collaborators, each testable without a Trainer:
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from lightning_xai.callbacks._config import (
@@ -46,6 +48,7 @@ from lightning_xai.metrics.sanity import randomized_copy
 from lightning_xai.probes import ProbeSet
 
 _STATE_VERSION = 2
+_OVERHEAD = "xai/overhead"
 
 
 class ExplanationMonitor(Callback):
@@ -59,8 +62,11 @@ class ExplanationMonitor(Callback):
     bitwise the same weights with and without the monitor.
 
     Before the first training step it explains the probes once more to take a *reference* (the untrained or
-    pre-trained model), so the first logged epoch already has a stability value and monitors such as
-    ``EarlyStopping(monitor="xai/grad_cam/stability")`` find their key.
+    pre-trained model; Integrated Gradients with exactly ``n_steps``, so this costs at most one regular round), so
+    the first logged epoch already has a stability value and monitors such as
+    ``EarlyStopping(monitor="xai/grad_cam/stability")`` find their key. Every ``fit`` starts its own history (new
+    probes from its data, a new reference) unless it resumes from a checkpoint. After the first explained epoch one
+    log line says what the monitor costs and how to lower it.
 
     **Stability** of a probe under a method is the Spearman rank correlation between its heatmap and the one of the
     previous explained epoch (both average-pooled to ``drift['size']`` squared); 1.0 means unchanged. **Drift**: see
@@ -85,14 +91,16 @@ class ExplanationMonitor(Callback):
             mass, when the probes have masks; negligible cost), ``"agreement"`` (rank correlation between methods;
             negligible), ``"faithfulness"`` (deletion and insertion AUC; about as much as Integrated Gradients
             itself: off by default), ``"sanity"`` (model-randomisation check; one explanation round on a randomised
-            copy at the start and end of fit).
+            copy at the end of fit).
         log_images: Log overlay grids (scalars and text are always logged).
         views: Views of what a layer has learnt, from ``("activations", "max_min", "projector", "activation_max",
             "dissection")``.
         on_drift: Called as ``on_drift(report)`` on every rank when drift is flagged.
         on_error: ``"warn"`` skips an epoch whose explanation fails (on every rank, so DDP never hangs);
             ``"raise"`` stops training.
-        max_overhead: ``None``, or the largest share of the training wall time the monitor may take, in ``(0, 1)``.
+        max_overhead: ``None``, or the largest share of the training wall time the monitor may take, in ``(0, 1)``:
+            after each round it measures the round's cost against the epoch's training time and skips epochs so
+            that ``cost / (spacing * training + cost)`` stays within it (said once in the log).
         output_transform: Maps the model's output to logits ``(N, num_classes)``, for tuple/dict outputs.
         method_options: Options per method, ``{method: {option: value}}``. ``integrated_gradients``: ``n_steps``
             (16; path nodes, trapezoid rule, both ends; the start with ``tolerance``), ``tolerance`` (0.02; adaptive
@@ -123,7 +131,8 @@ class ExplanationMonitor(Callback):
         - the quality measures' keys (see :mod:`lightning_xai.metrics.measures`), e.g.
           ``xai/integrated_gradients/completeness_error`` (median; ``_p90``, ``_max``, and a histogram of all
           probes), ``xai/{method}/pointing_game``, ``xai/agreement/{a}_vs_{b}``, ``xai/{method}/deletion_auc``,
-          ``xai/{method}/sanity_similarity`` (at the first and last step of fit).
+          ``xai/{method}/sanity_similarity`` (at the last step of fit).
+        - ``xai/overhead`` (scalar): the monitor's share of the explained epoch's wall time (rank 0's clock).
         - ``xai/drift`` (text): the epoch's stability table and the flagged probes.
 
         The scalars also go into ``trainer.callback_metrics`` (identical on every rank), so ``EarlyStopping`` and
@@ -176,6 +185,13 @@ class ExplanationMonitor(Callback):
         self._loaded_fingerprint: str | None = None
         self._latest: dict[str, Any] | None = None  # the last explained epoch's results, on every rank
         self._suffix, self._suffix_scalars = "", False  # tag names when several monitors share a Trainer
+        # what the monitor costs: this epoch's start and time spent, the fit-start round, the max_overhead schedule
+        self._epoch_start: float | None = None
+        self._spent = 0.0
+        self._start_cost = 0.0
+        self._cost_said = False
+        self._next_epoch = 0
+        self._spacing_said = False
 
     # ------------------------------------------------------------------ what users read
     def __getattr__(self, name: str) -> Any:
@@ -218,7 +234,7 @@ class ExplanationMonitor(Callback):
         return {self._key(k) for k in self._base_keys()}
 
     def _base_keys(self) -> set[str]:
-        return self._tracker.keys() | measure_keys(self.config.metrics, self.config.methods)
+        return self._tracker.keys() | measure_keys(self.config.metrics, self.config.methods) | {_OVERHEAD}
 
     def _key(self, key: str) -> str:
         return f"{key}/{self._suffix}" if self._suffix and self._suffix_scalars else key
@@ -284,11 +300,13 @@ class ExplanationMonitor(Callback):
             return
         check_strategy(trainer.strategy)
         self._name_tags(trainer)
-        check_monitors(trainer.callbacks, self.logged_keys(), self.config.every_n_epochs)
+        check_monitors(trainer.callbacks, self.logged_keys(), self.config.every_n_epochs,
+                       budget=self.config.max_overhead is not None)
         # Each fit starts its own history: new probes from this fit's data, a new reference, a fresh drift state.
         # A resumed fit restores the checkpoint's in load_state_dict, which Lightning calls after setup.
         self._last_explained_epoch = None
         self._latest = None
+        self._cost_said, self._spacing_said, self._next_epoch, self._start_cost = False, False, 0, 0.0
         self._tracker.reset()
         self._reporter.reset()
         self._probes.select_for(trainer)
@@ -302,7 +320,12 @@ class ExplanationMonitor(Callback):
         self._explainer.train_batch_size = getattr(loader, "batch_size", None) if loader is not None else None
         # The reference frame: what the model looks at before this fit trains it (skipped on resume).
         if not self._tracker.has_reference:
+            start = time.perf_counter()
             self._run(trainer, pl_module, reference=True)
+            self._start_cost = time.perf_counter() - start
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start, self._spent = time.perf_counter(), 0.0
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Only the end-of-epoch validation (not the sanity check, not a mid-epoch val_check_interval run): then the
@@ -333,16 +356,18 @@ class ExplanationMonitor(Callback):
         epoch = trainer.current_epoch
         if (epoch + 1) % self.config.every_n_epochs != 0 or self._last_explained_epoch == epoch:
             return
+        if epoch < self._next_epoch:  # spaced out by max_overhead
+            return
         self._last_explained_epoch = epoch
         self._run(trainer, pl_module, reference=False)
 
     # ------------------------------------------------------------------ one explanation round, on every rank
     def _explain(self, trainer: pl.Trainer, model: torch.nn.Module, *, targets: Tensor | None = None,
-                 measures: Sequence[Any] = ()) -> dict[str, Tensor] | None:
+                 measures: Sequence[Any] = (), adaptive: bool = True) -> dict[str, Tensor] | None:
         """Every rank explains its shard; all agree on success before gathering. ``None``: skipped (warned)."""
         assert self.probe_set is not None, "setup() selects the probes"
         results = self._round.explain(trainer, model, self.probe_set, self._explainer, targets=targets,
-                                      measures=measures)
+                                      measures=measures, adaptive=adaptive)
         if results is not None and not all(bool(torch.isfinite(v).all())
                                            for k, v in results.items() if k.startswith("map/")):
             self._reporter.warn_once(
@@ -352,28 +377,42 @@ class ExplanationMonitor(Callback):
         return results
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, reference: bool) -> None:
+        start = time.perf_counter()
+        try:
+            self._round_once(trainer, pl_module, reference=reference, start=start)
+        finally:
+            self._spent += time.perf_counter() - start
+
+    def _round_once(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, reference: bool,
+                    start: float) -> None:
         measures = [] if reference else active_measures(self.config.metrics, stage="epoch")
-        results = self._explain(trainer, pl_module, measures=[m for m in measures if m.shard is not None])
+        # The fit-start reference: fixed IG steps (an untrained model would refine most probes up to the cap), and
+        # no sanity check (randomised vs untrained says nothing; it runs at the end of fit): at most one round.
+        results = self._explain(trainer, pl_module, measures=[m for m in measures if m.shard is not None],
+                                adaptive=not reference)
         if results is None:
             if not reference:
                 self._publish(trainer, {}, self._epoch_keys())  # skipped: nothing stale stays behind
             return
         if reference:
             self._tracker.take_reference(trainer.current_epoch, results)
-            if "sanity" in self.config.metrics:
-                self.check_sanity(trainer, pl_module, warn=False, reference=results)
             return
         ok, measured = self._round.agreed(trainer, lambda: self._measure(trainer, results, measures),
                                           what="measuring")
         if not ok:
             self._publish(trainer, {}, self._epoch_keys())
             return
+        now = time.perf_counter()
+        timing = (self._spent + now - start, None if self._epoch_start is None else now - self._epoch_start)
         # Identical decisions and monitored values on every rank, decided by rank 0 (no float drift between ranks).
-        scalars, report, record, histograms = self._round.broadcast(trainer, measured)
+        (scalars, report, record, histograms), (cost, elapsed) = self._round.broadcast(trainer, (measured, timing))
+        if elapsed is not None and elapsed > 0:
+            scalars[_OVERHEAD] = min(cost / elapsed, 1.0)
         scalars = {self._key(k): v for k, v in scalars.items()}
         self._tracker.history.append(record)
         self._latest = {"results": results, "step": trainer.global_step, "epoch": trainer.current_epoch}
         self._publish(trainer, scalars, self._epoch_keys())
+        self._account(trainer, cost, elapsed)
         text = drift_text(trainer.current_epoch, trainer.global_step, self.config.methods, scalars, report.details())
 
         def write() -> None:
@@ -413,7 +452,35 @@ class ExplanationMonitor(Callback):
     def _epoch_keys(self) -> set[str]:
         methods = self.config.methods
         keys = self._tracker.keys().union(*(m.keys(methods) for m in active_measures(self.config.metrics)))
-        return {self._key(k) for k in keys}
+        return {self._key(k) for k in keys | {_OVERHEAD}}
+
+    def _account(self, trainer: pl.Trainer, cost: float, elapsed: float | None) -> None:
+        """Say once what the monitor costs; with ``max_overhead``, space the rounds to stay within it."""
+        if elapsed is None or elapsed <= 0:
+            return
+        epoch, c = trainer.current_epoch, self.config
+        train = max(elapsed - cost, 1e-6)  # the epoch without the monitor
+        if not self._cost_said:
+            self._cost_said = True
+            every = max(c.every_n_epochs, math.ceil(cost * 0.9 / (0.1 * train)))
+            rank_zero_info(
+                f"ExplanationMonitor: one explanation round ({len(self.probe_set)} probes, {', '.join(c.methods)}) "
+                f"took {cost:.2f} s, {cost / elapsed:.0%} of epoch {epoch} ({elapsed:.1f} s); the reference round "
+                f"before training took {self._start_cost:.2f} s. To lower it, explain less often "
+                f"(every_n_epochs={every} keeps it near 10%) or fewer probes (num_probes={max(1, len(self.probe_set) // 2)}"
+                "); max_overhead=0.1 spaces the rounds automatically. `xai/overhead` logs the share every round."
+            )
+        if c.max_overhead is not None:
+            b = c.max_overhead
+            spacing = max(1, math.ceil(cost * (1.0 - b) / (b * train)))  # cost / (spacing * train + cost) <= b
+            self._next_epoch = epoch + spacing
+            if spacing > c.every_n_epochs and not self._spacing_said:
+                self._spacing_said = True
+                rank_zero_info(
+                    f"ExplanationMonitor: a round costs {cost:.2f} s against {train:.1f} s of training per epoch; to "
+                    f"stay within max_overhead={b} it explains every {spacing} epochs from now on (the spacing "
+                    "follows the measured costs)."
+                )
 
     def _sanity_keys(self) -> set[str]:
         measures = active_measures(self.config.metrics, stage="sanity") or [get_measure("sanity")]
