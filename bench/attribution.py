@@ -11,9 +11,16 @@ round so background load hits them alike.
 - grad-cam: pytorch-grad-cam ``GradCAM`` on ``layer4`` vs ours ``grad_cam``
 - floor: ``n_steps`` x (one batched forward of the N probes + ``autograd.grad`` w.r.t. the input)
 
+``--methods``: every registered method instead, on ``--method-images`` probes of the same model: its time, the time
+of its reference implementation where one exists (Captum / pytorch-grad-cam, same settings; ratio ours/theirs), its
+cost per probe, and the model-randomisation sanity check (``lightning_xai.metrics.sanity_similarity``, all layers
+re-initialised) on bench/adaptive_ig.py's SmallCNN trained briefly: mean Spearman similarity of the trained and the
+randomised model's maps over 32 probes; a method passes below 0.5 (the monitor's ``sanity_threshold``).
+
 Usage::
 
     python bench/attribution.py            # 32 images, 32 steps
+    python bench/attribution.py --methods --threads 1   # the per-method table (README "Methods")
     python bench/attribution.py --quick    # 8 images, 8 steps, 1 round
     python bench/attribution.py --threads 1  # pin torch threads (stabler on a shared machine)
 """
@@ -45,7 +52,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for this benchmark")
     parser.add_argument("--quick", action="store_true", help="8 images, 8 steps, 1 round")
+    parser.add_argument("--methods", action="store_true", help="the per-method table instead")
+    parser.add_argument("--method-images", type=int, default=8)
     args = parser.parse_args()
+    if args.methods:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        warnings.filterwarnings("ignore")
+        methods_table(args)
+        return
     if args.quick:
         args.images, args.steps, args.repeats = 8, 8, 1
     if args.threads:
@@ -114,6 +129,104 @@ def main() -> None:
     print(f"  IG / floor                     {best['ours/IG'] / best['floor']:.3f}   (target <= 1.1)")
     print(f"  explain(3) / floor             {best['ours/explain(3)'] / best['floor']:.3f}")
     print(f"  grad_cam / pytorch-grad-cam    {best['ours/grad_cam'] / best['pytorch-grad-cam']:.3f}")
+
+
+# Options of the per-method table (the methods' defaults otherwise); the references get the same settings.
+TABLE_OPTIONS = {"integrated_gradients": {"n_steps": 32}, "occlusion": {"window": 8, "stride": 4},
+                 "smoothgrad": {"n_samples": 16, "stdev": 0.3}, "lime": {"n_samples": 128, "grid": 8}}
+
+
+def _references(net, x, target, size):  # noqa: ANN001, ANN202 - bench helper
+    import pytorch_grad_cam as pgc
+    from captum.attr import (
+        Deconvolution,
+        GuidedBackprop,
+        InputXGradient,
+        IntegratedGradients,
+        Lime,
+        NoiseTunnel,
+        Occlusion,
+        Saliency,
+    )
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from lightning_xai.attribution.methods.lime import grid_segments
+
+    targets = [ClassifierOutputTarget(int(t)) for t in target]
+
+    def cam(cls):  # noqa: ANN001, ANN202
+        def run() -> None:
+            with cls(model=net, target_layers=[net.layer4]) as c:
+                c(input_tensor=x.clone(), targets=targets)
+        return run
+
+    segments = grid_segments((size, size), 8, x.device)[None, None].expand(1, 3, size, size)
+
+    def lime() -> None:
+        for i in range(x.shape[0]):
+            Lime(net).attribute(x[i:i + 1].clone(), target=int(target[i]), feature_mask=segments, n_samples=128,
+                                perturbations_per_eval=64)
+
+    return {
+        "saliency": lambda: Saliency(net).attribute(x.clone(), target=target, abs=False),
+        "integrated_gradients": lambda: IntegratedGradients(net).attribute(
+            x.clone(), target=target, n_steps=32, method="riemann_trapezoid", internal_batch_size=64),
+        "input_x_gradient": lambda: InputXGradient(net).attribute(x.clone(), target=target),
+        "smoothgrad": lambda: NoiseTunnel(Saliency(net)).attribute(
+            x.clone(), nt_type="smoothgrad", nt_samples=16, stdevs=0.3, target=target, abs=False,
+            nt_samples_batch_size=8),
+        "occlusion": lambda: Occlusion(net).attribute(x.clone(), sliding_window_shapes=(3, 8, 8), strides=(3, 4, 4),
+                                                     target=target, perturbations_per_eval=64),
+        "guided_backprop": lambda: GuidedBackprop(net).attribute(x.clone(), target=target),
+        "deconvnet": lambda: Deconvolution(net).attribute(x.clone(), target=target),
+        "grad_cam": cam(pgc.GradCAM),
+        "grad_cam_plus_plus": cam(pgc.GradCAMPlusPlus),
+        "hires_cam": cam(pgc.HiResCAM),
+        "layer_cam": cam(pgc.LayerCAM),
+        "lime": lime,
+    }
+
+
+def methods_table(args: argparse.Namespace) -> None:
+    import copy
+    import sys
+    from pathlib import Path
+
+    from lightning_xai.attribution import available_methods, get_method
+    from lightning_xai.metrics.sanity import sanity_similarity
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from adaptive_ig import SmallCNN, make_data, train
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    x = torch.randn(args.method_images, 3, args.size, args.size)
+    with torch.no_grad():
+        target = net(x).argmax(1)
+    references = _references(copy.deepcopy(net), x, target, args.size)
+
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    small = SmallCNN()
+    accuracy = train(small, 300, generator)
+    probes, labels = make_data(32, generator)
+
+    print(f"resnet18 random init, {args.method_images} images {args.size}x{args.size}, threads="
+          f"{torch.get_num_threads()}, best of {args.repeats}; sanity on SmallCNN trained 300 steps (held-out "
+          f"accuracy {accuracy:.2f}), 32 probes 32x32, all layers randomised")
+    print(f"{'method':<22} {'kind':<13} {'ours s':>7} {'ref s':>7} {'ratio':>6} {'sanity sim':>10} {'pass':>5}  cost")
+    for name in available_methods():
+        cls = get_method(name)
+        opts = {name: TABLE_OPTIONS.get(name, {})}
+        layer = "layer4" if cls.uses_layer else None
+        ours = min(_timed(lambda n=name, lay=layer, o=opts: explain(net, x, target, methods=(n,), layer=lay, options=o))
+                   for _ in range(args.repeats))
+        ref = references.get(name)
+        theirs = min(_timed(ref) for _ in range(args.repeats)) if ref is not None else float("nan")
+        sim = sanity_similarity(small, lambda m, name=name, opts=opts: explain(m, probes, labels, methods=(name,),
+                                                                               options=opts))[name].mean().item()
+        print(f"{name:<22} {cls.kind:<13} {ours:>7.3f} {theirs:>7.3f} {ours / theirs:>6.2f} {sim:>10.2f} "
+              f"{'yes' if sim < 0.5 else 'NO':>5}  {cls.cost}")
 
 
 if __name__ == "__main__":

@@ -270,3 +270,72 @@ def test_autocast_dtype_validation(relu_batch):
     net, x = relu_batch
     with pytest.raises(TypeError, match="autocast_dtype"):
         explain(net, x, 1, autocast_dtype="bf16")
+
+
+# ------------------------------------------------------------------------------- adaptive IG on flat/odd models
+
+
+class _Kinked(torch.nn.Module):
+    """Logits ``[0, 5 + scale * (relu(m) - 2 relu(m - 0.4))]`` with ``m = w . x``, ``w . x_probe = 1``: along the path
+    the score rises, then falls back (kink at alpha = 0.4), so ``f(x) - f(b) = -0.2 scale``."""
+
+    def __init__(self, probe: torch.Tensor, scale: float) -> None:
+        super().__init__()
+        self.w = probe.flatten() / probe.flatten().pow(2).sum()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.flatten(1) @ self.w
+        score = 5 + self.scale * (m.relu() - 2 * (m - 0.4).relu())
+        return torch.stack([torch.zeros_like(score), score], 1)
+
+
+class _Step(torch.nn.Module):
+    """A jump along the path that no quadrature node can resolve (the score steps by 3 where the mean crosses 0.5),
+    plus ``slope`` times a linear term (``slope = 0``: the input gradient is zero everywhere)."""
+
+    def __init__(self, slope: float = 0.0) -> None:
+        super().__init__()
+        self.slope = slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.mean((1, 2, 3))
+        w = torch.arange(1.0, x[0].numel() + 1)
+        score = 3 * (m > 0.5).float() + self.slope * (x.flatten(1) @ w)
+        return torch.stack([torch.zeros_like(score), score], 1)
+
+
+def test_adaptive_ig_does_not_refine_flat_probes(monkeypatch):
+    # |f(x) - f(b)| = 0.002 against a logit range of 5: its relative error is not a reason to refine.
+    from lightning_xai.attribution import _engine
+
+    x = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(0)) + 0.5
+
+    def evals(scale: float) -> int:
+        return int(explain_detailed(_Kinked(x, scale), x, 1, ("integrated_gradients",), n_steps=5, tolerance=0.02,
+                                    max_steps=65).ig_evals.sum())
+
+    assert evals(0.01) == 5
+    assert evals(30.0) > 5  # a score that moves (|f(x) - f(b)| = 6) is refined as before
+    monkeypatch.setattr(_engine, "FLAT_FRACTION", 0.0)  # the rule off: the flat probe refines too
+    assert evals(0.01) > 5
+
+
+def test_adaptive_ig_stops_when_refinement_stops_helping(monkeypatch):
+    # The error of a jump does not shrink with more nodes: two rounds without progress stop the probe.
+    x = torch.ones(2, 1, 2, 2)
+    out = explain_detailed(_Step(0.1), x, 1, ("integrated_gradients",), n_steps=5, tolerance=0.01, max_steps=64)
+    assert out.ig_relative_error.min() > 0.5  # the error is the model's, not the quadrature's
+    assert out.ig_evals.max() <= 5 + 2
+    from lightning_xai.attribution import _engine
+
+    monkeypatch.setattr(_engine, "STALL_RATIO", float("inf"))
+    assert explain_detailed(_Step(0.1), x, 1, ("integrated_gradients",), n_steps=5, tolerance=0.01,
+                            max_steps=64).ig_evals.tolist() == [64, 64]
+
+
+def test_adaptive_ig_does_not_refine_degenerate_maps():
+    # A model whose input gradient is zero everywhere gives an all-zero map: nothing to refine towards.
+    x = torch.randn(3, 1, 2, 2)
+    out = explain_detailed(_Step(), x, 1, ("integrated_gradients",), n_steps=5, tolerance=0.01, max_steps=64)
+    assert out.ig_evals.tolist() == [5, 5, 5]

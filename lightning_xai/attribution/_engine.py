@@ -485,11 +485,10 @@ def _flat_scale(f_x: Tensor, f_b: Tensor, logits_x: Tensor) -> Tensor:
 
 
 def _degenerate(maps: Tensor) -> Tensor:
-    """``(N,)`` bool: maps that are all zero, constant or non-finite (nothing to refine towards)."""
-    flat = maps.flatten(1)
-    finite = torch.isfinite(flat).all(1)
-    span = flat.amax(1) - flat.amin(1)
-    return ~finite | (span <= 0)
+    """``(N,)`` bool: maps with nothing to refine towards (the library's one rule, :mod:`lightning_xai.metrics.degenerate`)."""
+    from lightning_xai.metrics.degenerate import degenerate_rows  # lazy: keeps `import lightning_xai.attribution` light
+
+    return degenerate_rows(maps)
 
 
 # ------------------------------------------------------------------------------------------- the shared pass

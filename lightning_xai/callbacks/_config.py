@@ -234,6 +234,8 @@ def _check_probe_tensors(probes: tuple[Tensor, ...]) -> None:
 
 
 def _method_options(given: Any, methods: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    from lightning_xai.attribution import check_method_options
+
     given = {} if given is None else given
     check(isinstance(given, Mapping), "method_options", given, "None or a dict {method: {option: value}}",
           error=TypeError)
@@ -243,6 +245,18 @@ def _method_options(given: Any, methods: tuple[str, ...]) -> dict[str, dict[str,
     out = {}
     for method in methods:
         spec = method_option_spec(method)
+        if not spec:
+            # Any other registered method: its own options, checked by the attribution registry; only what the user
+            # gave is kept (the method's defaults apply in explain, and `layer` comes from the monitor's).
+            mine = given.get(method) or {}
+            check(isinstance(mine, Mapping), path("method_options", method), mine,
+                  "None or a dict {option: value}", error=TypeError)
+            try:
+                check_method_options(method, mine)
+            except ValueError as err:
+                raise ValueError(f"ExplanationMonitor: `{path('method_options', method)}`: {err}") from None
+            out[method] = dict(mine)
+            continue
         options = check_options(given.get(method), spec, path("method_options", method))
         if method == "integrated_gradients":
             check(options["max_steps"] >= options["n_steps"], path("method_options", method, "max_steps"),
@@ -294,6 +308,13 @@ def _display_options(given: Any) -> dict[str, Any]:
     return out
 
 
+def uses_layer(methods: Sequence[str]) -> bool:
+    """Whether any of ``methods`` reads a layer (the CAM family): the monitor then resolves one at setup."""
+    from lightning_xai.attribution import get_method
+
+    return any(get_method(m).uses_layer for m in methods)
+
+
 def explain_options(config: MonitorConfig, images: Tensor, layer_name: str | None,
                     train_batch_size: int | None, *, adaptive: bool = True) -> dict[str, Any]:
     """``method_options`` turned into the keyword arguments of :func:`~lightning_xai.attribution.explain_detailed`.
@@ -302,7 +323,7 @@ def explain_options(config: MonitorConfig, images: Tensor, layer_name: str | Non
     whose untrained model would refine most probes up to ``max_steps``.
     """
     options: dict[str, Any] = {"output_transform": config.output_transform}
-    if "grad_cam" in config.methods:
+    if uses_layer(config.methods):
         options["layer"] = layer_name
     ig = config.method_options.get("integrated_gradients")
     if ig is not None:
@@ -315,4 +336,7 @@ def explain_options(config: MonitorConfig, images: Tensor, layer_name: str | Non
             options["max_steps"] = ig["max_steps"]
     else:
         options["internal_batch_size"] = train_batch_size
+    others = {m: opts for m, opts in config.method_options.items() if not method_option_spec(m) and opts}
+    if others:
+        options["options"] = others
     return options

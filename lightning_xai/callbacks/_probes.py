@@ -13,7 +13,7 @@ from torch import Tensor
 
 from lightning_xai._validation import is_int
 from lightning_xai.attribution import find_gradcam_layer, preserved_state, resolve_layer
-from lightning_xai.callbacks._config import MonitorConfig
+from lightning_xai.callbacks._config import MonitorConfig, uses_layer
 from lightning_xai.callbacks._round import module_device
 from lightning_xai.metrics.sanity import parameterized_layers
 from lightning_xai.probes import ProbeSet, select_probes
@@ -178,7 +178,7 @@ class ProbeSetup:
                     f"ExplanationMonitor: `metric_options['sanity']['layers']={layers}` is larger than the model's "
                     f"{available} layers with parameters; use an int <= {available} or None (all)."
                 )
-        if "grad_cam" in config.methods:
+        if uses_layer(config.methods):
             try:
                 if config.layer is None:
                     self.layer_name = find_gradcam_layer(model, example.to(module_device(model)),
