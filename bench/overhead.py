@@ -251,13 +251,13 @@ def main() -> None:
     p = defaultdict(float, best_parts)
     total, sanity = p["callback"], p["sanity"]
     rounds = info.get("evals", [])
-    other = total - sanity - p["explain"] - p["render"] - p["write"]
+    other = total - sanity - p["explain"]
     print("\nwhere the monitor's time goes (fastest run with it; seconds over the whole fit):")
-    print(f"  callback hooks total {total:.2f} = explanation {p['explain']:.2f} (reference round + one per epoch) "
-          f"+ render {p['render']:.2f} + write {p['write']:.2f} (PNG encoding in add_image, event files) "
-          f"+ sanity check {sanity:.2f} (end of fit; of which explanation {p['sanity/explain']:.2f}, write "
-          f"{p['sanity/write']:.2f}) + other {other:.2f} (setup: probe selection and checks; targets, gather, metrics, "
-          "drift, captions)")
+    print(f"  callback hooks total {total:.2f} (blocking training) = explanation {p['explain']:.2f} (reference round + "
+          f"one per epoch) + sanity check {sanity:.2f} (end of fit; of which explanation {p['sanity/explain']:.2f}) "
+          f"+ other {other:.2f} (setup, targets, gather, metrics, drift, scalars and text, waiting for the previous "
+          f"overlays); on the background thread, overlapping training: render {p['render']:.2f} + write "
+          f"{p['write']:.2f} (PNG encoding in add_image, event files)")
     print(f"  explanation rounds: {len(rounds)} (reference + one per explained epoch + sanity at the end), IG evals "
           f"per round: {rounds}")
     round_s = info.get("round_s", {})

@@ -5,6 +5,7 @@ Nothing here is a collective; the monitor calls it inside its rank agreement so 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -94,6 +95,7 @@ class Reporter:
         self._warned: set[str] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._job: Future | None = None
+        self.background_seconds = 0.0  # duration of the last overlay job (background thread)
 
     def warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -142,12 +144,15 @@ class Reporter:
 
     def _write_overlays(self, writer: Any, images: Tensor, maps: Mapping[str, Tensor], labels: list[list[str]],
                         step: int) -> None:
+        start = time.perf_counter()
         d = self.display
         for m, heatmaps in maps.items():
             grid = make_overlay_grid(images, heatmaps, labels, alpha=d["alpha"], colormap=d["colormap"],
                                      mean=d["mean"], std=d["std"], caption_lines=2)
             writer.add_image(self.tag(f"xai/{m}/overlay"), grid, step)
         writer.flush()
+        # it overlaps training but takes a core from it: part of what the monitor costs
+        self.background_seconds = time.perf_counter() - start
 
     def finish_images(self) -> None:
         """Wait for the pending overlay job; re-raises its exception."""

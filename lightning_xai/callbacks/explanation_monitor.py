@@ -403,16 +403,21 @@ class ExplanationMonitor(Callback):
             self._publish(trainer, {}, self._epoch_keys())
             return
         now = time.perf_counter()
-        timing = (self._spent + now - start, None if self._epoch_start is None else now - self._epoch_start)
+        # this epoch's time in the monitor, plus the last overlay job's (on a background thread: it overlaps
+        # training but takes CPU from it); rank 0's clock decides
+        background = self._reporter.background_seconds if self.config.log_images else 0.0
+        timing = (self._spent + now - start, background, None if self._epoch_start is None else now - self._epoch_start)
         # Identical decisions and monitored values on every rank, decided by rank 0 (no float drift between ranks).
-        (scalars, report, record, histograms), (cost, elapsed) = self._round.broadcast(trainer, (measured, timing))
+        (scalars, report, record, histograms), (spent, background, elapsed) = self._round.broadcast(
+            trainer, (measured, timing))
         if elapsed is not None and elapsed > 0:
-            scalars[_OVERHEAD] = min(cost / elapsed, 1.0)
+            # counted as if the background work did not overlap training: an upper bound of the share
+            scalars[_OVERHEAD] = (spent + background) / (elapsed + background)
         scalars = {self._key(k): v for k, v in scalars.items()}
         self._tracker.history.append(record)
         self._latest = {"results": results, "step": trainer.global_step, "epoch": trainer.current_epoch}
         self._publish(trainer, scalars, self._epoch_keys())
-        self._account(trainer, cost, elapsed)
+        self._account(trainer, spent, background, elapsed)
         text = drift_text(trainer.current_epoch, trainer.global_step, self.config.methods, scalars, report.details())
 
         def write() -> None:
@@ -454,18 +459,21 @@ class ExplanationMonitor(Callback):
         keys = self._tracker.keys().union(*(m.keys(methods) for m in active_measures(self.config.metrics)))
         return {self._key(k) for k in keys | {_OVERHEAD}}
 
-    def _account(self, trainer: pl.Trainer, cost: float, elapsed: float | None) -> None:
+    def _account(self, trainer: pl.Trainer, spent: float, background: float, elapsed: float | None) -> None:
         """Say once what the monitor costs; with ``max_overhead``, space the rounds to stay within it."""
         if elapsed is None or elapsed <= 0:
             return
         epoch, c = trainer.current_epoch, self.config
-        train = max(elapsed - cost, 1e-6)  # the epoch without the monitor
+        train = max(elapsed - spent, 1e-6)  # the epoch without the monitor
+        cost = spent + background
+        elapsed = train + cost
         if not self._cost_said:
             self._cost_said = True
             every = max(c.every_n_epochs, math.ceil(cost * 0.9 / (0.1 * train)))
             rank_zero_info(
                 f"ExplanationMonitor: one explanation round ({len(self.probe_set)} probes, {', '.join(c.methods)}) "
-                f"took {cost:.2f} s, {cost / elapsed:.0%} of epoch {epoch} ({elapsed:.1f} s); the reference round "
+                f"took {cost:.2f} s{' (+ overlays drawn in the background)' if c.log_images and not background else ''}"
+                f", {cost / elapsed:.0%} of epoch {epoch} ({elapsed:.1f} s); the reference round "
                 f"before training took {self._start_cost:.2f} s. To lower it, explain less often "
                 f"(every_n_epochs={every} keeps it near 10%) or fewer probes (num_probes={max(1, len(self.probe_set) // 2)}"
                 "); max_overhead=0.1 spaces the rounds automatically. `xai/overhead` logs the share every round."
