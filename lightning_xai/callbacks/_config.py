@@ -280,7 +280,7 @@ def _metric_options(given: Any) -> dict[str, dict[str, Any]]:
 def _drift_options(given: Any) -> dict[str, Any]:
     given = {} if given is None else given
     detector_keys = [p for p in inspect.signature(DriftDetector.__init__).parameters if p != "self"]
-    allowed = [*detector_keys, *_STABILITY]
+    allowed = list(dict.fromkeys([*detector_keys, *_STABILITY]))
     check(isinstance(given, Mapping), "drift", given, f"None or a dict with keys from {allowed}", error=TypeError)
     for key in given:
         check(key in allowed, path("drift", str(key)), given[key], f"one of the keys {allowed}")

@@ -473,8 +473,9 @@ class ExplanationMonitor(Callback):
             rank_zero_info(
                 f"ExplanationMonitor: one explanation round ({len(self.probe_set)} probes, {', '.join(c.methods)}) "
                 f"took {cost:.2f} s{' (+ overlays drawn in the background)' if c.log_images and not background else ''}"
-                f", {cost / elapsed:.0%} of epoch {epoch} ({elapsed:.1f} s); the reference round "
-                f"before training took {self._start_cost:.2f} s. To lower it, explain less often "
+                f", {cost / elapsed:.0%} of epoch {epoch} ({elapsed:.1f} s)"
+                + (f"; the reference round before training took {self._start_cost:.2f} s" if self._start_cost else "")
+                + ". To lower it, explain less often "
                 f"(every_n_epochs={every} keeps it near 10%) or fewer probes (num_probes={max(1, len(self.probe_set) // 2)}"
                 "); max_overhead=0.1 spaces the rounds automatically. `xai/overhead` logs the share every round."
             )
