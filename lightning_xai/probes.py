@@ -595,8 +595,8 @@ def _choose(samples: list[tuple[int, Tensor, int | Tensor | None, Tensor | None]
         taken = {pos for pos, _ in picked}
         rest = [pos for pos, label in enumerate(labels) if pos not in taken and not label.any()]  # type: ignore[union-attr]
         return picked + [(pos, None) for pos in rest[: num_probes - len(picked)]]
-    if any(label is None for label in labels):  # labels unknown (for some): the first samples
-        return [(pos, None) for pos in range(min(num_probes, len(samples)))]
+    if any(label is None for label in labels):  # labels unknown (for some): the first samples, known labels kept
+        return [(pos, labels[pos]) for pos in range(min(num_probes, len(samples)))]  # type: ignore[misc]
     by_label: dict[int, list[int]] = {}
     for pos, label in enumerate(labels):
         by_label.setdefault(int(label), []).append(pos)  # type: ignore[arg-type]

@@ -27,10 +27,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_xai import ExplanationMonitor
+from lightning_xai.attribution import METHODS
 from lightning_xai.datasets import SHAPES_MEAN, SHAPES_STD, ShapesDataset
 from lightning_xai.metrics import relevance_mass
 
-METHODS = ("grad_cam", "saliency", "integrated_gradients")
+#: What the network learned, per epoch (lightning_xai.views); attention graphs once at the end.
+VIEWS = ("activations", "max_min", "projector", "activation_max", "dissection", "attention_graphs")
 SHORT = {"grad_cam": "gc", "saliency": "sal", "integrated_gradients": "ig"}
 
 
@@ -149,6 +151,30 @@ def print_table(monitor: ExplanationMonitor, report: EvidenceReport, shortcut_ep
     return rows
 
 
+def print_views_table(monitor: ExplanationMonitor, shortcut_epoch: int) -> list[dict]:
+    """Per epoch: units of the Grad-CAM layer that detect the marker / any shape class (network dissection), and
+    how well the penultimate features separate the classes on the (marked) pool."""
+    header = (f"{'epoch':>5} {'phase':>8} | {'marker units':>12} {'max IoU':>7} | {'shape units':>11} | "
+              f"{'centroid acc':>12} {'silhouette':>10} | {'max/min change':>14}")
+    print("\nWhat the network learned (views on the Grad-CAM layer, pool of marked probes)\n" + header + "\n"
+          + "-" * len(header))
+    rows = []
+    for record in monitor.views_history:
+        e, s = record["epoch"], record["scalars"]
+        shapes = sum(v for k, v in s.items() if k.startswith("xai/dissection/units/") and not k.endswith("/marker"))
+        row = {"epoch": e, "phase": "shortcut" if e >= shortcut_epoch else "clean",
+               "marker_units": s.get("xai/dissection/units/marker", float("nan")),
+               "marker_iou": s.get("xai/dissection/max_iou/marker", float("nan")), "shape_units": shapes,
+               "centroid_accuracy": s.get("xai/projector/centroid_accuracy", float("nan")),
+               "silhouette": s.get("xai/projector/silhouette", float("nan")),
+               "max_min_change": s.get("xai/max_min/change", float("nan"))}
+        print(f"{e:>5} {row['phase']:>8} | {row['marker_units']:>12.0f} {row['marker_iou']:>7.3f} | "
+              f"{shapes:>11.0f} | {row['centroid_accuracy']:>12.2f} {row['silhouette']:>10.2f} | "
+              f"{row['max_min_change']:>14.2f}")
+        rows.append(row)
+    return rows
+
+
 def _mean(values: list[float]) -> float:
     finite = [v for v in values if v == v]
     return sum(finite) / len(finite) if finite else float("nan")
@@ -181,6 +207,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         drift={"warmup_epochs": 1 if args.fast else 3},
         # defaults otherwise
         method_options={"integrated_gradients": {"n_steps": 4, "tolerance": None}} if args.fast else None,
+        views=VIEWS,
+        view_options={"activation_max": {"steps": 4}, "pool": {"size": 16}} if args.fast else None,
     )
     report = EvidenceReport(monitor, data.probe_set)
     # A new version directory per run: re-running never mixes two runs' steps in one TensorBoard run.
@@ -199,6 +227,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     trainer.fit(model, datamodule=data)
     elapsed = time.perf_counter() - start
     rows = print_table(monitor, report, args.shortcut_epoch)
+    print_views_table(monitor, args.shortcut_epoch)
     print(f"\nTrained {args.epochs} epochs in {elapsed:.0f} s; shortcut planted at epoch {args.shortcut_epoch}.")
     print(f"TensorBoard logs: {os.path.abspath(logger.log_dir)}")
     print(f"Open them with:  tensorboard --logdir {args.out} --samples_per_plugin images=1000")

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
 from lightning_xai import ExplanationMonitor
-from lightning_xai.attribution import METHODS
+from lightning_xai.attribution import METHODS, available_methods
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--val-fraction", type=float, default=0.2, help="share of each class held out")
     parser.add_argument("--num-probes", type=int, default=16, help="validation images explained every epoch")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=available_methods())
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/folder", help="log directory")

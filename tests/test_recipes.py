@@ -68,6 +68,13 @@ def test_demo_fast(tmp_path):
     assert f"TensorBoard logs: {out / 'fast' / 'version_0'}" in proc.stdout  # a new version directory per run
     events = _assert_explained(out / "fast" / "version_0", epochs=3)
     assert "val_acc" in events["scalars"]
+    # the views: images per epoch, dissection of the marker, the projector's files, the end-of-fit graphs
+    assert "What the network learned" in proc.stdout
+    for tag in ("xai/activations/top_channels", "xai/max_min/grid", "xai/activation_max/classes"):
+        assert len(events["images"][tag]) == 3, tag
+    assert len(events["scalars"]["xai/dissection/units/marker"]) == 3
+    assert len(events["images"]["xai/attention_graphs/probes"]) == 1
+    assert (out / "fast" / "version_0" / "projector_config.pbtxt").is_file()
 
 
 # ---------------------------------------------------------------------- folder

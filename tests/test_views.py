@@ -85,8 +85,12 @@ def test_every_view_is_side_effect_free_and_logs_under_its_tag(shapes_context, t
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
     events = read_events(tmp_path)
-    for tag in ("xai/activations/top_channels", "xai/max_min/grid", "xai/activation_max/classes"):
+    for tag in ("xai/activations/top_channels", "xai/max_min/grid", "xai/activation_max/classes",
+                "xai/dissection/units"):
         assert [e[0] for e in events["images"][tag]] == [0, 10], tag
+    # dissection: 6 units x 5 images, 24 px enlarged to 72, two caption lines
+    _, width, height, _ = events["images"]["xai/dissection/units"][0]
+    assert (height, width) == (6 * (72 + caption_height(72, 2) + 2) + 2, 5 * 74 + 2)
     assert set(events["scalars"]) >= {
         "xai/activations/dead_fraction", "xai/max_min/change", "xai/projector/centroid_accuracy",
         "xai/projector/silhouette", "xai/activation_max/gain", "xai/dissection/units/marker",
@@ -183,6 +187,11 @@ def test_dissection_recovers_a_planted_unit():
     assert out.scalars["xai/dissection/units/red square"] == 1.0
     assert out.scalars["xai/dissection/units/noise"] == 0.0
     assert out.texts["xai/dissection/top_units"].splitlines()[4].startswith("| 0 | red square |")
+    # the picture's first row is unit 0 on its strongest images: the region outline (yellow) sits on a square
+    picture = out.images["xai/dissection/units"]
+    first = picture[:, 2 : 2 + 64, 2 : 2 + 64]  # 16 px enlarged 4x
+    yellow = (first[0] > 200) & (first[1] > 200) & (first[2] < 50)
+    assert bool(yellow.any())
     # Bau et al.'s quantile 0.005 (41 pixels) falls inside the plateau of tied top values, kept whole
     default = dissect(ctx_acts(model, images), {"red square": masks})
     assert default.units_per_concept() == {"red square": 1} and float(default.iou[0, 0]) > 0.2
@@ -359,8 +368,16 @@ def test_runner_pool_concepts_failure_isolation_and_graphs(tmp_path):
         ViewRunner(["heatmap"])
     with pytest.raises(ValueError, match="view_options\\['max_min'\\]"):
         ViewRunner(["max_min"], {"max_min": {"kk": 1}})
+    with pytest.raises(ValueError, match="not in `views`"):
+        ViewRunner(["max_min"], {"dissection": {}})
+    with pytest.raises(ValueError, match="unknown keys \\['beams'\\]"):
+        ViewRunner(["attention_graphs"], {"attention_graphs": {"beams": 2}})
+    with pytest.raises(ValueError, match="size"):
+        ViewRunner(["max_min"], {"pool": {"size": 0}})
+    assert ViewRunner(["attention_graphs"]) and not ViewRunner([])
     ds = ShapesDataset(64, image_size=24, seed=4, shortcut_strength=1.0)
-    runner = ViewRunner(["dissection", "max_min", "activations"], pool_size=16)
+    runner = ViewRunner(["dissection", "max_min", "activations", "attention_graphs"],
+                        {"pool": {"size": 16}, "attention_graphs": {"num_probes": 2, "grid": 2}})
     runner.build_pool(ds, class_names=ds.classes)
     assert len(runner.pool) == 16 and list(runner.concepts) == [*ds.classes, "marker"]
     assert runner.concepts["marker"].shape == (16, 1, 24, 24)
@@ -370,14 +387,15 @@ def test_runner_pool_concepts_failure_isolation_and_graphs(tmp_path):
     writer = TensorBoardWriter(sw)
     failures = runner.run(small_cnn(), "5", probes, writer, epoch=0, step=3, class_names=ds.classes)
     assert list(failures) == ["broken"] and "exploded" in str(failures["broken"])
-    picture, text = runner.attention_graphs(small_cnn(), probes, writer, step=3, num_probes=2, grid=2,
-                                            class_names=ds.classes)
+    picture, text = runner.attention_graphs(small_cnn(), probes, writer, step=3, class_names=ds.classes)
+    assert text.count("\n- ") == 2  # two probes
     sw.close()
     events = read_events(tmp_path)
     assert {"xai/max_min/grid", "xai/activations/top_channels", "xai/attention_graphs/probes"} <= set(events["images"])
     assert events["scalars"]["xai/dissection/units/marker"][0][0] == 3
     assert events["texts"]["xai/attention_graphs/summary"][0][1] == text
     assert runner.state_dict()["max_min"]["previous"]
+    assert runner.history[0]["epoch"] == 0 and "xai/dissection/units/marker" in runner.history[0]["scalars"]
     # without concept_masks on the dataset: one concept per class from the pool's ground-truth masks
     plain = (torch.stack([ds[i][0] for i in range(8)]), torch.tensor([ds[i][1] for i in range(8)]),
              torch.stack([ds[i][2] for i in range(8)]))

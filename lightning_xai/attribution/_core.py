@@ -16,14 +16,21 @@ reported in :attr:`Explanation.errors` and the others are returned; a model that
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lightning_xai.attribution._engine import Context, _Engine, check_inputs, check_target, shared_pass
+from lightning_xai.attribution._engine import (
+    Context,
+    OutputTransform,
+    _Engine,
+    check_inputs,
+    check_target,
+    shared_pass,
+)
 from lightning_xai.attribution._layers import unwrap_model
 from lightning_xai.attribution._registry import METHODS, Method, available_methods, check_method_options, get_method
 from lightning_xai.attribution._state import preserved_state
@@ -38,7 +45,6 @@ __all__ = [
     "saliency",
 ]
 
-OutputTransform = Callable[[Any], Tensor]
 ERRORS = ("raise", "collect")
 # Keywords of explain() that are method options: each goes to every chosen method that declares it.
 _ROUTED = ("layer", "baseline", "n_steps", "tolerance", "max_steps")

@@ -18,13 +18,16 @@ import torch
 from torch import Tensor
 
 from lightning_xai._validation import Option, check, check_options, is_int, is_number, path
+from lightning_xai.attribution import METHODS, available_methods
 from lightning_xai.drift import DriftDetector
 from lightning_xai.metrics.registry import available_measures, get_measure
 from lightning_xai.render import COLORMAPS
+from lightning_xai.views import END_OF_FIT, ViewRunner
+from lightning_xai.views import VIEWS as _VIEW_CLASSES
 
-#: Views of what a layer has learnt (implemented by :mod:`lightning_xai.views` as they land).
-VIEWS = ("activations", "max_min", "projector", "activation_max", "dissection")
-DEFAULT_METHODS = ("grad_cam", "saliency", "integrated_gradients")
+#: Views of what a layer has learnt (:mod:`lightning_xai.views`), each round, then the end-of-fit work.
+VIEWS = (*_VIEW_CLASSES, *END_OF_FIT)
+DEFAULT_METHODS = METHODS  # the attribution registry's default selection (one definition)
 DEFAULT_METRICS = ("localisation", "agreement", "sanity")
 
 
@@ -56,11 +59,8 @@ class ProbeOptions(TypedDict, total=False):
 
 
 def known_methods() -> tuple[str, ...]:
-    """The attribution methods the monitor accepts: the attribution registry's when it has one."""
-    import lightning_xai.attribution as attribution
-
-    available = getattr(attribution, "available_methods", None)
-    return tuple(available()) if callable(available) else tuple(attribution.METHODS)
+    """The attribution methods the monitor accepts: the attribution registry's."""
+    return available_methods()
 
 
 def _batch(v: Any) -> bool:
@@ -145,6 +145,7 @@ class MonitorConfig:
     metrics: tuple[str, ...]
     log_images: bool
     views: tuple[str, ...]
+    view_options: dict[str, dict[str, Any]]
     on_drift: Callable[..., Any] | None
     on_error: str
     max_overhead: float | None
@@ -184,6 +185,14 @@ def build_config(**args: Any) -> MonitorConfig:
     log_images = args["log_images"]
     check(isinstance(log_images, bool), "log_images", log_images, "True or False", error=TypeError)
     views = _tuple_of_names(args["views"], "views", VIEWS, empty_ok=True)
+    view_options = {} if args.get("view_options") is None else args["view_options"]
+    check(isinstance(view_options, Mapping) and all(isinstance(v, Mapping) for v in view_options.values()),
+          "view_options", view_options, "None or a dict {view: {option: value}}", error=TypeError)
+    view_options = {str(k): dict(v) for k, v in view_options.items()}
+    try:
+        ViewRunner(views, view_options)  # checks every view's options now, not at the first epoch
+    except ValueError as err:
+        raise ValueError(f"ExplanationMonitor: {err}") from None
     on_drift, on_error = args["on_drift"], args["on_error"]
     check(on_drift is None or callable(on_drift), "on_drift", on_drift, "None or a callable(report)")
     check(on_error in ("warn", "raise"), "on_error", on_error, "'warn' or 'raise'")
@@ -208,8 +217,8 @@ def build_config(**args: Any) -> MonitorConfig:
 
     return MonitorConfig(
         probes=probes, num_probes=int(num_probes), methods=methods, every_n_epochs=int(every), target=target,
-        layer=layer, metrics=metrics, log_images=log_images, views=views, on_drift=on_drift, on_error=on_error,
-        max_overhead=None if budget is None else float(budget), output_transform=transform,
+        layer=layer, metrics=metrics, log_images=log_images, views=views, view_options=view_options,
+        on_drift=on_drift, on_error=on_error, max_overhead=None if budget is None else float(budget), output_transform=transform,
         method_options=_method_options(args["method_options"], methods),
         metric_options=_metric_options(args["metric_options"]),
         drift=_drift_options(args["drift"]),

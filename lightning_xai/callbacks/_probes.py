@@ -93,6 +93,7 @@ class ProbeSetup:
         self.probe_set: ProbeSet | None = None
         self.class_names: list[str] | None = config.display["class_names"]
         self.layer_name: str | None = None
+        self.source: Any = None
 
     def select(self, source: Any, what: str = "probes") -> ProbeSet:
         options = self.config.probe_options
@@ -106,6 +107,7 @@ class ProbeSetup:
                 "probe_options={'input_key': ..., 'label_key': ...} to select the image and label from each sample."
             ) from err
         self.probe_set = probes
+        self.source = source  # the views read their pool from the same place
         if self.class_names is None:
             self.class_names = dataset_classes(source)
         return probes

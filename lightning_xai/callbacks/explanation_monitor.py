@@ -8,7 +8,8 @@ work is done by named collaborators, each testable without a Trainer:
 - :mod:`._round`: one explanation round over the ranks (``ProbeExplainer``, ``DistributedRound``);
 - :mod:`lightning_xai.metrics.registry`: the quality measures and their keys;
 - :mod:`._tracker`: stability, drift and the history (``DriftTracker``);
-- :mod:`._reporter`: the writer, overlays, drift text and warnings on rank 0 (``Reporter``).
+- :mod:`._reporter`: the writer, overlays, drift text and warnings on rank 0 (``Reporter``);
+- :mod:`lightning_xai.views`: what a layer has learnt, on a fixed pool, rank 0 only (``ViewRunner``).
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
+from lightning_xai.attribution import find_gradcam_layer, resolve_layer
 from lightning_xai.callbacks._config import (
     DEFAULT_METHODS,
     DEFAULT_METRICS,
@@ -35,7 +38,7 @@ from lightning_xai.callbacks._config import (
 )
 from lightning_xai.callbacks._probes import ProbeSetup, check_monitors, check_strategy
 from lightning_xai.callbacks._reporter import Reporter, drift_text
-from lightning_xai.callbacks._round import DistributedRound, ProbeExplainer
+from lightning_xai.callbacks._round import DistributedRound, ProbeExplainer, module_device
 from lightning_xai.callbacks._tracker import DriftTracker, Report
 from lightning_xai.metrics.registry import (
     MeasureContext,
@@ -46,6 +49,7 @@ from lightning_xai.metrics.registry import (
 )
 from lightning_xai.metrics.sanity import randomized_copy
 from lightning_xai.probes import ProbeSet
+from lightning_xai.views import ViewRunner
 
 _STATE_VERSION = 2
 _OVERHEAD = "xai/overhead"
@@ -93,8 +97,19 @@ class ExplanationMonitor(Callback):
             itself: off by default), ``"sanity"`` (model-randomisation check; one explanation round on a randomised
             copy at the end of fit).
         log_images: Log overlay grids (scalars and text are always logged).
-        views: Views of what a layer has learnt, from ``("activations", "max_min", "projector", "activation_max",
-            "dissection")``.
+        views: Views of what the network has learnt (:mod:`lightning_xai.views`), computed on rank 0 after each
+            explained epoch, on the Grad-CAM layer (``layer``, automatic by default) and a fixed pool of
+            ``view_options['pool']['size']`` (128) samples from the probes' source: ``"activations"`` (strongest
+            channels of a few probes), ``"max_min"`` (per class the pool samples scoring highest and lowest, and how
+            much that set changed), ``"projector"`` (penultimate features to TensorBoard's projector, class
+            separation scalars), ``"activation_max"`` (an input optimised per class, on a copy of the model),
+            ``"dissection"`` (units whose top activations match concept masks: the dataset's ``concept_masks(i)``,
+            else the probes' masks per class), and ``"attention_graphs"`` (structured attention graphs of a few
+            probes, once at the end of fit). Each view's cost is in its class's docstring; a failing view warns
+            (or raises with ``on_error="raise"``) without stopping the others or the heatmaps.
+        view_options: Options per view, ``{view: {option: value}}``, the keyword arguments of its class in
+            :data:`lightning_xai.views.VIEWS` (e.g. ``{"activation_max": {"steps": 32, "every_n_epochs": 2}}``),
+            plus ``"pool": {"size": N}``.
         on_drift: Called as ``on_drift(report)`` on every rank when drift is flagged.
         on_error: ``"warn"`` skips an epoch whose explanation fails (on every rank, so DDP never hangs);
             ``"raise"`` stops training.
@@ -134,6 +149,12 @@ class ExplanationMonitor(Callback):
           ``xai/{method}/sanity_similarity`` (at the last step of fit).
         - ``xai/overhead`` (scalar): the monitor's share of the explained epoch's wall time (rank 0's clock).
         - ``xai/drift`` (text): the epoch's stability table and the flagged probes.
+        - with ``views``: images ``xai/activations/top_channels``, ``xai/max_min/grid``, ``xai/activation_max/classes``;
+          scalars ``xai/activations/dead_fraction``, ``xai/max_min/change``, ``xai/projector/centroid_accuracy``,
+          ``xai/projector/silhouette``, ``xai/activation_max/gain``, ``xai/activation_max/probability``,
+          ``xai/dissection/units/<concept>``, ``xai/dissection/max_iou/<concept>``; text
+          ``xai/dissection/top_units``; the projector's files (``projector_config.pbtxt``) in the log directory;
+          at the end of fit image ``xai/attention_graphs/probes`` and text ``xai/attention_graphs/summary``.
 
         The scalars also go into ``trainer.callback_metrics`` (identical on every rank), so ``EarlyStopping`` and
         ``ModelCheckpoint`` can monitor them.
@@ -158,6 +179,7 @@ class ExplanationMonitor(Callback):
         metrics: Sequence[str] = DEFAULT_METRICS,
         log_images: bool = True,
         views: Sequence[str] = (),
+        view_options: dict[str, dict[str, Any]] | None = None,
         on_drift: Callable[[Any], Any] | None = None,
         on_error: Literal["warn", "raise"] = "warn",
         max_overhead: float | None = None,
@@ -171,7 +193,8 @@ class ExplanationMonitor(Callback):
         super().__init__()
         config = build_config(
             probes=probes, num_probes=num_probes, methods=methods, every_n_epochs=every_n_epochs, target=target,
-            layer=layer, metrics=metrics, log_images=log_images, views=views, on_drift=on_drift, on_error=on_error,
+            layer=layer, metrics=metrics, log_images=log_images, views=views, view_options=view_options,
+            on_drift=on_drift, on_error=on_error,
             max_overhead=max_overhead, output_transform=output_transform, method_options=method_options,
             metric_options=metric_options, drift=drift, display=display, probe_options=probe_options,
         )
@@ -181,6 +204,8 @@ class ExplanationMonitor(Callback):
         self._round = DistributedRound(config.on_error, warn=rank_zero_warn)
         self._tracker = DriftTracker(config.methods, config.size, config.detector_options, config.drift["topk"])
         self._reporter = Reporter(config.methods, config.display, config.log_images)
+        self._views = ViewRunner(config.views, config.view_options)
+        self._views_layer: str | None = None
         self._last_explained_epoch: int | None = None
         self._loaded_fingerprint: str | None = None
         self._latest: dict[str, Any] | None = None  # the last explained epoch's results, on every rank
@@ -229,6 +254,11 @@ class ExplanationMonitor(Callback):
         return {"epoch": self._latest["epoch"], "step": self._latest["step"], "pred": results["pred"],
                 "prob": results["prob"], "maps": {m: results[f"map/{m}"] for m in self.config.methods}}
 
+    @property
+    def views_history(self) -> list[dict[str, Any]]:
+        """One record per explained epoch with views: ``{"epoch", "step", "scalars": {tag: value}}`` (rank 0)."""
+        return self._views.history
+
     def logged_keys(self) -> set[str]:
         """Every scalar key this monitor can log (stability and drift, and the chosen measures')."""
         return {self._key(k) for k in self._base_keys()}
@@ -267,6 +297,7 @@ class ExplanationMonitor(Callback):
             "probe_fingerprint": "" if probes is None else probes.fingerprint,
             "last_explained_epoch": -1 if self._last_explained_epoch is None else self._last_explained_epoch,
             "tracker": self._tracker.state_dict(),
+            "views": self._views.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -279,6 +310,7 @@ class ExplanationMonitor(Callback):
                        "drift": {"reference": state_dict["reference"], "reference_pred": state_dict["reference_pred"],
                                  "detector": state_dict["drift"]}}
         self._tracker.load_state_dict(tracker)
+        self._views.load_state_dict(state_dict.get("views", {}))
         self._check_restored_probes()
 
     def _check_restored_probes(self) -> None:
@@ -312,7 +344,60 @@ class ExplanationMonitor(Callback):
         self._probes.select_for(trainer)
         self._probes.validate(pl_module)
         self._explainer.layer_name = self._probes.layer_name
+        if self._views:
+            self._setup_views(pl_module)
         self._check_restored_probes()
+
+    def _setup_views(self, model: torch.nn.Module) -> None:
+        """The views' layer (the Grad-CAM layer) and pool, on every rank (no collectives, so a bad source fails
+        everywhere alike, here)."""
+        probes, options = self.probe_set, self.config.probe_options
+        try:
+            layer = self._probes.layer_name
+            if layer is None:
+                example = probes.images[:1].to(module_device(model))
+                layer = (resolve_layer(model, self.config.layer)[0] if self.config.layer is not None
+                         else find_gradcam_layer(model, example, output_transform=self.config.output_transform))
+            self._views_layer = layer
+            self._views.build_pool(self._probes.source if self._probes.source is not None else probes,
+                                   class_names=self.class_names, input_key=options["input_key"],
+                                   label_key=options["label_key"], mask_key=options["mask_key"],
+                                   seed=options["seed"])
+        except (ValueError, TypeError, RuntimeError) as err:
+            raise MisconfigurationException(f"ExplanationMonitor (views={self.config.views}): {err}") from err
+
+    def _run_views(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Rank 0 computes and writes the views (no collectives inside); every rank learns whether that failed."""
+
+        def run() -> None:
+            if not trainer.is_global_zero:
+                return
+            writer = self._reporter.writer(trainer)
+            failures = self._views.run(
+                pl_module, self._views_layer, self.probe_set, writer, epoch=trainer.current_epoch,
+                step=trainer.global_step, mean=self.config.display["mean"], std=self.config.display["std"],
+                class_names=self.class_names, output_transform=self.config.output_transform,
+                device=module_device(pl_module), write_scalars=False,
+            )
+            if self._views.history and self._views.history[-1]["scalars"]:
+                self._reporter.write_scalars(trainer, self._views.history[-1]["scalars"])
+            if failures:
+                name, error = next(iter(failures.items()))
+                raise RuntimeError(f"view(s) {', '.join(failures)} failed (the other views and the heatmaps were "
+                                   f"written); {name}: {type(error).__name__}: {error}") from error
+
+        self._round.agreed(trainer, run, what="views")
+
+    def _run_attention_graphs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        def run() -> None:
+            if trainer.is_global_zero:
+                self._views.attention_graphs(
+                    pl_module, self.probe_set, self._reporter.writer(trainer), step=trainer.global_step,
+                    mean=self.config.display["mean"], std=self.config.display["std"], class_names=self.class_names,
+                    output_transform=self.config.output_transform, device=module_device(pl_module))
+                self._reporter.writer(trainer).flush()
+
+        self._round.agreed(trainer, run, what="structured attention graphs")
 
     # ------------------------------------------------------------------ when to explain
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -341,6 +426,8 @@ class ExplanationMonitor(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # the last overlays are in the event file before the loggers finalise; a failure is agreed on like any other
         self._round.agreed(trainer, self._reporter.finish_images, what="writing overlays")
+        if self._views.graph_options is not None:
+            self._run_attention_graphs(trainer, pl_module)
         if "sanity" in self.config.metrics:  # the trained model: now the check is meaningful, so warn
             latest = self._latest["results"] if self._latest and self._latest["step"] == trainer.global_step else None
             self.check_sanity(trainer, pl_module, warn=True, reference=latest)
@@ -360,6 +447,8 @@ class ExplanationMonitor(Callback):
             return
         self._last_explained_epoch = epoch
         self._run(trainer, pl_module, reference=False)
+        if self._views.views:  # independent of the heatmaps: they run even if this epoch's explanation was skipped
+            self._run_views(trainer, pl_module)
 
     # ------------------------------------------------------------------ one explanation round, on every rank
     def _explain(self, trainer: pl.Trainer, model: torch.nn.Module, *, targets: Tensor | None = None,

@@ -16,9 +16,10 @@ from lightning_xai.views.attention_graphs import AttentionGraph, attention_graph
 from lightning_xai.views.dissection import Dissection, DissectionView, dissect
 from lightning_xai.views.max_min import MaxMinView, extremes, set_change
 from lightning_xai.views.projector import ProjectorView, nearest_centroid_accuracy, silhouette
-from lightning_xai.views.runner import VIEWS, ViewRunner, concepts_of
+from lightning_xai.views.runner import END_OF_FIT, VIEWS, ViewRunner, concepts_of
 
 __all__ = [
+    "END_OF_FIT",
     "VIEWS",
     "ActivationMaxView",
     "ActivationsView",

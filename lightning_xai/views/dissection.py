@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_xai.views._common import ViewContext, ViewOutput, check_fraction, check_int
+from lightning_xai.views._common import ViewContext, ViewOutput, check_fraction, check_int, display, tile_grid
 
 __all__ = ["Dissection", "DissectionView", "dissect"]
 
@@ -142,19 +142,27 @@ class DissectionView:
     concept per shape class and one for the shortcut marker). Scalars per concept: ``xai/dissection/units/<concept>``
     (detector units whose best concept it is) and ``xai/dissection/max_iou/<concept>`` (the best IoU any unit
     reaches with it, a continuous signal below the detection rule). Text ``xai/dissection/top_units``: a Markdown
-    table of the ``top`` units (unit, concept, IoU, detector or not). Nothing is logged without concepts.
+    table of the ``top`` units (unit, concept, IoU, detector or not). Image ``xai/dissection/units``: a row per
+    unit for the ``num_units`` best units, showing its region (activation above ``T_u``, upsampled, in yellow) on
+    the ``num_images`` pool images where it fires most. Nothing is logged without concepts.
 
-    Cost: one forward over the pool (shared with the other views), then :func:`dissect`.
+    Cost: one forward over the pool (shared with the other views), then :func:`dissect` and
+    ``num_units * num_images`` tiles.
 
-    Logged: the scalars above and the text table.
+    Logged: the scalars above, the text table and the image.
     """
 
     name = "dissection"
 
-    def __init__(self, top_quantile: float = 0.005, iou_threshold: float = 0.04, top: int = 10) -> None:
+    def __init__(self, top_quantile: float = 0.005, iou_threshold: float = 0.04, top: int = 10, num_units: int = 6,
+                 num_images: int = 5) -> None:
         check_fraction(top_quantile, "top_quantile")
         check_fraction(iou_threshold, "iou_threshold")
         check_int(top, "top")
+        check_int(num_units, "num_units")
+        check_int(num_images, "num_images")
+        self.num_units = num_units
+        self.num_images = num_images
         self.top_quantile = top_quantile
         self.iou_threshold = iou_threshold
         self.top = top
@@ -177,4 +185,34 @@ class DissectionView:
             f"Layer `{ctx.layer}`, {acts.shape[1]} units, {acts.shape[0]} pool images, top quantile "
             f"{self.top_quantile}, IoU > {self.iou_threshold}:\n\n" + "\n".join(rows)
         )
+        out.images["xai/dissection/units"] = self._picture(ctx, acts, result)
         return out
+
+    def _picture(self, ctx: ViewContext, acts: Tensor, result: Dissection) -> Tensor:
+        images = display(ctx.pool_images, ctx.mean, ctx.std)
+        size = tuple(images.shape[-2:])
+        k = min(self.num_images, images.shape[0])
+        tiles, captions = [], []
+        for unit, concept, value in result.top_units(self.num_units):
+            strength = acts[:, unit].amax(dim=(1, 2)).cpu()
+            best = torch.sort(strength, descending=True, stable=True).indices[:k]
+            up = F.interpolate(acts[best, unit : unit + 1].cpu().float(), size=size, mode="bilinear",
+                               align_corners=False)
+            low = float(acts[:, unit].min())
+            region = ((up >= result.thresholds[unit]) & (up > low)).float()  # the same rule as dissect()
+            for j, i in enumerate(best.tolist()):
+                dim = images[i] * (0.45 + 0.55 * region[j])
+                tiles.append(torch.where(region[j].bool() & ~_inner(region[j]), _YELLOW, dim))
+                captions.append([f"u{unit} {concept}"[:14] if j == 0 else f"#{int(ctx.pool_ids[i])}",
+                                 f"IoU={value:.3f}" if j == 0 else ""])
+        return tile_grid(torch.stack(tiles), captions, nrow=k, upscale_to=64)
+
+
+_YELLOW = torch.tensor([1.0, 0.9, 0.0]).view(3, 1, 1)
+
+
+def _inner(region: Tensor) -> Tensor:
+    """Pixels of ``region`` (1, H, W) whose 4 neighbours are all in it (the rest is its outline)."""
+    r = F.pad(region, (1, 1, 1, 1))
+    inner = r[:, 1:-1, 1:-1] * r[:, :-2, 1:-1] * r[:, 2:, 1:-1] * r[:, 1:-1, :-2] * r[:, 1:-1, 2:]
+    return inner.bool()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ from lightning_xai.views.dissection import DissectionView
 from lightning_xai.views.max_min import MaxMinView
 from lightning_xai.views.projector import ProjectorView
 
-__all__ = ["VIEWS", "ViewRunner", "concepts_of"]
+__all__ = ["END_OF_FIT", "VIEWS", "ViewRunner", "concepts_of"]
 
 #: View name -> class, in the order a round runs them.
 VIEWS: dict[str, type] = {
@@ -28,6 +29,10 @@ VIEWS: dict[str, type] = {
     "activation_max": ActivationMaxView,
     "dissection": DissectionView,
 }
+#: Offline work run once at the end of fit (expensive), named beside the views: options of
+#: :meth:`ViewRunner.attention_graphs`.
+END_OF_FIT = ("attention_graphs",)
+_GRAPH_OPTIONS = ("num_probes", "grid", "beam", "keep", "max_roots", "max_patches")
 
 
 def _dataset_of(source: Any) -> Any:
@@ -63,9 +68,12 @@ class ViewRunner:
     """The views of one monitor: their pool, their state, and one call per round.
 
     Args:
-        names: view names, a subset of :data:`VIEWS` (run in :data:`VIEWS` order).
-        options: per view name, keyword arguments of its class, e.g. ``{"activation_max": {"steps": 32}}``.
-        pool_size: samples in the fixed pool (class-balanced, from the probes' source, read once at setup).
+        names: view names from :data:`VIEWS` (run in that order each round) and :data:`END_OF_FIT`
+            (``"attention_graphs"``: structured attention graphs once, at the end of fit).
+        options: per name, keyword arguments of its class, e.g. ``{"activation_max": {"steps": 32}}``
+            (``"attention_graphs"``: those of :meth:`attention_graphs`); ``"pool": {"size": N}`` sets the pool size.
+        pool_size: samples in the fixed pool (class-balanced, from the probes' source, read once at setup), unless
+            ``options["pool"]["size"]`` gives it.
 
     Cost: per round one forward over the probes and one over the pool (shared by the views), plus each view's own
     cost (see the view classes); activation maximisation dominates when it is due.
@@ -75,31 +83,45 @@ class ViewRunner:
                  pool_size: int = 128) -> None:
         if isinstance(names, str) or not all(isinstance(n, str) for n in names):
             raise ValueError(f"`views` must be a sequence of view names from {tuple(VIEWS)}, got {names!r}")
-        unknown = [n for n in names if n not in VIEWS]
+        allowed = (*VIEWS, *END_OF_FIT)
+        unknown = [n for n in names if n not in allowed]
         if unknown:
-            raise ValueError(f"`views` has unknown names {unknown}; allowed: {tuple(VIEWS)}")
+            raise ValueError(f"`views` has unknown names {unknown}; allowed: {allowed}")
         options = dict(options or {})
-        extra = [k for k in options if k not in names]
+        extra = [k for k in options if k not in names and k != "pool"]
         if extra:
-            raise ValueError(f"`view_options` has keys {extra} that are not in `views`={tuple(names)}")
-        check_int(pool_size, "pool_size")
+            raise ValueError(f"`view_options` has keys {extra} that are not in `views`={tuple(names)} (or 'pool')")
+        pool = dict(options.get("pool", {}))
+        if set(pool) - {"size"}:
+            raise ValueError(f"`view_options['pool']` takes only 'size', got {sorted(pool)}")
+        pool_size = pool.get("size", pool_size)
+        check_int(pool_size, "view_options['pool']['size']")
+        graph_options = dict(options.get("attention_graphs", {}))
+        bad = [k for k in graph_options if k not in _GRAPH_OPTIONS]
+        if bad:
+            raise ValueError(f"`view_options['attention_graphs']` has unknown keys {bad}; allowed: {_GRAPH_OPTIONS}")
+        self.graph_options: dict[str, Any] | None = graph_options if "attention_graphs" in names else None
         self.views = {}
         for name in VIEWS:
             if name in names:
                 try:
                     self.views[name] = VIEWS[name](**dict(options.get(name, {})))
-                except TypeError as err:
-                    raise ValueError(f"`view_options[{name!r}]`: {err}") from err
+                except (TypeError, ValueError) as err:  # name the option as the user wrote it
+                    raise ValueError(f"`view_options[{name!r}]`: {err}") from None
         self.pool_size = pool_size
         self.pool: ProbeSet | None = None
         self.concepts: dict[str, Tensor] = {}
+        #: one record per round: ``{"epoch", "step", "scalars": {tag: value}}`` (what the views logged)
+        self.history: list[dict[str, Any]] = []
 
     def __bool__(self) -> bool:
-        return bool(self.views)
+        return bool(self.views) or self.graph_options is not None
 
     def build_pool(self, source: Any, *, class_names: Sequence[str] | None = None, **select: Any) -> None:
         """Read the pool from ``source`` (as :func:`~lightning_xai.probes.select_probes`, RNG-neutral) and its
         concepts (:func:`concepts_of`)."""
+        if not self.views:
+            return
         self.pool = select_probes(source, self.pool_size, **select)
         self.concepts = concepts_of(source, self.pool, class_names) if "dissection" in self.views else {}
 
@@ -117,9 +139,11 @@ class ViewRunner:
         class_names: Sequence[str] | None = None,
         output_transform: OutputTransform | None = None,
         device: torch.device | None = None,
+        write_scalars: bool = True,
     ) -> dict[str, BaseException]:
         """Run every view once and write its output; returns ``{view name: exception}`` for the views that failed
-        (the others ran and were written)."""
+        (the others ran and were written). The scalars of the round are in ``history[-1]`` (with
+        ``write_scalars=False`` the caller writes them, e.g. to several loggers)."""
         pool = self.pool if self.pool is not None else probes
         device = device if device is not None else torch.device("cpu")
         ctx = ViewContext(
@@ -127,23 +151,35 @@ class ViewRunner:
             pool.ids, self.concepts, class_names, mean, std, output_transform, epoch=epoch, step=step,
         )
         failures: dict[str, BaseException] = {}
+        scalars: dict[str, float] = {}
         for name, view in self.views.items():
             try:
-                write_view_output(writer, view(ctx), step)
+                output = view(ctx)
+                write_view_output(writer, output if write_scalars else replace(output, scalars={}), step)
+                scalars.update(output.scalars)
             except Exception as err:  # one view's failure must not take the others or the heatmaps down
                 failures[name] = err
+        self.history.append({"epoch": epoch, "step": step, "scalars": scalars})
         return failures
 
-    def attention_graphs(self, model: nn.Module, probes: ProbeSet, writer: Any, *, step: int, num_probes: int = 4,
+    def attention_graphs(self, model: nn.Module, probes: ProbeSet, writer: Any, *, step: int,
                          mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                          class_names: Sequence[str] | None = None, output_transform: OutputTransform | None = None,
                          device: torch.device | None = None, **options: Any) -> tuple[Tensor, str]:
-        """Structured attention graphs of the first ``num_probes`` probes for their predicted class, written as image
-        ``xai/attention_graphs/probes`` and text ``xai/attention_graphs/summary``; returns ``(picture, text)``."""
+        """Structured attention graphs (:func:`~lightning_xai.views.attention_graphs`) of the first ``num_probes``
+        (4) probes for their predicted class, written as image ``xai/attention_graphs/probes`` and Markdown text
+        ``xai/attention_graphs/summary``; returns ``(picture, text)``.
+
+        ``options`` (over the ``"attention_graphs"`` view options): ``num_probes`` and the search's ``grid``,
+        ``beam``, ``keep``, ``max_roots``, ``max_patches``.
+        """
+        opts = {"num_probes": 4, **(self.graph_options or {}), **options}
+        num_probes = opts.pop("num_probes")
+        check_int(num_probes, "view_options['attention_graphs']['num_probes']")
         device = device if device is not None else torch.device("cpu")
         images = probes.images[:num_probes].to(device)
         preds = capture(model, images, output_transform=output_transform)[0].argmax(dim=1)
-        graphs = attention_graphs(model, images, preds, output_transform=output_transform, **options)
+        graphs = attention_graphs(model, images, preds, output_transform=output_transform, **opts)
         picture, text = render_attention_graphs(images.cpu(), graphs, class_names=class_names, mean=mean, std=std)
         writer.add_image("xai/attention_graphs/probes", picture, step)
         writer.add_text("xai/attention_graphs/summary", text, step)

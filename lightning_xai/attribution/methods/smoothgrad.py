@@ -66,10 +66,10 @@ class SmoothGrad(Method):
         n_samples, x = self.opts["n_samples"], ctx.x
         generator = torch.Generator(device=x.device).manual_seed(self.opts["seed"])
         total: Tensor | None = None
-        # Probes per sub-call: about one chunk of rows of the base method.
-        group = max(1, (ctx.engine.rows or 16) // n_samples)
-        for start in range(0, ctx.n, group):
-            stop = min(start + group, ctx.n)
+        start = 0
+        while start < ctx.n:
+            # Probes per sub-call: about one chunk of rows of the base method (known after the first sub-call).
+            stop = min(start + max(1, (ctx.engine.rows or 16) // n_samples), ctx.n)
             noisy = []
             for i in range(start, stop):
                 sigma = self.opts["stdev"] or self.opts["noise_level"] * float(x[i].max() - x[i].min())
@@ -80,5 +80,6 @@ class SmoothGrad(Method):
             if total is None:
                 total = x.new_zeros(ctx.n, *mean.shape[1:])
             total[start:stop] = mean
+            start = stop
         assert total is not None
         return total
