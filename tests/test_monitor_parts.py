@@ -18,7 +18,7 @@ from lightning_xai._validation import Option, check, check_options, is_int, is_n
 from lightning_xai.attribution import METHODS, explain, to_heatmap
 from lightning_xai.callbacks._config import build_config, explain_options, known_methods
 from lightning_xai.callbacks._probes import ProbeSetup, check_monitors
-from lightning_xai.callbacks._reporter import captions, choose_writer, drift_text
+from lightning_xai.callbacks._reporter import Reporter, captions, drift_text
 from lightning_xai.callbacks._round import DistributedRound, ProbeExplainer
 from lightning_xai.callbacks._tracker import DriftTracker
 from lightning_xai.metrics.registry import (
@@ -305,9 +305,9 @@ def test_reporting_helpers(tmp_path):
     probes = ProbeSet(images=torch.zeros(2, 3, 4, 4), labels=torch.tensor([0, -1]), ids=torch.tensor([0, 1]))
     lines = captions(probes, torch.tensor([1, 0]), torch.tensor([0.5, 0.25]), ["cat", "dog"])
     assert lines == [["y=cat", "p=dog 0.50"], ["y=?", "p=cat 0.25"]]
-    warned = []
-    writer, others = choose_writer(SimpleNamespace(loggers=[], default_root_dir=str(tmp_path)), warned.append)
-    assert isinstance(writer, FileWriter) and others == [] and str(tmp_path) in warned[0]
+    sink = Reporter(("grad_cam",), {}, log_images=False).sink(SimpleNamespace(loggers=[],
+                                                                              default_root_dir=str(tmp_path)))
+    assert [type(s) for s in sink.sinks] == [FileWriter] and sink.log_dir.startswith(str(tmp_path))
 
 
 def test_pure_collaborators_do_not_import_lightning():

@@ -73,6 +73,7 @@ def test_single_process_is_a_no_op():
         agree_on_probes(None, "`source` is empty")
 
 
+@pytest.mark.slow  # ~20 s of process start-up; tests/test_distributed_paths.py covers the Trainer path by default
 def test_two_ranks_with_different_probes_agree_on_rank_zeros(tmp_path):
     ctx = mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False,
                              start_method="spawn")

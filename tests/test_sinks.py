@@ -118,6 +118,7 @@ def test_csv_logger_gets_scalars_and_files_in_its_version_dir(tmp_path, package)
     png = version_dir / "xai_images" / "xai_grad_cam_overlay" / "step_0000003.png"
     assert Image.open(png).size == (10, 6) and Image.open(png).info["Description"] == "epoch 3"
     assert "**step 3**" in (version_dir / "xai_text.md").read_text()
+    assert not (version_dir / "xai_scalars.csv").exists()  # scalars once, in the logger's own metrics.csv
     # a second run gets the next version directory: nothing is appended to the first run's files
     second = loggers_of(package).CSVLogger(str(tmp_path), name="csv")
     assert Path(second.log_dir) != version_dir

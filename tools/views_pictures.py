@@ -1,7 +1,7 @@
 """Save the views' pictures of a run (read back from its TensorBoard event files) as PNGs, e.g. for the README.
 
 For each image tag of the views (``xai/activations/top_channels``, ``xai/max_min/grid``,
-``xai/activation_max/classes``, ``xai/attention_graphs/probes``) the event at the epoch asked for (by default the
+``xai/activation_max/classes``, ``xai/dissection/units``, ``xai/attention_graphs/probes``) the event at the epoch asked for (by default the
 last one) is written as ``<out>/views_<name>.png``; ``--epoch-index`` picks another logged epoch (0 = first).
 
     python tools/views_pictures.py runs/demo/full/version_0 --out docs
@@ -28,6 +28,7 @@ TAGS = {
     "xai/activations/top_channels": "activations",
     "xai/max_min/grid": "max_min",
     "xai/activation_max/classes": "activation_max",
+    "xai/dissection/units": "dissection",
     "xai/attention_graphs/probes": "attention_graphs",
 }
 

@@ -3,20 +3,22 @@ the model, the strategy and the other callbacks. Everything that can fail before
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
 from lightning_xai._validation import is_int
 from lightning_xai.attribution import find_gradcam_layer, preserved_state, resolve_layer
+from lightning_xai.callbacks._compat import EARLY_STOPPING, MisconfigurationException, muted_logging, rank_zero_warn
 from lightning_xai.callbacks._config import MonitorConfig, uses_layer
 from lightning_xai.callbacks._round import module_device
 from lightning_xai.metrics.sanity import parameterized_layers
-from lightning_xai.probes import ProbeSet, select_probes
+from lightning_xai.probes import ProbeSet, agree_on_probes, select_probes
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 # Strategies where every forward is a collective (parameters sharded): a forward on one rank's probes alone hangs.
 _SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
@@ -43,7 +45,7 @@ def check_monitors(callbacks: Iterable[Any], keys: set[str], every_n_epochs: int
                 f"Available: {sorted(keys)}."
             )
         if (isinstance(monitor, str) and monitor in keys and (every_n_epochs > 1 or budget)
-                and isinstance(cb, pl.callbacks.EarlyStopping) and cb.strict):
+                and isinstance(cb, EARLY_STOPPING) and cb.strict):
             how = f"every {every_n_epochs} epochs" if every_n_epochs > 1 else "on the epochs max_overhead allows"
             fix = "every_n_epochs=1" if every_n_epochs > 1 else "max_overhead=None"
             raise MisconfigurationException(
@@ -113,13 +115,45 @@ class ProbeSetup:
         return probes
 
     def select_for(self, trainer: pl.Trainer) -> ProbeSet:
-        source, what = self.config.probes, "probes"
-        if source is None:
-            source, what = default_probe_source(trainer)
-        return self.select(source, what)
+        """Select on every rank, then make every rank use rank 0's set (a collective under DDP).
 
-    def validate(self, model: torch.nn.Module) -> None:
-        """One forward on one probe: output shape, label and target range, channels, Grad-CAM layer."""
+        Ranks may see different data (a validation ``IterableDataset`` split by rank, per-rank files): explaining
+        shards of different probe sets would draw one rank's images with another's maps, and sets of different
+        sizes would break the gather. A rank whose own selection failed gets rank 0's set too.
+        """
+
+        def select() -> ProbeSet:
+            source, what = self.config.probes, "probes"
+            if source is None:
+                source, what = default_probe_source(trainer)
+            return self.select(source, what)
+
+        if trainer.world_size == 1:
+            return select()
+        local, error = None, None
+        try:
+            local = select()
+        except MisconfigurationException as err:
+            error = str(err)
+        try:
+            probes, differing = agree_on_probes(local, error)
+        except ValueError as err:  # rank 0 failed: every rank raises the same error
+            raise MisconfigurationException(f"ExplanationMonitor: {err}") from None
+        if differing:
+            rank_zero_warn(
+                f"ExplanationMonitor: the probe set differs across ranks (rank(s) {differing} selected other probes "
+                "than rank 0, e.g. from a validation IterableDataset split by rank); every rank now explains rank "
+                f"0's {len(probes)} probes (fingerprint {probes.fingerprint[:12]}). Pass `probes=` to choose them."
+            )
+        self.probe_set = probes
+        return probes
+
+    def validate(self, model: torch.nn.Module, train_batch_size: Callable[[], int | None] | None = None) -> None:
+        """One forward on one probe: output shape, label and target range, channels, Grad-CAM layer.
+
+        ``train_batch_size`` (called only if that forward fails) gives the training batch size, to tell a model that
+        only runs at its training batch size from one that does not fit the probes.
+        """
         probes, config = self.probe_set, self.config
         assert probes is not None, "select() first"
         if probes.images.ndim != 4:
@@ -127,11 +161,24 @@ class ProbeSetup:
                 f"ExplanationMonitor: probe images must be (N, C, H, W), got shape {tuple(probes.images.shape)}."
             )
         example = probes.images[:1]
+
+        def forward(images: Tensor) -> Any:
+            with preserved_state(model), muted_logging(model), torch.no_grad():
+                output = model(images.to(module_device(model)))
+                return config.output_transform(output) if config.output_transform is not None else output
+
         try:
-            with preserved_state(model), torch.no_grad():
-                output = model(example.to(module_device(model)))
-                logits = config.output_transform(output) if config.output_transform is not None else output
+            logits = forward(example)
         except Exception as err:
+            batch = train_batch_size() if train_batch_size is not None else None
+            if batch is not None and batch > 1 and _runs_on(forward, example.expand(batch, *example.shape[1:])):
+                raise MisconfigurationException(
+                    f"ExplanationMonitor: the model runs on a batch of {batch} images (the training batch size) but "
+                    f"fails on 1 image ({type(err).__name__}: {err}): its forward depends on the batch size. The "
+                    "monitor explains batches of 1 to `internal_batch_size` images (Integrated Gradients' path "
+                    "points in chunks, every probe shard, the last partial chunk), so make forward accept any batch "
+                    f"size, e.g. `x.flatten(1)` or `x.view(x.shape[0], -1)` instead of `x.view({batch}, -1)`."
+                ) from err
             raise MisconfigurationException(
                 f"ExplanationMonitor: the model failed on a probe image of shape {tuple(example.shape)}: "
                 f"{type(err).__name__}: {err}. Check that the probes match the model's input (probes=, "
@@ -189,3 +236,29 @@ class ProbeSetup:
                     self.layer_name, _ = resolve_layer(model, config.layer)
             except (ValueError, RuntimeError) as err:
                 raise MisconfigurationException(f"ExplanationMonitor (layer={config.layer!r}): {err}") from err
+
+
+def _runs_on(forward: Callable[[Tensor], Any], images: Tensor) -> bool:
+    try:
+        forward(images)
+    except Exception:
+        return False
+    return True
+
+
+def train_batch_size(trainer: pl.Trainer) -> int | None:
+    """The training DataLoader's batch size, from where Lightning will load it (the loader is built, not iterated),
+    or ``None`` if unknown."""
+    source = trainer.fit_loop._data_source
+    try:
+        if not source.is_defined():
+            return None
+        loader = source.dataloader()
+    except Exception:  # only a hint for an error message
+        return None
+    if isinstance(loader, dict):
+        loader = next(iter(loader.values()), None)
+    elif isinstance(loader, (list, tuple)):
+        loader = loader[0] if loader else None
+    size = getattr(loader, "batch_size", None)
+    return size if is_int(size) else None

@@ -1,4 +1,5 @@
-"""Reporting on rank 0: which writer, overlays on a background thread, scalars to every logger, drift text, warnings.
+"""Reporting on rank 0: the sinks (one per logger, by capability), overlays on a background thread, scalars, drift
+text, warnings.
 
 Nothing here is a collective; the monitor calls it inside its rank agreement so a failure never leaves a rank alone.
 """
@@ -6,43 +7,26 @@ Nothing here is a collective; the monitor calls it inside its rank agreement so 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
-from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
+from lightning_xai.callbacks._compat import rank_zero_warn
 from lightning_xai.probes import ProbeSet
 from lightning_xai.render import make_overlay_grid
-from lightning_xai.writers import FileWriter, TensorBoardWriter
+from lightning_xai.writers import BackgroundWrites, MultiSink, SinkError, sinks_for_loggers
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 
-def log_dir_no_collective(trainer: pl.Trainer) -> str:
-    """``trainer.log_dir`` without its ``strategy.broadcast``: the writer is made on rank 0 only, where a collective
-    would hang or abort DDP. On rank 0 this is the value the broadcast would send."""
-    if trainer.loggers:
-        logger = trainer.loggers[0]
-        if isinstance(logger, (pl.loggers.TensorBoardLogger, pl.loggers.CSVLogger)):
-            return logger.log_dir or trainer.default_root_dir
-        return logger.save_dir or trainer.default_root_dir
-    return trainer.default_root_dir
+class OverlayWriteError(RuntimeError):
+    """Writing an epoch's overlays failed on the background thread; reported at the next write, under its epoch."""
 
-
-def choose_writer(trainer: pl.Trainer, warn: Callable[[str], None]) -> tuple[Any, list[Any]]:
-    """The writer for images, text and histograms, and the loggers that get the scalars through their own API.
-
-    The one place that decides where results go.
-    """
-    for logger in trainer.loggers:
-        if isinstance(logger, pl.loggers.TensorBoardLogger):
-            others = [lg for lg in trainer.loggers if lg is not logger]
-            return TensorBoardWriter(logger.experiment), others
-    log_dir = log_dir_no_collective(trainer)
-    warn("ExplanationMonitor: no TensorBoardLogger found; overlays, scalars and drift text are written "
-         f"as PNG/CSV/Markdown files under {log_dir} (scalars also go to your loggers).")
-    return FileWriter(log_dir), list(trainer.loggers)
+    def __init__(self, epoch: int, step: int, error: BaseException) -> None:
+        self.epoch, self.step = epoch, step
+        super().__init__(f"writing the overlays of epoch {epoch} (step {step}) failed: {type(error).__name__}: {error}")
 
 
 def captions(probes: ProbeSet, pred: Tensor, prob: Tensor, class_names: list[str] | None) -> list[list[str]]:
@@ -74,7 +58,8 @@ def drift_text(epoch: int, step: int, methods: tuple[str, ...], scalars: Mapping
 
 
 class Reporter:
-    """Writes one monitor's results (rank 0 only).
+    """Writes one monitor's results (rank 0 only) to every logger of the Trainer, each through the sink that fits it
+    (:func:`lightning_xai.writers.sinks_for_loggers`).
 
     Args:
         methods: explained methods (overlay and text order).
@@ -90,82 +75,96 @@ class Reporter:
         self.log_images = log_images
         self.text_tag = text_tag
         self.suffix = ""  # set when several monitors share a Trainer: their tags must differ
-        self._writer: Any = None
-        self._others: list[Any] = []
-        self._warned: set[str] = set()
-        self._executor: ThreadPoolExecutor | None = None
-        self._job: Future | None = None
         self.background_seconds = 0.0  # duration of the last overlay job (background thread)
+        self._sink: MultiSink | None = None
+        self._warned: set[str] = set()
+        self._jobs = BackgroundWrites()
+
+    def tag(self, tag: str) -> str:
+        return f"{tag}/{self.suffix}" if self.suffix else tag
 
     def warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
             rank_zero_warn(message)
 
-    def tag(self, tag: str) -> str:
-        return f"{tag}/{self.suffix}" if self.suffix else tag
-
-    def writer(self, trainer: pl.Trainer) -> Any:
-        if self._writer is None:
-            self._writer, self._others = choose_writer(trainer, rank_zero_warn)
-        return self._writer
+    def sink(self, trainer: pl.Trainer) -> MultiSink:
+        """The sinks of this fit's loggers, made on first use. A logger whose sink cannot be made (e.g. its directory
+        cannot be created) raises once; the other loggers keep getting everything."""
+        if self._sink is None:
+            resolved = sinks_for_loggers(trainer.loggers, trainer.default_root_dir)
+            self._sink = resolved.sink
+            for note in resolved.notes:
+                self.warn_once(note, note)
+            if resolved.errors:
+                raise SinkError("setting up the loggers' sinks", resolved.errors)
+        return self._sink
 
     def reset(self) -> None:
         """A later fit may bring other loggers."""
-        self._writer, self._others = None, []
+        self._sink = None
 
     def write_epoch(self, trainer: pl.Trainer, *, probes: ProbeSet, results: Mapping[str, Tensor],
                     scalars: Mapping[str, float], histograms: Mapping[str, Tensor], text: str,
                     class_names: list[str] | None) -> None:
-        self.finish_images()  # a failure of the previous epoch's overlays surfaces here, inside the rank agreement
-        writer = self.writer(trainer)
+        """This epoch's scalars, histograms and text now; its overlays on the background thread.
+
+        An earlier epoch's overlay failure is raised (as :class:`OverlayWriteError`, naming that epoch) only after
+        this epoch's items are written, so it never costs this epoch its scalars.
+        """
+        earlier = self._jobs.collect()
+        sink = self.sink(trainer)
         step = trainer.global_step
-        if self.log_images:
+        if self.log_images and sink.supports_images:
             # Rendering and PNG encoding overlap with training on a background thread (rank 0 only, no collectives);
             # the inputs are this epoch's own tensors, never modified afterwards.
             maps = {m: results[f"map/{m}"] for m in self.methods}
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lightning_xai")
-            self._job = self._executor.submit(self._write_overlays, writer, probes.images, maps,
-                                              captions(probes, results["pred"], results["prob"], class_names), step)
-        self.write_scalars(trainer, scalars, flush=False)
-        for tag, values in histograms.items():
-            writer.add_histogram(self.tag(tag), values, step)
-        writer.add_text(self.tag(self.text_tag), text, step)
-        writer.flush()
+            labels = captions(probes, results["pred"], results["prob"], class_names)
+            self._jobs.submit((trainer.current_epoch, step), self._write_overlays, sink, probes.images, maps, labels,
+                              step, trainer.current_epoch)
+        errors: list[tuple[str, BaseException]] = []
+        for write in (lambda: sink.add_scalars(dict(scalars), step),
+                      *(lambda t=t, v=v: sink.add_histogram(self.tag(t), v, step) for t, v in histograms.items()),
+                      lambda: sink.add_text(self.tag(self.text_tag), text, step),
+                      sink.flush):
+            try:
+                write()
+            except SinkError as err:  # one item's failure: the others are still written
+                errors.extend(err.failures)
+        if errors:
+            raise SinkError(f"epoch {trainer.current_epoch}'s results", errors)
+        self._raise_earlier(earlier)
 
     def write_scalars(self, trainer: pl.Trainer, scalars: Mapping[str, float], *, flush: bool = True) -> None:
-        writer = self.writer(trainer)
-        writer.add_scalars(dict(scalars), trainer.global_step)
-        for logger in self._others:  # other loggers (CSV, W&B, ...) get the scalars through their own API
-            logger.log_metrics(dict(scalars), trainer.global_step)
+        sink = self.sink(trainer)
+        sink.add_scalars(dict(scalars), trainer.global_step)
         if flush:
-            writer.flush()
+            sink.flush()
 
-    def _write_overlays(self, writer: Any, images: Tensor, maps: Mapping[str, Tensor], labels: list[list[str]],
-                        step: int) -> None:
+    def _write_overlays(self, sink: MultiSink, images: Tensor, maps: Mapping[str, Tensor], labels: list[list[str]],
+                        step: int, epoch: int) -> None:
         start = time.perf_counter()
         d = self.display
         for m, heatmaps in maps.items():
             grid = make_overlay_grid(images, heatmaps, labels, alpha=d["alpha"], colormap=d["colormap"],
                                      mean=d["mean"], std=d["std"], caption_lines=2)
-            writer.add_image(self.tag(f"xai/{m}/overlay"), grid, step)
-        writer.flush()
+            sink.add_image(self.tag(f"xai/{m}/overlay"), grid, step, caption=f"{m}, epoch {epoch}, step {step}")
+        sink.flush()
         # it overlaps training but takes a core from it: part of what the monitor costs
         self.background_seconds = time.perf_counter() - start
 
+    @staticmethod
+    def _raise_earlier(failures: list[tuple[Any, BaseException]]) -> None:
+        if failures:
+            (epoch, step), error = failures[0]
+            raise OverlayWriteError(epoch, step, error) from error
+
     def finish_images(self) -> None:
-        """Wait for the pending overlay job; re-raises its exception."""
-        job, self._job = self._job, None
-        if job is not None:
-            job.result()
+        """Wait for the pending overlay jobs; raises an :class:`OverlayWriteError` naming a failed job's epoch."""
+        self._raise_earlier(self._jobs.collect())
 
     def shutdown(self) -> None:
         try:
-            self.finish_images()
+            self._raise_earlier(self._jobs.close())
         except Exception as err:  # the run is ending anyway: report, don't mask what ended it
-            rank_zero_warn(f"ExplanationMonitor: writing the last overlays failed: {type(err).__name__}: {err}")
-        finally:
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
-                self._executor = None
+            rank_zero_warn(f"ExplanationMonitor: {err}")

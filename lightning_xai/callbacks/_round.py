@@ -81,7 +81,7 @@ class ProbeExplainer:
         config = self.config
         device = module_device(model)
         images = probes.images.to(device)
-        with preserved_state(model):  # eval mode, grads on, RNG and flags restored on exit
+        with preserved_state(model):  # eval mode, grads on; RNG, flags and every buffer restored on exit
             targets = self.targets(model, images, probes.labels.to(device)) if targets is None else targets.to(device)
             options = explain_options(config, images, self.layer_name, self.train_batch_size, adaptive=adaptive)
             explanation = explain_detailed(model, images, targets, config.methods, **options)
@@ -131,7 +131,9 @@ class DistributedRound:
     def fail(self, trainer: Any, error: BaseException | None, *, what: str = "") -> None:
         where = f"rank {trainer.global_rank}: {type(error).__name__}: {error}" if error else "another rank"
         doing = f" ({what})" if what else ""
-        message = f"ExplanationMonitor failed at epoch {trainer.current_epoch}{doing} on {where}"
+        epoch = getattr(error, "epoch", None)  # a failure reported later than it happened names its own epoch
+        epoch = trainer.current_epoch if epoch is None else epoch
+        message = f"ExplanationMonitor failed at epoch {epoch}{doing} on {where}"
         if self.on_error == "raise":
             if error is not None:
                 raise RuntimeError(message) from error

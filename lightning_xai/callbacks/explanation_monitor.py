@@ -8,8 +8,9 @@ work is done by named collaborators, each testable without a Trainer:
 - :mod:`._round`: one explanation round over the ranks (``ProbeExplainer``, ``DistributedRound``);
 - :mod:`lightning_xai.metrics.registry`: the quality measures and their keys;
 - :mod:`._tracker`: stability, drift and the history (``DriftTracker``);
-- :mod:`._reporter`: the writer, overlays, drift text and warnings on rank 0 (``Reporter``);
-- :mod:`lightning_xai.views`: what a layer has learnt, on a fixed pool, rank 0 only (``ViewRunner``).
+- :mod:`._reporter`: the sinks (one per logger), overlays, drift text and warnings on rank 0 (``Reporter``);
+- :mod:`lightning_xai.views`: what a layer has learnt, on a fixed pool, rank 0 only (``ViewRunner``);
+- :mod:`._compat`: both Lightning packages (base classes, exceptions, muted ``self.log``).
 """
 
 from __future__ import annotations
@@ -17,16 +18,21 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from lightning_xai.attribution import find_gradcam_layer, resolve_layer
+from lightning_xai.callbacks._compat import (
+    CALLBACK_BASES,
+    EARLY_STOPPING,
+    MODEL_CHECKPOINT,
+    MisconfigurationException,
+    muted_logging,
+    rank_zero_info,
+    rank_zero_warn,
+)
 from lightning_xai.callbacks._config import (
     DEFAULT_METHODS,
     DEFAULT_METRICS,
@@ -36,7 +42,7 @@ from lightning_xai.callbacks._config import (
     ProbeOptions,
     build_config,
 )
-from lightning_xai.callbacks._probes import ProbeSetup, check_monitors, check_strategy
+from lightning_xai.callbacks._probes import ProbeSetup, check_monitors, check_strategy, train_batch_size
 from lightning_xai.callbacks._reporter import Reporter, drift_text
 from lightning_xai.callbacks._round import DistributedRound, ProbeExplainer, module_device
 from lightning_xai.callbacks._tracker import DriftTracker, Report
@@ -51,11 +57,14 @@ from lightning_xai.metrics.sanity import randomized_copy
 from lightning_xai.probes import ProbeSet
 from lightning_xai.views import ViewRunner
 
+if TYPE_CHECKING:  # either package's classes; only for the annotations
+    import pytorch_lightning as pl
+
 _STATE_VERSION = 2
 _OVERHEAD = "xai/overhead"
 
 
-class ExplanationMonitor(Callback):
+class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Lightning package
     r"""Explain a fixed probe set while the model trains; log overlays, stability, quality measures and drift.
 
     At the end of every ``every_n_epochs``-th training epoch (at the end-of-epoch validation run when there is one,
@@ -342,7 +351,8 @@ class ExplanationMonitor(Callback):
         self._tracker.reset()
         self._reporter.reset()
         self._probes.select_for(trainer)
-        self._probes.validate(pl_module)
+        with muted_logging(pl_module):  # setup's forwards: a self.log() in forward would fail here
+            self._probes.validate(pl_module, lambda: train_batch_size(trainer))
         self._explainer.layer_name = self._probes.layer_name
         if self._views:
             self._setup_views(pl_module)
@@ -372,7 +382,7 @@ class ExplanationMonitor(Callback):
         def run() -> None:
             if not trainer.is_global_zero:
                 return
-            writer = self._reporter.writer(trainer)
+            writer = self._reporter.sink(trainer)
             failures = self._views.run(
                 pl_module, self._views_layer, self.probe_set, writer, epoch=trainer.current_epoch,
                 step=trainer.global_step, mean=self.config.display["mean"], std=self.config.display["std"],
@@ -383,8 +393,12 @@ class ExplanationMonitor(Callback):
                 self._reporter.write_scalars(trainer, self._views.history[-1]["scalars"])
             if failures:
                 name, error = next(iter(failures.items()))
-                raise RuntimeError(f"view(s) {', '.join(failures)} failed (the other views and the heatmaps were "
-                                   f"written); {name}: {type(error).__name__}: {error}") from error
+                message = (f"ExplanationMonitor: view(s) {', '.join(failures)} failed at epoch "
+                           f"{trainer.current_epoch}; {name}: {type(error).__name__}: {error}. The other views and "
+                           "the heatmaps were written")
+                if self.config.on_error == "raise":  # raised inside the agreement: every rank stops
+                    raise RuntimeError(message) from error
+                rank_zero_warn(f"{message}; training continues (set on_error='raise' to stop instead).")
 
         self._round.agreed(trainer, run, what="views")
 
@@ -392,10 +406,10 @@ class ExplanationMonitor(Callback):
         def run() -> None:
             if trainer.is_global_zero:
                 self._views.attention_graphs(
-                    pl_module, self.probe_set, self._reporter.writer(trainer), step=trainer.global_step,
+                    pl_module, self.probe_set, self._reporter.sink(trainer), step=trainer.global_step,
                     mean=self.config.display["mean"], std=self.config.display["std"], class_names=self.class_names,
                     output_transform=self.config.output_transform, device=module_device(pl_module))
-                self._reporter.writer(trainer).flush()
+                self._reporter.sink(trainer).flush()
 
         self._round.agreed(trainer, run, what="structured attention graphs")
 
@@ -455,8 +469,9 @@ class ExplanationMonitor(Callback):
                  measures: Sequence[Any] = (), adaptive: bool = True) -> dict[str, Tensor] | None:
         """Every rank explains its shard; all agree on success before gathering. ``None``: skipped (warned)."""
         assert self.probe_set is not None, "setup() selects the probes"
-        results = self._round.explain(trainer, model, self.probe_set, self._explainer, targets=targets,
-                                      measures=measures, adaptive=adaptive)
+        with muted_logging(model):  # the model's own self.log() in forward must not log the monitor's forwards
+            results = self._round.explain(trainer, model, self.probe_set, self._explainer, targets=targets,
+                                          measures=measures, adaptive=adaptive)
         if results is not None and not all(bool(torch.isfinite(v).all())
                                            for k, v in results.items() if k.startswith("map/")):
             self._reporter.warn_once(
@@ -600,10 +615,10 @@ class ExplanationMonitor(Callback):
             if key not in trainer.callback_metrics:
                 continue
             watchers = [cb for cb in trainer.callbacks if getattr(cb, "monitor", None) == key]
-            if all(isinstance(cb, pl.callbacks.EarlyStopping) and not cb.strict for cb in watchers):
+            if all(isinstance(cb, EARLY_STOPPING) and not cb.strict for cb in watchers):
                 del trainer.callback_metrics[key]
-            elif all(isinstance(cb, pl.callbacks.ModelCheckpoint)
-                     or (isinstance(cb, pl.callbacks.EarlyStopping) and not cb.check_finite) for cb in watchers):
+            elif all(isinstance(cb, MODEL_CHECKPOINT)
+                     or (isinstance(cb, EARLY_STOPPING) and not cb.check_finite) for cb in watchers):
                 trainer.callback_metrics[key] = torch.tensor(float("nan"))
             else:
                 self._reporter.warn_once(

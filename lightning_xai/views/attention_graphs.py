@@ -50,7 +50,8 @@ class AttentionGraph:
         if not self.roots:
             return (f"{name} (p={self.full_probability:.2f}): no region of the {self.grid}x{self.grid} grid within "
                     "the search is sufficient")
-        parts = [f"{len(r)}/{self.grid ** 2} patches p={p:.2f}" for r, p in zip(self.roots, self.root_probability)]
+        parts = [f"{len(r)}/{self.grid ** 2} patches {list(r)} p={p:.2f}"
+                 for r, p in zip(self.roots, self.root_probability)]
         return f"{name} (p={self.full_probability:.2f}): {len(self.roots)} minimal sufficient regions: " + \
             "; ".join(parts)
 
@@ -215,7 +216,8 @@ def render_attention_graphs(
                 captions.extend(["", ""] for _ in range(1 + num_children))
         lines.append("- " + graph.summary(name(graph.target)))
     picture = tile_grid(torch.stack(tiles), captions, nrow=ncol, upscale_to=64)
-    text = ("Structured attention graphs: each row is a probe; each minimal sufficient region (MSE, patches kept, "
-            "the rest blurred) keeps the class probability; the tiles after it remove one patch each, the one "
-            "that costs most first.\n\n" + "\n".join(lines))
+    text = ("Structured attention graphs: each row is a probe; each minimal sufficient region (MSE: the patches "
+            "kept, the rest of the image at its mean colour; patches numbered row by row from the top left) keeps "
+            "the class probability; the tiles after it remove one patch each, the one that costs most first."
+            "\n\n" + "\n".join(lines))
     return picture, text

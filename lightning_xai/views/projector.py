@@ -91,8 +91,9 @@ class ProjectorView:
         labels = ctx.pool_labels.cpu()
         preds = logits.argmax(dim=1).cpu()
         out = ViewOutput()
-        for key, value in (("centroid_accuracy", nearest_centroid_accuracy(feats, labels)),
-                           ("silhouette", silhouette(feats, labels))):
+        known = labels >= 0  # unknown labels (-1) are not a class
+        for key, value in (("centroid_accuracy", nearest_centroid_accuracy(feats[known], labels[known])),
+                           ("silhouette", silhouette(feats[known], labels[known]))):
             if value == value:  # no NaN in a log: undefined with a single class
                 out.scalars[f"xai/projector/{key}"] = value
         if ctx.epoch % self.every_n_epochs == 0:

@@ -78,6 +78,8 @@ class FileSink:
 
     Args:
         log_dir: directory to write into.
+        scalars: write scalars to ``xai_scalars.csv``; ``False`` next to a CSV logger, whose ``metrics.csv`` already
+            gets them through ``log_metrics``.
 
     Attributes:
         skipped_counts: per tag, how many non-finite scalar values were skipped so far.
@@ -106,13 +108,14 @@ class FileSink:
     supports_embedding = True
     supports_custom_scalars = False
 
-    def __init__(self, log_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, log_dir: str | os.PathLike[str], *, scalars: bool = True) -> None:
         if not isinstance(log_dir, (str, os.PathLike)) or not str(log_dir):
             raise TypeError(f"`log_dir` must be a non-empty path (str or os.PathLike), got {log_dir!r}")
         self.root = Path(log_dir)
         if self.root.exists() and not self.root.is_dir():
             raise ValueError(f"`log_dir` must be a directory, got an existing file: {str(self.root)!r}")
         self.skipped_counts: Counter[str] = Counter()
+        self.write_scalars = bool(scalars)
 
     def __repr__(self) -> str:
         return f"FileSink({self.log_dir!r})"
@@ -144,7 +147,7 @@ class FileSink:
         step = check_step(step)
         kept, skipped = finite_scalars(values)
         self.skipped_counts.update(skipped)
-        if kept:
+        if kept and self.write_scalars:
             path = self.root / self.SCALARS_FILE
             self.root.mkdir(parents=True, exist_ok=True)
             new = not path.exists() or path.stat().st_size == 0

@@ -69,7 +69,7 @@ def _classify(logger: Any) -> tuple[str, list[Sink]]:
     if (callable(getattr(logger, "log_metrics", None)) and isinstance(log_dir, (str, os.PathLike))
             and hasattr(experiment, "metrics_file_path")):
         # a CSV logger: its version directory is this run's own
-        return "csv", [MetricsSink(logger), FileSink(log_dir)]
+        return "csv", [MetricsSink(logger), FileSink(log_dir, scalars=False)]
     return "unknown", []
 
 
@@ -82,8 +82,8 @@ def sinks_for_loggers(loggers: Sequence[Any], fallback_root: str | os.PathLike[s
     - Weights & Biases (``log_image``/``log_text``/``log_table``): images with captions, text tables, histograms and
       scalars through the logger;
     - MLflow (``run_id`` and a client ``experiment``): per-step images, text and histogram artifacts, scalars;
-    - a CSV logger (``experiment.metrics_file_path``): scalars into its ``metrics.csv`` through ``log_metrics``, images,
-      text and histograms as files in its version directory;
+    - a CSV logger (``experiment.metrics_file_path``): scalars into its ``metrics.csv`` through ``log_metrics`` (only
+      there), images, text and histograms as files in its version directory;
     - any other logger: scalars through ``log_metrics``, the rest as files in a new
       ``<its log_dir or save_dir, else fallback_root>/lightning_xai/version_<n>``, and a note saying so;
     - no logger: files in a new ``<fallback_root>/lightning_xai/version_<n>``.
