@@ -103,6 +103,13 @@ def test_timm_vit_and_deit_skip_attention_internals():
         gradcam_layer(vit, x, "blocks.11.attn.k_norm")  # (B, heads, tokens, dim)
 
 
+def test_timm_cnns_keep_the_last_stage():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net = timm.create_model("resnet18", pretrained=False, num_classes=3).eval()
+    assert find_gradcam_layer(net, torch.randn(1, 3, 64, 64)) == "layer4"
+
+
 def test_vgg_prefers_the_last_conv_block_over_pooling():
     torch.manual_seed(0)
     net = torchvision.models.vgg11(weights=None, num_classes=3).eval()

@@ -69,3 +69,8 @@ def test_multi_label_errors():
         ProbeSet(torch.zeros(2, 3, 4, 4), torch.tensor([0, 1]), torch.tensor([0, 1]), label_sets=torch.rand(2, 3))
     with pytest.raises(ValueError, match="`labels` holds class 5"):
         ProbeSet(torch.zeros(1, 3, 4, 4), torch.tensor([5]), torch.tensor([0]), label_sets=torch.ones(1, 3))
+
+
+def test_partly_unknown_single_labels_keep_the_known_ones():
+    probes = select_probes((_images(3), torch.tensor([2, -1, 0])), num_probes=3)
+    assert probes.labels.tolist() == [2, -1, 0] and not probes.multi_label

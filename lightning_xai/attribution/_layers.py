@@ -378,7 +378,8 @@ class _Trace:
                 # Which positions reach the output: a fixed random projection of the head's input (the features the
                 # last layer reads), so a head initialised to zero (torchvision's ViT) does not hide the structure;
                 # of the logits when the head is not a module. A private generator leaves the global RNG alone.
-                head = next((r for r in reversed(self.records) if r.output is out), None)
+                head = next((r for r in reversed(self.records)
+                             if r.output is out and next(r.module.children(), None) is None), None)
                 feats = head.inputs if head is not None and head.inputs is not None else out
                 if not feats.requires_grad:
                     feats = out
@@ -401,8 +402,11 @@ class _Trace:
 
     def no_grad_modules(self) -> list[str]:
         """The outermost modules whose forward ran with gradients disabled (``torch.no_grad()`` inside forward)."""
-        names = [r.name for r in self.records if not r.grad_enabled]
-        return [n for n in dict.fromkeys(names) if not any(n.startswith(o + ".") for o in names if o != n)]
+        found = {id(r.module): r for r in self.records if not r.grad_enabled}
+        inner = {id(sub) for r in found.values() for sub in r.module.modules() if sub is not r.module}
+        # By identity, not by name: a block registered twice (``self.backbone = self.net[:4]``) lists its layers
+        # under the first name only.
+        return [r.name for key, r in found.items() if key not in inner]
 
     def _last_dim_op(self, rec: _Record | None) -> bool:
         """Was the last leaf module finishing at or before ``rec``'s producer a Linear/LayerNorm on the last dim?"""

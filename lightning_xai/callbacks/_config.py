@@ -325,9 +325,11 @@ def uses_layer(methods: Sequence[str]) -> bool:
 
 
 def explain_options(config: MonitorConfig, images: Tensor, layer_name: str | None,
-                    train_batch_size: int | None, *, adaptive: bool = True) -> dict[str, Any]:
+                    train_batch_size: int | None, layer_reshape: Any = None, *, adaptive: bool = True
+                    ) -> dict[str, Any]:
     """``method_options`` turned into the keyword arguments of :func:`~lightning_xai.attribution.explain_detailed`.
 
+    ``layer_reshape``: how the Grad-CAM layer's output becomes ``(N, C, h, w)`` (found with the layer at setup).
     ``adaptive=False``: Integrated Gradients with exactly ``n_steps`` (no refinement), for the fit-start reference,
     whose untrained model would refine most probes up to ``max_steps``.
     """
@@ -345,7 +347,13 @@ def explain_options(config: MonitorConfig, images: Tensor, layer_name: str | Non
             options["max_steps"] = ig["max_steps"]
     else:
         options["internal_batch_size"] = train_batch_size
-    others = {m: opts for m, opts in config.method_options.items() if not method_option_spec(m) and opts}
+    others = {m: dict(opts) for m, opts in config.method_options.items() if not method_option_spec(m) and opts}
+    if layer_reshape is not None:
+        from lightning_xai.attribution import get_method
+
+        for m in config.methods:
+            if get_method(m).uses_layer and "reshape" in get_method(m).options:
+                others.setdefault(m, {}).setdefault("reshape", layer_reshape)
     if others:
         options["options"] = others
     return options

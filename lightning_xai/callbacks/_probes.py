@@ -10,10 +10,11 @@ import torch
 from torch import Tensor
 
 from lightning_xai._validation import is_int
-from lightning_xai.attribution import find_gradcam_layer, preserved_state, resolve_layer
+from lightning_xai.attribution import explain_detailed, get_method, gradcam_layer, gradient_blockers, preserved_state
 from lightning_xai.callbacks._compat import EARLY_STOPPING, MisconfigurationException, muted_logging, rank_zero_warn
-from lightning_xai.callbacks._config import MonitorConfig, uses_layer
-from lightning_xai.callbacks._round import module_device
+from lightning_xai.callbacks._config import MonitorConfig, explain_options, uses_layer
+from lightning_xai.callbacks._round import ProbeExplainer, module_device
+from lightning_xai.metrics.degenerate import DEGENERATE_KINDS, degenerate_kinds
 from lightning_xai.metrics.sanity import parameterized_layers
 from lightning_xai.probes import ProbeSet, agree_on_probes, select_probes
 
@@ -87,7 +88,9 @@ def dataset_classes(source: Any) -> list[str] | None:
 class ProbeSetup:
     """Selects the probes for a fit and checks them against the model.
 
-    After :meth:`select`: ``probe_set`` and ``class_names``; after :meth:`validate`: ``layer_name`` (Grad-CAM).
+    After :meth:`select`: ``probe_set`` and ``class_names``; after :meth:`validate`: ``layer_name`` (Grad-CAM),
+    ``layer_problem`` (why no Grad-CAM layer can work, or None) and ``notes`` (things to tell the user once);
+    :meth:`dry_run` explains one probe with every method and returns the methods that cannot work, with the cause.
     """
 
     def __init__(self, config: MonitorConfig) -> None:
@@ -95,6 +98,9 @@ class ProbeSetup:
         self.probe_set: ProbeSet | None = None
         self.class_names: list[str] | None = config.display["class_names"]
         self.layer_name: str | None = None
+        self.layer_reshape: Any = None
+        self.layer_problem: str | None = None
+        self.notes: list[str] = []
         self.source: Any = None
 
     def select(self, source: Any, what: str = "probes") -> ProbeSet:
@@ -202,6 +208,11 @@ class ProbeSetup:
                 "probe_options['label_key'] or the dataset's labels."
             )
         num_classes = logits.shape[1]
+        if probes.label_sets is not None and probes.label_sets.shape[1] != num_classes:
+            raise MisconfigurationException(
+                f"ExplanationMonitor: the probes' multi-hot labels have {probes.label_sets.shape[1]} classes but the "
+                f"model has {num_classes} outputs. Check probe_options['label_key'] or the dataset's labels."
+            )
         labels = probes.labels[probes.labels >= 0]
         if labels.numel() and int(labels.max()) >= num_classes:
             raise MisconfigurationException(
@@ -227,15 +238,70 @@ class ProbeSetup:
                     f"ExplanationMonitor: `metric_options['sanity']['layers']={layers}` is larger than the model's "
                     f"{available} layers with parameters; use an int <= {available} or None (all)."
                 )
+        self.notes = []
+        self.layer_name = self.layer_reshape = self.layer_problem = None
         if uses_layer(config.methods):
-            try:
-                if config.layer is None:
-                    self.layer_name = find_gradcam_layer(model, example.to(module_device(model)),
-                                                         output_transform=config.output_transform)
-                else:
-                    self.layer_name, _ = resolve_layer(model, config.layer)
-            except (ValueError, RuntimeError) as err:
-                raise MisconfigurationException(f"ExplanationMonitor (layer={config.layer!r}): {err}") from err
+            self._find_layer(model, example.to(module_device(model)))
+
+    def _find_layer(self, model: torch.nn.Module, example: Tensor) -> None:
+        config = self.config
+        try:
+            reshape = config.method_options.get("grad_cam", {}).get("reshape")
+            found = gradcam_layer(model, example, config.layer, reshape=reshape,
+                                  output_transform=config.output_transform)
+        except ValueError as err:  # an unknown or unusable `layer=`: the user's argument, fix it before training
+            raise MisconfigurationException(f"ExplanationMonitor (layer={config.layer!r}): {err}") from err
+        except RuntimeError as err:  # no layer can work (no spatial layer, all under no_grad): the dry run says so
+            self.layer_problem = str(err)
+            return
+        self.layer_name, self.layer_reshape = found.name, found.reshape
+        if found.warning is not None:
+            self.notes.append(f"Grad-CAM layer {found.name!r}: {found.warning}.")
+
+    def dry_run(self, model: torch.nn.Module, explainer: ProbeExplainer) -> dict[str, str]:
+        """Explain the first probe with each method on its own; ``{method: why it cannot work}`` for the failures.
+
+        A method fails here when it raises (a non-spatial layer, a model that cannot be differentiated), or when its
+        map is all zero because part of the forward runs under ``torch.no_grad()`` (the input gradient is cut): that
+        is structural, the same at every epoch and on every rank. A map that is merely degenerate for this model's
+        current weights (all zero, constant) is noted, not refused: training may change it.
+        """
+        probes, config = self.probe_set, self.config
+        assert probes is not None, "select() first"
+        device = module_device(model)
+        images = probes.images[:1].to(device)
+        failed: dict[str, str] = {}
+        blockers: list[str] | None = None
+        with preserved_state(model):
+            targets = explainer.targets(model, images, probes.labels[:1].to(device))
+            options = explain_options(config, images, self.layer_name, None, layer_reshape=self.layer_reshape)
+            for method in config.methods:
+                if self.layer_problem is not None and get_method(method).uses_layer:
+                    failed[method] = self.layer_problem
+                    continue
+                try:
+                    found = explain_detailed(model, images, targets, (method,), **options).maps[method]
+                except Exception as err:  # noqa: BLE001 - any failure of one method is reported, not raised
+                    failed[method] = f"{type(err).__name__}: {err}"
+                    continue
+                kind = DEGENERATE_KINDS[int(degenerate_kinds(found)[0])]
+                if kind in ("non-finite", "constant"):
+                    self.notes.append(f"{method}: the map of the first probe is {kind} at setup; such maps are "
+                                      "reported as degenerate, never as stable.")
+                elif kind == "all zero":
+                    if blockers is None:
+                        blockers = gradient_blockers(model, images, output_transform=config.output_transform)
+                    if blockers:
+                        failed[method] = (
+                            "its map is all zero because the model's forward runs "
+                            f"{', '.join(repr(b) for b in blockers[:3])} under torch.no_grad() (a frozen backbone?), "
+                            "which cuts the input's gradient. Run the frozen part with requires_grad_(False) on its "
+                            "parameters instead of torch.no_grad() to explain through it"
+                        )
+                    else:
+                        self.notes.append(f"{method}: the map of the first probe is all zero at setup (e.g. a head "
+                                          "initialised to zero); such maps are reported as degenerate, not stable.")
+        return failed
 
 
 def _runs_on(forward: Callable[[Tensor], Any], images: Tensor) -> bool:

@@ -29,15 +29,21 @@ class OverlayWriteError(RuntimeError):
         super().__init__(f"writing the overlays of epoch {epoch} (step {step}) failed: {type(error).__name__}: {error}")
 
 
-def captions(probes: ProbeSet, pred: Tensor, prob: Tensor, class_names: list[str] | None) -> list[list[str]]:
+def captions(probes: ProbeSet, pred: Tensor, prob: Tensor, class_names: list[str] | None,
+             target: Tensor | None = None) -> list[list[str]]:
     """Two short lines per probe (they fit a 96-128 px tile): the true label, then the prediction and its
-    probability."""
+    probability. Multi-label probes: every positive label (``y=a+b``), then the explained class and its sigmoid
+    score (``a sig=0.83``; ``prob`` holds that score)."""
 
     def name(index: int) -> str:
         if index < 0:
             return "?"
         return class_names[index] if class_names is not None and index < len(class_names) else str(index)
 
+    if probes.label_sets is not None:
+        explained = probes.labels if target is None else target
+        return [["y=" + ("+".join(name(int(c)) for c in row.nonzero().flatten()) or "none"),
+                 f"{name(int(t))} sig={float(q):.2f}"] for row, t, q in zip(probes.label_sets, explained, prob)]
     return [[f"y={name(int(y))}", f"p={name(int(p))} {float(q):.2f}"] for y, p, q in zip(probes.labels, pred, prob)]
 
 
@@ -119,7 +125,7 @@ class Reporter:
             # Rendering and PNG encoding overlap with training on a background thread (rank 0 only, no collectives);
             # the inputs are this epoch's own tensors, never modified afterwards.
             maps = {m: results[f"map/{m}"] for m in self.methods}
-            labels = captions(probes, results["pred"], results["prob"], class_names)
+            labels = captions(probes, results["pred"], results["prob"], class_names, results.get("target"))
             self._jobs.submit((trainer.current_epoch, step), self._write_overlays, sink, probes.images, maps, labels,
                               step, trainer.current_epoch)
         errors: list[tuple[str, BaseException]] = []

@@ -34,13 +34,16 @@ def module_device(module: torch.nn.Module) -> torch.device:
 class ProbeExplainer:
     """Explains probes with the configured methods; results are ``(n, ...)`` CPU tensors keyed by name.
 
-    Keys: ``map/{method}`` ``(n, 1, H, W)`` heatmaps, ``pred``, ``prob``, ``target``, ``ig_error`` (with Integrated
-    Gradients) and the outputs of the given measures' ``shard`` functions.
+    Keys: ``map/{method}`` ``(n, 1, H, W)`` heatmaps, ``pred``, ``prob`` (softmax probability of ``pred``; for
+    multi-label probes the sigmoid score of ``target``), ``target``, ``ig_error`` (with Integrated Gradients) and the
+    outputs of the given measures' ``shard`` functions.
     """
 
     def __init__(self, config: MonitorConfig, layer_name: str | None = None) -> None:
         self.config = config
         self.layer_name = layer_name
+        self.layer_reshape: Any = None  # the Grad-CAM layer's reshape to (N, C, h, w), found with it at setup
+        self.errors: dict[str, str] = {}  # methods that failed in the last call, with the cause
         self.train_batch_size: int | None = None
 
     def targets(self, model: torch.nn.Module, images: Tensor, labels: Tensor) -> Tensor:
@@ -83,17 +86,29 @@ class ProbeExplainer:
         images = probes.images.to(device)
         with preserved_state(model):  # eval mode, grads on; RNG, flags and every buffer restored on exit
             targets = self.targets(model, images, probes.labels.to(device)) if targets is None else targets.to(device)
-            options = explain_options(config, images, self.layer_name, self.train_batch_size, adaptive=adaptive)
-            explanation = explain_detailed(model, images, targets, config.methods, **options)
-            maps = {m: to_heatmap(explanation.maps[m]).float() for m in config.methods}
+            options = explain_options(config, images, self.layer_name, self.train_batch_size,
+                                      layer_reshape=self.layer_reshape, adaptive=adaptive)
+            # A method that fails is reported and its maps are NaN (left out of every metric, never logged as a
+            # number); the other methods' maps still count.
+            explanation = explain_detailed(model, images, targets, config.methods, errors="collect", **options)
+            self.errors = {m: f"{type(e).__name__}: {e}" for m, e in explanation.errors.items()}
+            if len(self.errors) == len(config.methods):  # nothing left to show: the round fails (agreed on)
+                raise RuntimeError("every method failed: " + "; ".join(f"{m}: {e}" for m, e in self.errors.items()))
+            h, w = images.shape[-2:]
+            maps = {m: to_heatmap(explanation.maps[m]).float() if m in explanation.maps
+                    else torch.full((images.shape[0], 1, h, w), float("nan"), device=device) for m in config.methods}
             for measure in measures:
                 if measure.shard is not None:
                     out.update(measure.shard(model, images, targets, maps, config.metric_options.get(measure.name, {}),
                                              config.output_transform))
-        probs = explanation.logits.float().softmax(dim=1)
-        pred = probs.argmax(dim=1)
+        logits = explanation.logits.float()
+        pred = logits.argmax(dim=1)
+        if probes.multi_label:
+            # Independent sigmoid scores (a BCE-trained head): the explained class's own score, not a softmax share.
+            out["prob"] = logits.sigmoid().gather(1, targets[:, None].to(logits.device))[:, 0].cpu()
+        else:
+            out["prob"] = logits.softmax(dim=1).gather(1, pred[:, None])[:, 0].cpu()
         out["pred"] = pred.cpu()
-        out["prob"] = probs.gather(1, pred[:, None])[:, 0].cpu()
         out["target"] = targets.cpu()
         if explanation.ig_relative_error is not None:
             out["ig_error"] = explanation.ig_relative_error.float().cpu()

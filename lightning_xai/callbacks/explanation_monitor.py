@@ -15,6 +15,7 @@ work is done by named collaborators, each testable without a Trainer:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -226,6 +227,10 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self._cost_said = False
         self._next_epoch = 0
         self._spacing_said = False
+        # As constructed: the setup dry run may leave methods out, the checkpoint key must not change with it.
+        self._state_key = self._generate_state_key(methods=config.methods, num_probes=config.num_probes,
+                                                   layer=config.layer, every_n_epochs=config.every_n_epochs,
+                                                   target=config.target)
 
     # ------------------------------------------------------------------ what users read
     def __getattr__(self, name: str) -> Any:
@@ -293,9 +298,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
     # ------------------------------------------------------------------ identity & state
     @property
     def state_key(self) -> str:
-        c = self.config
-        return self._generate_state_key(methods=c.methods, num_probes=c.num_probes, layer=c.layer,
-                                        every_n_epochs=c.every_n_epochs, target=c.target)
+        return self._state_key
 
     def state_dict(self) -> dict[str, Any]:
         """Plain tensors, lists and numbers only, so checkpoints load with ``torch.load(weights_only=True)``."""
@@ -354,9 +357,34 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         with muted_logging(pl_module):  # setup's forwards: a self.log() in forward would fail here
             self._probes.validate(pl_module, lambda: train_batch_size(trainer))
         self._explainer.layer_name = self._probes.layer_name
+        self._explainer.layer_reshape = self._probes.layer_reshape
+        self._dry_run(trainer, pl_module)
         if self._views:
             self._setup_views(pl_module)
         self._check_restored_probes()
+
+    def _dry_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """One probe through every method: what cannot work fails now, once, with its cause (not every epoch)."""
+        with muted_logging(pl_module):
+            failed = self._probes.dry_run(pl_module, self._explainer)
+        if self._probes.notes:  # one warning for all of them
+            rank_zero_warn("ExplanationMonitor (setup dry run on the first probe):\n"
+                           + "\n".join(f"- {note}" for note in self._probes.notes))
+        if not failed:
+            return
+        why = "\n".join(f"- {m}: {reason}" for m, reason in failed.items())
+        working = tuple(m for m in self.config.methods if m not in failed)
+        if not working:
+            raise MisconfigurationException(f"ExplanationMonitor: no method can explain this model:\n{why}")
+        rank_zero_warn(f"ExplanationMonitor: explaining with {', '.join(working)} only; these methods cannot work on "
+                       f"this model and are left out:\n{why}")
+        config = dataclasses.replace(self.config, methods=working,
+                                     method_options={m: o for m, o in self.config.method_options.items()
+                                                     if m in working})
+        self.config = self._probes.config = self._explainer.config = config
+        self._tracker.methods = self._reporter.methods = working
+        # a callback monitoring a left-out method's key would wait forever: say so now
+        check_monitors(trainer.callbacks, self.logged_keys(), config.every_n_epochs)
 
     def _setup_views(self, model: torch.nn.Module) -> None:
         """The views' layer (the Grad-CAM layer) and pool, on every rank (no collectives, so a bad source fails
@@ -472,8 +500,12 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         with muted_logging(model):  # the model's own self.log() in forward must not log the monitor's forwards
             results = self._round.explain(trainer, model, self.probe_set, self._explainer, targets=targets,
                                           measures=measures, adaptive=adaptive)
-        if results is not None and not all(bool(torch.isfinite(v).all())
-                                           for k, v in results.items() if k.startswith("map/")):
+        for method, error in self._explainer.errors.items():
+            self._reporter.warn_once(
+                f"failed/{method}", f"ExplanationMonitor: {method} failed at epoch {trainer.current_epoch} ({error}); "
+                "its maps are left out of the metrics while the other methods go on. Warned once.")
+        if results is not None and not all(bool(torch.isfinite(results[f"map/{m}"]).all())
+                                           for m in self.config.methods if m not in self._explainer.errors):
             self._reporter.warn_once(
                 "nonfinite", "ExplanationMonitor: the model produced non-finite attributions (NaN/inf) at epoch "
                 f"{trainer.current_epoch}; those probes are shown as flat maps and left out of the stability metrics. "
