@@ -147,7 +147,10 @@ def replay(run: dict, **detector_kwargs) -> list:
     det = DriftDetector(**detector_kwargs)
     reports = []
     for e in run["epochs"]:
-        reports.append(det.update(e["epoch"], e["maps"], pred=e["pred"], labels=run["labels"], masks=run["masks"]))
+        # what the monitor does: a learning-rate step between explained epochs is reported as a non-drift event
+        event = "learning rate x10" if run["scenario"] in ("lr_up", "lr_down") and e["epoch"] == run["change"] else None
+        reports.append(det.update(e["epoch"], e["maps"], pred=e["pred"], labels=run["labels"], masks=run["masks"],
+                                  event=event))
     return reports
 
 
@@ -225,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", default=os.environ.get("DRIFT_BENCH_CACHE", "/tmp/drift_bench_cache"))
     parser.add_argument("--replay-only", action="store_true")
     parser.add_argument("--json", default=None, help="write the rows and summary here")
+    parser.add_argument("--detector", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="DriftDetector arguments for the replay, e.g. sigmas=2.5 horizon=4")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cache = Path(args.cache)
@@ -242,7 +247,8 @@ def main(argv: list[str] | None = None) -> None:
                 accs = " ".join(f"{e['val_acc']:.2f}" for e in run["epochs"])
                 print(f"recorded {path.name} in {time.perf_counter() - start:.0f} s; val_acc {accs}", flush=True)
             runs.append(torch.load(path, weights_only=False))
-    rows, summary = evaluate(runs, args.warmup)
+    options = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.detector)}
+    rows, summary = evaluate(runs, args.warmup, **options)
     print_table(rows, summary)
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))

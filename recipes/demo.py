@@ -131,8 +131,8 @@ class EvidenceReport(Callback):
 
 
 def print_table(monitor: ExplanationMonitor, report: EvidenceReport, shortcut_epoch: int) -> list[dict]:
-    header = (f"{'epoch':>5} {'phase':>8} {'val_acc':>7} | {'stability gc/sal/ig':^20} | {'drift gc/sal/ig':^15} | "
-              f"{'on shape gc/sal/ig':^20} | {'on marker gc/sal/ig':^20}")
+    header = (f"{'epoch':>5} {'phase':>8} {'val_acc':>7} | {'stability gc/sal/ig':^20} | {'flagged gc/sal/ig':^17} | "
+              f"{'alarm':^5} | {'on shape gc/sal/ig':^20} | {'on marker gc/sal/ig':^20}")
     print("\n" + header + "\n" + "-" * len(header))
     rows = []
     for record in monitor.history:
@@ -143,11 +143,12 @@ def print_table(monitor: ExplanationMonitor, report: EvidenceReport, shortcut_ep
         shape = [extra.get(f"shape_{m}", float("nan")) for m in METHODS]
         marker = [extra.get(f"marker_{m}", float("nan")) for m in METHODS]
         phase = "shortcut" if e >= shortcut_epoch else "clean"
+        alarm = "ALARM" if record.get("alarm") else "."
         print(f"{e:>5} {phase:>8} {extra.get('val_acc', float('nan')):>7.3f} | "
-              f"{' '.join(f'{v:6.2f}' for v in stab)} | {' '.join(f'{v:4d}' for v in flags)} | "
+              f"{' '.join(f'{v:6.2f}' for v in stab)} | {' '.join(f'{v:5d}' for v in flags)} | {alarm:^5} | "
               f"{' '.join(f'{v:6.2f}' for v in shape)} | {' '.join(f'{v:6.2f}' for v in marker)}")
-        rows.append({"epoch": e, "phase": phase, "stability": stab, "flags": flags, "shape": shape,
-                     "marker": marker, "val_acc": extra.get("val_acc")})
+        rows.append({"epoch": e, "phase": phase, "stability": stab, "flags": flags, "alarm": bool(record.get("alarm")),
+                     "shape": shape, "marker": marker, "val_acc": extra.get("val_acc")})
     return rows
 
 

@@ -227,7 +227,7 @@ def test_two_monitors_coexist(tmp_path):
 def test_resume_gives_the_same_history(tmp_path):
     # Lightning does not checkpoint the global RNG: with no dropout and no shuffling the weights after a resume
     # are those of the straight run, so any difference in the history is the monitor's.
-    kwargs = dict(methods=("grad_cam", "saliency"), drift={"warmup_epochs": 1, "threshold": 0.95})
+    kwargs = dict(methods=("grad_cam", "saliency"), drift={"warmup_epochs": 1, "probe_sigmas": 0.01, "min_spread": 0.0})
 
     def run(path, monitor, **overrides):
         pl.seed_everything(3)  # same initial weights in every run
@@ -247,7 +247,7 @@ def test_resume_gives_the_same_history(tmp_path):
     assert [r["epoch"] for r in second.history] == [0, 1, 2, 3]
     assert second.history == straight.history
     flags = [r["flags"] for r in straight.history]
-    assert any(any(any(v) for v in f.values()) for f in flags), "threshold 0.95 should flag something to compare"
+    assert any(any(any(v) for v in f.values()) for f in flags), "probe_sigmas=0.01 should flag something to compare"
 
 
 # ---------------------------------------------------------------------------------------------- drift
@@ -296,6 +296,38 @@ def test_planted_drift_is_flagged_and_unchanged_weights_are_not(tmp_path):
     assert all(n >= 4 for n in flagged.values()), flagged  # most of the 6 probes, every method
     assert [sum(any(r["flags"][m]) for m in METHODS) for r in drifting.history[:-1]] == [0, 0, 0]
     assert len(reports) == 1 and reports[0].any
+
+
+def test_drift_alarm_scalars_one_line_warning_text_and_accept(tmp_path):
+    # the same planted move, read back from the event file: xai/drift/alarm at every explained epoch, 1 only at the
+    # move; the episode stays active until on_drift accepts the new behaviour
+    moved = MaskedCNN(lr=0.0)
+    moved.band.zero_()
+    moved.band[..., :, 11:16] = 1.0
+    seen = []
+
+    def accept(report):
+        seen.append(report)
+        monitor.drift_detector.accept()
+
+    monitor = small_monitor(methods=("grad_cam", "saliency"), drift={"warmup_epochs": 1}, on_drift=accept)
+    with pytest.warns(UserWarning, match="explanation drift at epoch 3") as caught:
+        trainer, _ = fit(tmp_path, callbacks=[monitor, SwapWeights(3, moved.state_dict())], model=MaskedCNN(lr=0.0),
+                         max_epochs=6)
+    drift_warnings = [str(w.message) for w in caught if "explanation drift at" in str(w.message)]
+    assert len(drift_warnings) == 1 and "\n" not in drift_warnings[0]
+    assert "gained mass" in drift_warnings[0] and "right" in drift_warnings[0]  # the band moved to the right side
+    events = read_events(tb_dir(trainer))
+    alarm = [v for _, v in events["scalars"]["xai/drift/alarm"]]
+    assert alarm == [0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+    assert [v for _, v in events["scalars"]["xai/drift/active"]][3:] == [1.0, 0.0, 0.0]  # accepted in on_drift
+    texts = dict(events["texts"]["xai/drift"])
+    text = texts[sorted(texts)[3]]
+    assert "Where it moved" in text and "Evidence" in text
+    assert len(seen) == 1 and seen[0].alarm
+    dx = seen[0].movement["saliency"].centroid_shift[:, 0]
+    assert float(dx.nanmean()) > 0.2  # the evidence moved right, with the band
+    assert [r["alarm"] for r in monitor.history] == [False, False, False, True, False, False]
 
 
 # ---------------------------------------------------------------------------------------------- failures

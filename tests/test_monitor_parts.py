@@ -82,7 +82,7 @@ def test_config_messages_name_the_argument_as_written():
         config(method_options={"integrated_gradients": {"n_steps": 1}})
     with pytest.raises(ValueError, match=r"method_options\['integrated_gradients'\]\['max_steps'\]=8.*>= n_steps \(16\)"):
         config(method_options={"integrated_gradients": {"max_steps": 8}})
-    with pytest.raises(ValueError, match=r"`drift\['window'\]` must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"`drift\['window'\]` must be an int >= 2, got 0"):
         config(drift={"window": 0})
     with pytest.raises(ValueError, match=r"drift\['size'\]=1"):
         config(drift={"size": 1})
@@ -187,10 +187,12 @@ def test_tracker_reference_stability_and_state_round_trip():
     tracker = DriftTracker(("grad_cam",), size=8, detector_options={"warmup_epochs": 0}, topk=0.1)
     assert not tracker.has_reference
     tracker.take_reference(0, results)
-    scalars, report, record = tracker.update(0, 4, results)
-    assert scalars["xai/grad_cam/stability"] == pytest.approx(1.0) and scalars["xai/grad_cam/drift"] == 0.0
-    assert not report.alarm and record["epoch"] == 0 and len(record["stability"]["grad_cam"]) == 5
-    assert tracker.keys() == {"xai/grad_cam/stability", "xai/grad_cam/topk_overlap", "xai/grad_cam/drift"}
+    for epoch in range(3):  # unchanged maps: the noise floor is "no change at all"
+        scalars, report, record = tracker.update(epoch, 4 * epoch, results)
+        assert scalars["xai/grad_cam/stability"] == pytest.approx(1.0) and scalars["xai/grad_cam/drift"] == 0.0
+        assert not report.alarm and record["epoch"] == epoch and len(record["stability"]["grad_cam"]) == 5
+    assert {"xai/grad_cam/stability", "xai/grad_cam/topk_overlap", "xai/grad_cam/drift", "xai/drift/alarm"} <= \
+        tracker.keys()
 
     buffer = io.BytesIO()
     torch.save(tracker.state_dict(), buffer)
@@ -198,10 +200,10 @@ def test_tracker_reference_stability_and_state_round_trip():
     restored = DriftTracker(("grad_cam",), size=8, detector_options={"warmup_epochs": 0}, topk=0.1)
     restored.load_state_dict(torch.load(buffer, weights_only=True))
     moved = {"map/grad_cam": maps.flip(-1), "pred": torch.ones(5, dtype=torch.long)}
-    expected = tracker.update(1, 8, moved)
-    again = restored.update(1, 8, moved)
+    expected = tracker.update(3, 12, moved)
+    again = restored.update(3, 12, moved)
     assert expected[0] == again[0] and expected[2] == again[2]
-    assert again[1].alarm and "Explanation drift" in again[1].details()
+    assert again[1].alarm and "explanation drift at epoch 3" in again[1].headline()
 
 
 def test_non_finite_maps_never_become_the_reference():

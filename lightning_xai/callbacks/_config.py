@@ -42,11 +42,13 @@ class DisplayOptions(TypedDict, total=False):
 
 
 class DriftOptions(TypedDict, total=False):
-    threshold: float
     warmup_epochs: int
     window: int
-    drop_sigmas: float
-    min_drop: float
+    horizon: int
+    sigmas: float
+    min_spread: float
+    mass_drop: float
+    probe_sigmas: float
     size: int
     topk: float
 
@@ -162,7 +164,7 @@ class MonitorConfig:
         return {k: v for k, v in self.drift.items() if k not in _STABILITY}
 
     def new_detector(self) -> DriftDetector:
-        return DriftDetector(**self.detector_options)
+        return DriftDetector(**self.detector_options, size=self.size, topk=float(self.drift["topk"]))
 
     @property
     def size(self) -> int:

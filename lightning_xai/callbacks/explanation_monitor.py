@@ -46,7 +46,8 @@ from lightning_xai.callbacks._config import (
 from lightning_xai.callbacks._probes import ProbeSetup, check_monitors, check_strategy, train_batch_size
 from lightning_xai.callbacks._reporter import Reporter, drift_text
 from lightning_xai.callbacks._round import DistributedRound, ProbeExplainer, module_device
-from lightning_xai.callbacks._tracker import DriftTracker, Report
+from lightning_xai.callbacks._tracker import DriftTracker, lr_event
+from lightning_xai.drift import DriftReport
 from lightning_xai.metrics.registry import (
     MeasureContext,
     active_measures,
@@ -213,6 +214,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self._explainer = ProbeExplainer(config)
         self._round = DistributedRound(config.on_error, warn=rank_zero_warn)
         self._tracker = DriftTracker(config.methods, config.size, config.detector_options, config.drift["topk"])
+        self._last_lrs: list[float] | None = None  # learning rates at the last explained round (schedule steps)
         self._reporter = Reporter(config.methods, config.display, config.log_images)
         self._views = ViewRunner(config.views, config.view_options)
         self._views_layer: str | None = None
@@ -257,6 +259,11 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
     def history(self) -> list[dict[str, Any]]:
         """One plain record per explained epoch: epoch, step, per-probe stability/top-k/flags, measures, pred."""
         return self._tracker.history
+
+    @property
+    def drift_detector(self) -> Any:
+        """The :class:`~lightning_xai.drift.DriftDetector` (e.g. ``accept()`` a new behaviour after an alarm)."""
+        return self._tracker.drift
 
     @property
     def latest(self) -> dict[str, Any] | None:
@@ -532,6 +539,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             return
         if reference:
             self._tracker.take_reference(trainer.current_epoch, results)
+            self._last_lrs = [float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups if "lr" in g]
             return
         ok, measured = self._round.agreed(trainer, lambda: self._measure(trainer, results, measures),
                                           what="measuring")
@@ -564,17 +572,22 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         # rank 0 writes; a failure there is still agreed on, so no rank goes on alone to the next collective
         self._round.agreed(trainer, write, what="writing")
         if report.alarm:
-            rank_zero_warn(f"ExplanationMonitor: explanation drift at epoch {trainer.current_epoch} "
-                           f"(step {trainer.global_step}).\n{report.details()}")
+            # one line; the details (what moved where, per class and probe) are in the `xai/drift` text
+            rank_zero_warn(f"ExplanationMonitor: {report.headline()} (step {trainer.global_step}; details in the "
+                           "xai/drift text)")
             if self.config.on_drift is not None:  # user code: a failure obeys on_error like any other
                 self._round.agreed(trainer, lambda: self.config.on_drift(report), what="on_drift")
 
     def _measure(self, trainer: pl.Trainer, results: Mapping[str, Tensor], measures: Sequence[Any]
-                 ) -> tuple[dict[str, float], Report, dict[str, Any], dict[str, Tensor]]:
+                 ) -> tuple[dict[str, float], DriftReport, dict[str, Any], dict[str, Tensor]]:
         probes = self.probe_set
+        lrs = [float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups if "lr" in g]
+        event = lr_event(self._last_lrs, lrs)
+        self._last_lrs = lrs
         scalars, report, record = self._tracker.update(trainer.current_epoch, trainer.global_step, results,
                                                        masks=probes.masks, labels=probes.labels,
-                                                       probe_ids=probes.ids.tolist())
+                                                       probe_ids=probes.ids.tolist(), class_names=self.class_names,
+                                                       event=event)
         measured = run_measures(measures, self._context(results), self.config.metric_options)
         scalars.update(measured.scalars)
         record.update(measured.per_probe)

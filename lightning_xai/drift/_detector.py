@@ -18,8 +18,7 @@ from lightning_xai.metrics.stability import spearman_similarity, topk_overlap
 
 __all__ = ["DriftDetector", "DriftReport"]
 
-_STATE_VERSION = 2
-_LEGACY_ARGS = ("threshold", "window", "drop_sigmas", "min_drop")
+_STATE_VERSION = 3
 
 
 def _nan_mean(x: Tensor) -> float:
@@ -45,7 +44,10 @@ class DriftReport:
         degenerate: method -> ``(N,)`` bool, maps that are non-finite, all zero or constant.
         flags: method -> ``(N,)`` bool: probes that moved beyond their own noise floor (evidence, not alarms).
         num_flagged: method -> number of flagged probes.
-        scores: method -> evidence score (>= 1 alarms) and its parts, e.g. ``{"lag": .., "long": .., "mass": ..}``.
+        scores: method -> that method's z-scores divided by ``sigmas`` (``"lag"``, ``"horizon"``, ``"mass"``) and
+            their maximum ``"score"``.
+        evidence: the epoch-level evidence (the per-method values averaged over methods); the epoch alarms when the
+            largest is >= 1 (after warm-up, outside an episode or on a fresh sudden change).
         reasons: one line per piece of evidence that crossed its threshold.
         movement: method -> :class:`~lightning_xai.drift.Movement` (where the evidence went) for alarmed or active
             methods.
@@ -73,6 +75,7 @@ class DriftReport:
     probe_ids: list[str] | None = None
     class_names: list[str] | None = None
     reference_epoch: int | None = None
+    evidence: dict[str, float] = field(default_factory=dict)
     labels: Tensor | None = field(default=None, repr=False)
 
     @property
@@ -91,17 +94,18 @@ class DriftReport:
         return self.probe_ids[index] if self.probe_ids is not None else str(index)
 
     def headline(self) -> str:
-        """One line for the warning: when, which methods, how strong, where the evidence went."""
+        """One line for the warning: when, which evidence, which methods, where the evidence went."""
         if self.warmup:
             return f"epoch {self.epoch}: drift detector learning the noise floor"
-        alarmed = [m for m, s in self.scores.items() if s.get("score", 0.0) >= 1.0]
         if not self.alarm:
             state = "explanations still differ from before the last alarm" if self.active else "no drift"
             return f"epoch {self.epoch}: {state}"
         n = len(next(iter(self.flags.values()))) if self.flags else 0
-        text = (f"explanation drift at epoch {self.epoch} ({', '.join(alarmed)}): "
-                f"{len(self.flagged_probes)}/{n} probes moved beyond their noise floor")
-        where = [mv.describe() for m, mv in self.movement.items() if m in alarmed]
+        kinds = [k for k, v in sorted(self.evidence.items(), key=lambda kv: -kv[1]) if v >= 1.0]
+        order = sorted(self.scores, key=lambda m: -self.scores[m].get("score", 0.0))
+        text = (f"explanation drift at epoch {self.epoch} ({' + '.join(kinds)} evidence; strongest in "
+                f"{', '.join(order[:2])}): {len(self.flagged_probes)}/{n} probes beyond their own noise floor")
+        where = [self.movement[m].describe() for m in order[:1] if m in self.movement]
         if where:
             text += "; " + "; ".join(where)
         if self.prediction_changed is not None:
@@ -114,13 +118,15 @@ class DriftReport:
         if self.warmup:
             return "\n".join(lines)
         lines += ["| method | stability | top-k overlap | shift from reference | probes flagged | degenerate | "
-                  "score (lag / long / mass) |", "|---|---|---|---|---|---|---|"]
+                  "evidence lag / horizon / mass |", "|---|---|---|---|---|---|---|"]
         for m in self.stability:
             sc = self.scores.get(m, {})
-            parts = " / ".join(f"{sc[k]:.2f}" if k in sc else "-" for k in ("lag", "long", "mass"))
+            parts = " / ".join(f"{sc[k]:.2f}" if k in sc else "-" for k in ("lag", "horizon", "mass"))
             lines.append(f"| {m} | {_fmt(_nan_mean(self.stability[m]))} | {_fmt(_nan_mean(self.topk_overlap[m]))} | "
                          f"{_fmt(_nan_mean(self.shift[m]))} | {self.num_flagged[m]} | "
-                         f"{int(self.degenerate[m].sum())} | {sc.get('score', 0.0):.2f} ({parts}) |")
+                         f"{int(self.degenerate[m].sum())} | {parts} |")
+        if self.evidence:
+            lines += ["", "Epoch evidence (>= 1 alarms): " + ", ".join(f"{k} {v:.2f}" for k, v in self.evidence.items())]
         if self.reasons:
             lines += ["", "Evidence:"] + [f"- {r}" for r in self.reasons]
         for m, mv in self.movement.items():
@@ -173,33 +179,35 @@ class _Method:
     """Per-method state: the frames compared with, and the run's own normal-epoch statistics."""
 
     def __init__(self) -> None:
-        self.prev: Tensor | None = None  # (N, S, S) previous explained epoch
-        self.ref: Tensor | None = None  # (N, S, S) long-horizon reference
+        self.frames: list[Tensor] = []  # (N, S, S) last explained epochs, newest last (at most horizon of them)
+        self.ref: Tensor | None = None  # (N, S, S) long-horizon reference (end of warm-up, or before the change)
         self.ref_epoch = -1
         self.updates = 0
-        self.lag: list[float] = []  # aggregate lag-1 dissimilarity on normal epochs
+        self.lag: list[float] = []  # median lag-1 dissimilarity on normal epochs
+        self.far: list[float] = []  # median lag-`horizon` dissimilarity on normal epochs
         self.probe_lag: list[list[float]] = []  # per-probe lag-1 dissimilarity on normal epochs (NaN kept)
-        self.long: list[float] = []  # aggregate dissimilarity to the reference on normal epochs
         self.mass: list[float] = []  # mean relevance mass inside the masks on normal epochs
-        self.cusum = 0.0
+
+    @property
+    def prev(self) -> Tensor | None:
+        return self.frames[-1] if self.frames else None
 
     def state(self) -> dict[str, Any]:
-        return {"prev": self.prev, "ref": self.ref, "ref_epoch": self.ref_epoch, "updates": self.updates,
-                "lag": list(self.lag), "probe_lag": [list(r) for r in self.probe_lag], "long": list(self.long),
-                "mass": list(self.mass), "cusum": self.cusum}
+        return {"frames": [f.clone() for f in self.frames], "ref": self.ref, "ref_epoch": self.ref_epoch,
+                "updates": self.updates, "lag": list(self.lag), "far": list(self.far),
+                "probe_lag": [list(r) for r in self.probe_lag], "mass": list(self.mass)}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> _Method:
         out = cls()
-        out.prev = None if state["prev"] is None else state["prev"].detach().float().cpu().clone()
+        out.frames = [f.detach().float().cpu().clone() for f in state["frames"]]
         out.ref = None if state["ref"] is None else state["ref"].detach().float().cpu().clone()
         out.ref_epoch = int(state["ref_epoch"])
         out.updates = int(state["updates"])
         out.lag = [float(v) for v in state["lag"]]
+        out.far = [float(v) for v in state["far"]]
         out.probe_lag = [[float(v) for v in row] for row in state["probe_lag"]]
-        out.long = [float(v) for v in state["long"]]
         out.mass = [float(v) for v in state["mass"]]
-        out.cusum = float(state["cusum"])
         return out
 
 
@@ -207,50 +215,49 @@ class DriftDetector:
     r"""Decide, once per explained epoch, whether the model's explanations drifted; say what changed and where.
 
     Input (:meth:`update`): each method's pooled heatmaps ``(N, 1, S, S)`` of a fixed probe set, optionally the
-    predictions, labels and ground-truth masks. The detector keeps the previous epoch's maps and a long-horizon
-    reference, and computes everything else itself.
+    predictions, labels and ground-truth masks. The detector keeps the last ``horizon`` epochs' maps and a
+    long-horizon reference, and computes everything else itself.
 
     **Per probe**, for each method: stability ``s`` = Spearman correlation with the previous epoch's map (as in
-    :func:`~lightning_xai.metrics.stability.spearman_similarity`), top-k overlap, and the *shift* ``1 - Spearman``
-    to the long-horizon reference. Degenerate maps (non-finite, all zero, constant:
-    :func:`~lightning_xai.metrics.degenerate.degenerate_rows`) get NaN, never "stable".
+    :func:`~lightning_xai.metrics.stability.spearman_similarity`), top-k overlap, the dissimilarity ``1 - Spearman``
+    to the map of ``horizon`` epochs ago, and the *shift* ``1 - Spearman`` to the long-horizon reference.
+    Degenerate maps (non-finite, all zero, constant: :func:`~lightning_xai.metrics.degenerate.degenerate_rows`) get
+    NaN, never "stable", and never replace the last usable map a probe is compared with.
 
-    **Noise floor.** The first ``warmup_epochs`` updates only learn; afterwards every epoch without an alarm
-    (a *normal* epoch) adds to a rolling window of the last ``window`` normal epochs. From it the detector knows,
-    per method, the usual epoch-to-epoch dissimilarity ``1 - s`` (mean over probes) and its spread, the usual
-    per-epoch growth of the shift from the reference, the usual relevance mass inside the masks, and per probe its
-    own usual ``1 - s`` (the per-probe *flags*: evidence shown in the report, not alarms by themselves).
+    **Noise floor, per method, learned on the run.** Two statistics summarise an epoch: the *median* over probes of
+    ``1 - s`` (lag 1) and of the dissimilarity to ``horizon`` epochs ago (lag ``horizon``). The median ignores the
+    few probes whose maps are always jumpy (Grad-CAM on a coarse layer). The first ``warmup_epochs`` updates only
+    learn; afterwards every *normal* epoch (no evidence beyond the floor) joins a rolling window of the last
+    ``window`` normal epochs, whose mean and spread (at least ``min_spread``) are the floor. Each method's statistic
+    becomes a z-score against its floor; each probe is *flagged* when its own ``1 - s`` is ``probe_sigmas`` spreads
+    above its own normal level (evidence in the report, not an alarm).
 
-    **Alarm** (epoch-level): per method three scores, each >= 1 when its evidence is beyond the floor:
+    **Alarm: aggregated evidence.** Per epoch, the z-scores are averaged over the methods (one jumpy method does not
+    alarm alone, a change every method sees does):
 
-    - *lag*: the mean ``1 - s`` exceeds its normal mean by ``sigmas`` normal spreads (the spread is at least
-      ``min_spread``), and at least ``min_probes`` probes are flagged: a sudden change of many maps;
-    - *long*: a one-sided CUSUM (Page's test) over the per-epoch growth of the mean shift from the reference,
-      beyond its normal growth: a slow slide that each single epoch hides;
-    - *mass* (masks given): the mean share of relevance inside the masks fell by at least ``mass_drop`` (relative)
-      and by ``sigmas`` normal spreads below its normal level: evidence leaving the object.
+    - *lag*: mean lag-1 z; a sudden change of most maps;
+    - *horizon*: mean lag-``horizon`` z; a change spread over a few epochs (a shortcut learnt gradually, a cue
+      only in training data) that each single step hides;
+    - *mass* (masks given): mean z of the fall of the share of relevance inside the masks below its normal level,
+      counted only when it fell by at least ``mass_drop`` (relative): evidence leaving the object.
 
-    An alarm is raised when any method's score reaches 1 and no drift episode is active. The alarm opens an
-    episode: the reference is frozen at the maps before the change, so a model that settled on a new behaviour
-    stays ``active`` ("different from before") until :meth:`accept` re-baselines on the current maps (or the maps
-    come back). A further *sudden* change during an episode raises a new alarm.
+    The epoch's score is the largest of the three divided by ``sigmas``; 1 or more alarms. The alarm opens an
+    *episode*: the reference is frozen at the maps of ``horizon`` epochs before, so a model that settled on a new
+    behaviour stays ``active`` ("different from before") until :meth:`accept` re-baselines it. During an episode a
+    new alarm needs a fresh sudden change (lag evidence that had calmed down first).
 
-    **Where it moved**: for each alarmed method, :class:`~lightning_xai.drift.Movement` against the frame before
-    the change: the centre-of-mass shift per probe, the 3x3 region that gained the most mass, whether many probes
+    **Where it moved**: for each method, :class:`~lightning_xai.drift.Movement` against the frame before the
+    change: the centre-of-mass shift per probe, the 3x3 region that gained the most mass, whether many probes
     converged on the same region (a positional shortcut's signature), per class, and the mass inside the masks.
 
-    Learning-rate steps and other non-drift events move maps little and briefly; the noise floor is the run's own,
-    so scale changes of the maps do not matter (rank correlations).
-
     Args:
-        warmup_epochs: updates that only learn the noise floor (>= 2: a floor needs two epoch-to-epoch values).
+        warmup_epochs: updates that only learn the noise floor (>= 0; no evidence counts anyway before a floor has
+            two values, and the first update's comparison with the maps before training never enters it).
         window: normal epochs kept for the floor (>= 2).
-        sigmas: how many normal spreads above the normal level count as beyond the floor (> 0).
-        min_spread: smallest spread assumed for the mean dissimilarity, so a very steady run does not alarm on a
+        horizon: the older frame compared with, in explained epochs (>= 2).
+        sigmas: evidence (mean z-score over methods) that alarms (> 0).
+        min_spread: smallest spread assumed for the median dissimilarity, so a very steady run does not alarm on a
             wobble (>= 0).
-        min_probes: probes that must be flagged for the lag evidence (>= 1; capped at the number of probes).
-        cusum_slack: allowance of the CUSUM in normal spreads (>= 0).
-        cusum_limit: CUSUM level that alarms, in normal spreads (> 0).
         mass_drop: relative fall of the mass inside the masks that counts (in (0, 1]).
         probe_sigmas: per-probe flag: ``1 - s`` above the probe's normal mean by this many of its spreads (> 0).
         topk: fraction of cells for the top-k overlap, in (0, 1].
@@ -269,43 +276,30 @@ class DriftDetector:
         ['xai/drift/active', 'xai/drift/alarm', 'xai/drift/score']
     """
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        # Transitional: the callback of v0.1 builds the per-probe rule with these arguments; it is rewired to this
-        # detector by the redesign, after which this branch goes away.
-        if any(k in kwargs for k in _LEGACY_ARGS):
-            from lightning_xai.drift._legacy import LegacyDriftDetector
-
-            return LegacyDriftDetector(*args, **kwargs)
-        return super().__new__(cls)
-
     def __init__(
         self,
         warmup_epochs: int = 3,
         *,
         window: int = 8,
-        sigmas: float = 4.0,
+        horizon: int = 3,
+        sigmas: float = 2.5,
         min_spread: float = 0.02,
-        min_probes: int = 3,
-        cusum_slack: float = 0.5,
-        cusum_limit: float = 5.0,
         mass_drop: float = 0.25,
         probe_sigmas: float = 3.0,
         topk: float = 0.1,
         size: int = 16,
     ) -> None:
         problems = []
-        if not _is_int(warmup_epochs) or warmup_epochs < 2:
-            problems.append(f"`warmup_epochs` must be an int >= 2, got {warmup_epochs!r}")
-        if not _is_int(window) or window < 2:
-            problems.append(f"`window` must be an int >= 2, got {window!r}")
-        for name, value in (("sigmas", sigmas), ("cusum_limit", cusum_limit), ("probe_sigmas", probe_sigmas)):
+        if not _is_int(warmup_epochs) or warmup_epochs < 0:
+            problems.append(f"`warmup_epochs` must be an int >= 0, got {warmup_epochs!r}")
+        for name, value in (("window", window), ("horizon", horizon)):
+            if not _is_int(value) or value < 2:
+                problems.append(f"`{name}` must be an int >= 2, got {value!r}")
+        for name, value in (("sigmas", sigmas), ("probe_sigmas", probe_sigmas)):
             if not _is_number(value) or value <= 0:
                 problems.append(f"`{name}` must be a finite number > 0, got {value!r}")
-        for name, value in (("min_spread", min_spread), ("cusum_slack", cusum_slack)):
-            if not _is_number(value) or value < 0:
-                problems.append(f"`{name}` must be a finite number >= 0, got {value!r}")
-        if not _is_int(min_probes) or min_probes < 1:
-            problems.append(f"`min_probes` must be an int >= 1, got {min_probes!r}")
+        if not _is_number(min_spread) or min_spread < 0:
+            problems.append(f"`min_spread` must be a finite number >= 0, got {min_spread!r}")
         if not _is_number(mass_drop) or not 0 < mass_drop <= 1:
             problems.append(f"`mass_drop` must be a number in (0, 1], got {mass_drop!r}")
         if not _is_number(topk) or not 0 < topk <= 1:
@@ -316,11 +310,9 @@ class DriftDetector:
             raise ValueError("DriftDetector: " + "; ".join(problems))
         self.warmup_epochs = int(warmup_epochs)
         self.window = int(window)
+        self.horizon = int(horizon)
         self.sigmas = float(sigmas)
         self.min_spread = float(min_spread)
-        self.min_probes = int(min_probes)
-        self.cusum_slack = float(cusum_slack)
-        self.cusum_limit = float(cusum_limit)
         self.mass_drop = float(mass_drop)
         self.probe_sigmas = float(probe_sigmas)
         self.topk = float(topk)
@@ -350,21 +342,23 @@ class DriftDetector:
         self.alarm_epochs: list[int] = []
 
     def accept(self) -> None:
-        """Accept the current explanations as the new normal: close the drift episode and re-baseline the
-        long-horizon reference (and the relevance-mass level) on the latest maps."""
+        """Accept the current explanations as the new normal: close the drift episode, re-baseline the long-horizon
+        reference on the latest maps and learn the noise floors afresh (a new behaviour has its own noise)."""
         self.episode = False
         self.episode_epoch = -1
+        self.lag_high = False
         for state in self.methods.values():
             if state.prev is not None:
                 state.ref = state.prev.clone()
                 state.ref_epoch = self.last_epoch if self.last_epoch is not None else -1
-            state.long, state.mass, state.cusum = [], [], 0.0
+            state.lag, state.far, state.probe_lag, state.mass = [], [], [], []
 
     def prime(self, maps: Mapping[str, Tensor], *, pred: Tensor | None = None) -> None:
         """Remember ``maps`` as the previous frame without deciding anything (e.g. the maps before training)."""
         pooled = self._check_maps(maps)
         for name, current in pooled.items():
-            self.methods.setdefault(name, _Method()).prev = current
+            state = self.methods.setdefault(name, _Method())
+            state.frames = [_keep_usable(state.prev, current)]
         if pred is not None:
             self.prev_pred = self._check_vector(pred, "pred").long()
 
@@ -378,8 +372,9 @@ class DriftDetector:
         masks: Tensor | None = None,
         probe_ids: Sequence[Any] | None = None,
         class_names: Sequence[str] | None = None,
+        event: str | None = None,
     ) -> DriftReport:
-        """Measure this epoch's maps against the previous epoch and the reference, decide, then learn.
+        """Measure this epoch's maps against the earlier frames and the reference, decide, then learn.
 
         Args:
             epoch: the epoch of these maps (reported, not interpreted).
@@ -391,6 +386,9 @@ class DriftDetector:
                 decision.
             probe_ids: ``N`` names for the text (dataset indices, say).
             class_names: names for the classes in the text.
+            event: a known change of training that is not drift (e.g. ``"learning rate x10"``, reported by the monitor
+                when the optimiser's learning rate stepped): the maps are measured and reported, but the noise
+                floors start afresh from this epoch (the new regime has its own pace), so it raises no alarm.
 
         Returns:
             The :class:`DriftReport`.
@@ -411,6 +409,8 @@ class DriftDetector:
         if pred_t is not None and self.prev_pred is not None and self.prev_pred.shape == pred_t.shape:
             changed = pred_t != self.prev_pred
 
+        if event is not None and not isinstance(event, str):
+            raise TypeError(f"`event` must be None or a str describing the change, got {event!r}")
         warmup = self.num_updates < self.warmup_epochs
         report = DriftReport(epoch=int(epoch), alarm=False, active=self.episode, warmup=warmup, stability={},
                              topk_overlap={}, shift={}, degenerate={}, flags={}, num_flagged={}, scores={},
@@ -420,29 +420,51 @@ class DriftDetector:
         for name, current in pooled.items():
             state = self.methods.setdefault(name, _Method())
             measured[name] = self._measure(state, current, masks_t)
-            if not warmup:
-                self._score(name, state, measured[name], report)
-        sudden = any(s.get("lag", 0.0) >= 1.0 for s in report.scores.values())
-        top = max((s.get("score", 0.0) for s in report.scores.values()), default=0.0)
+            self._score(name, state, measured[name], report)
+        evidence = {}
+        for kind in ("lag", "horizon", "mass"):
+            zs = [mm[f"z_{kind}"] for mm in measured.values() if f"z_{kind}" in mm]
+            if zs:
+                evidence[kind] = sum(zs) / len(pooled) / self.sigmas  # methods without the evidence count as 0
+        report.evidence = evidence
+        top = max(evidence.values(), default=0.0)
+        if event is not None:
+            report.reasons.append(f"not drift: {event}; the noise floors start afresh")
+            evidence.clear()
+            top = 0.0
+        if warmup:
+            top = 0.0
+        sudden = evidence.get("lag", 0.0) >= 1.0 and not warmup
         # during an episode only a fresh sudden change alarms again (the lag evidence must have calmed down first)
         report.alarm = top >= 1.0 and (not self.episode or (sudden and not self.lag_high))
         self.lag_high = sudden
+        for kind, value in evidence.items():
+            if value >= 1.0 and not warmup:
+                report.reasons.append(_REASONS[kind].format(
+                    value=value * self.sigmas, methods=", ".join(
+                        f"{m} {mm[f'z_{kind}']:+.1f}" for m, mm in measured.items() if f"z_{kind}" in mm)))
         if report.alarm:
             self.episode, self.episode_epoch = True, int(epoch)
             self.alarm_epochs.append(int(epoch))
         report.active = self.episode
-        # where it moved: alarmed methods against the frame before the change; active episodes against the reference
+        # where it moved: against the frame before the change (alarm) or the episode's reference (active)
         for name, current in pooled.items():
             state, mm = self.methods[name], measured[name]
-            if report.scores.get(name, {}).get("score", 0.0) >= 1.0 or (report.active and state.ref is not None):
-                before = state.prev if (report.alarm and state.prev is not None and
-                                        report.scores[name].get("lag", 0.0) >= 1.0) else state.ref
-                what = f"epoch {self.last_epoch}" if before is state.prev else f"the reference (epoch {state.ref_epoch})"
-                if before is not None:
-                    valid = ~mm["degenerate"] & ~degenerate_rows(before.flatten(1))
-                    report.movement[name] = movement(name, before, current, valid, report.flags[name],
-                                                     reference=what, labels=labels_t, masks=masks_t)
-        self._learn(pooled, measured, report, warmup)
+            before, what = None, ""
+            if report.alarm and state.frames:
+                before = state.frames[0]
+                what = f"{len(state.frames)} explained epoch(s) before"
+            elif report.active and state.ref is not None:
+                before, what = state.ref, f"the reference (epoch {state.ref_epoch})"
+            if before is not None:
+                valid = ~mm["degenerate"] & ~degenerate_rows(before.flatten(1))
+                report.movement[name] = movement(name, before, current, valid, report.flags[name],
+                                                 reference=what, labels=labels_t, masks=masks_t)
+        self._learn(pooled, measured, report, warmup, normal=top < 1.0)
+        if event is not None:  # a new regime: floors and older frames (which span the event) are dropped
+            for state in self.methods.values():
+                state.lag, state.far, state.probe_lag = [], [], []
+                state.frames = state.frames[-1:]
         self._scalars(report, measured)
         report.reference_epoch = next((s.ref_epoch for s in self.methods.values() if s.ref is not None), None)
         self.num_updates += 1
@@ -452,21 +474,25 @@ class DriftDetector:
         return report
 
     # ------------------------------------------------------------------ measuring
+    def _dissimilarity(self, before: Tensor, current: Tensor, degenerate: Tensor) -> Tensor:
+        bad = degenerate | degenerate_rows(before.flatten(1))
+        sim = spearman_similarity(before[:, None], current[:, None], size=self.size).float()
+        return torch.where(bad, torch.full_like(sim, float("nan")), 1.0 - sim)
+
     def _measure(self, state: _Method, current: Tensor, masks: Tensor | None) -> dict[str, Any]:
         n = current.shape[0]
         nan = torch.full((n,), float("nan"))
         degenerate = degenerate_rows(current.flatten(1))
-        out: dict[str, Any] = {"degenerate": degenerate, "stability": nan, "topk": nan, "shift": nan}
+        out: dict[str, Any] = {"degenerate": degenerate, "stability": nan, "topk": nan, "shift": nan, "far": nan}
         if state.prev is not None:
-            bad = degenerate | degenerate_rows(state.prev.flatten(1))
-            sim = spearman_similarity(state.prev[:, None], current[:, None], size=self.size)
-            top = topk_overlap(state.prev[:, None], current[:, None], k=self.topk, size=self.size)
-            out["stability"] = torch.where(bad, nan, sim.float())
-            out["topk"] = torch.where(bad, nan, top.float())
+            d1 = self._dissimilarity(state.prev, current, degenerate)
+            top = topk_overlap(state.prev[:, None], current[:, None], k=self.topk, size=self.size).float()
+            out["stability"] = 1.0 - d1
+            out["topk"] = torch.where(torch.isnan(d1), nan, top)
+        if len(state.frames) >= self.horizon:
+            out["far"] = self._dissimilarity(state.frames[0], current, degenerate)
         if state.ref is not None:
-            bad = degenerate | degenerate_rows(state.ref.flatten(1))
-            sim = spearman_similarity(state.ref[:, None], current[:, None], size=self.size)
-            out["shift"] = torch.where(bad, nan, 1.0 - sim.float())
+            out["shift"] = self._dissimilarity(state.ref, current, degenerate)
         if masks is not None:
             flat = current.flatten(1).clamp_min(0).double()
             total = flat.sum(1)
@@ -477,8 +503,7 @@ class DriftDetector:
     def _score(self, name: str, state: _Method, mm: dict[str, Any], report: DriftReport) -> None:
         d1 = 1.0 - mm["stability"]
         valid = torch.isfinite(d1)
-        scores: dict[str, float] = {}
-        # per-probe floors: each probe's own normal mean and spread of 1 - s (pooled spread when short of history)
+        # per-probe floors: each probe's own normal mean and spread of 1 - s (half the pooled spread at least)
         flags = torch.zeros(d1.shape[0], dtype=torch.bool)
         if state.probe_lag and bool(valid.any()):
             hist = torch.tensor(state.probe_lag, dtype=torch.float64)  # (W, N)
@@ -486,84 +511,55 @@ class DriftDetector:
             cnt = ok.sum(0).clamp_min(1)
             mean = torch.where(ok, hist, torch.zeros_like(hist)).sum(0) / cnt
             var = torch.where(ok, (hist - mean) ** 2, torch.zeros_like(hist)).sum(0) / cnt
-            pooled_sd = float(torch.nanmean(torch.where(cnt > 0, var, torch.full_like(var, float("nan")))).sqrt())
-            sd = torch.maximum(var.sqrt(), torch.full_like(var, max(self.min_spread, 0.5 * pooled_sd)))
+            pooled_sd = float(torch.nanmean(torch.where(ok.sum(0) > 0, var, torch.full_like(var, float("nan")))).sqrt())
+            floor = max(self.min_spread, 0.5 * pooled_sd) if math.isfinite(pooled_sd) else self.min_spread
+            sd = var.sqrt().clamp_min(floor)
             flags = valid & (ok.sum(0) > 0) & (d1.double() > mean + self.probe_sigmas * sd)
         report.flags[name] = flags
         report.num_flagged[name] = int(flags.sum())
-        # lag: a sudden change of many maps
-        lag = _nan_mean(d1)
-        if len(state.lag) >= 2 and math.isfinite(lag):
-            mu, sd = _mean_sd(state.lag)
-            excess = (lag - mu) / (self.sigmas * max(sd, self.min_spread))
-            need = min(self.min_probes, int(valid.sum()))
-            scores["lag"] = excess if int(flags.sum()) >= need else min(excess, 0.99)
-            if scores["lag"] >= 1.0:
-                report.reasons.append(f"{name}: mean epoch-to-epoch dissimilarity {lag:.3f} vs normal {mu:.3f} "
-                                      f"+- {sd:.3f}; {int(flags.sum())} probes beyond their own floor")
-        # long: CUSUM over the growth of the shift from the reference
-        shift = _nan_mean(mm["shift"])
-        # (the first step after the reference is the lag-1 noise itself, not growth: it is skipped)
-        # the normal growth is learned on the first epochs after the reference and then frozen, so that a slide
-        # cannot teach the detector that sliding is normal
-        calib = state.long[1:2 + self.window]
-        incs = [b - a for a, b in zip(calib, calib[1:])]
-        if len(incs) >= 3 and math.isfinite(shift):
-            growth = shift - state.long[-1]
-            mu, sd = _mean_sd(incs)
-            sd = max(sd, 0.25 * self.min_spread)
-            cusum = max(0.0, state.cusum + (growth - max(mu, 0.0)) / sd - self.cusum_slack)
-            mm["cusum"] = cusum
-            scores["long"] = cusum / self.cusum_limit
-            if scores["long"] >= 1.0:
-                report.reasons.append(f"{name}: shift from the reference (epoch {state.ref_epoch}) grew to "
-                                      f"{shift:.3f}, faster than its normal {max(mu, 0.0):.3f} per epoch")
-        # mass: evidence leaving the ground-truth masks
+        scores: dict[str, float] = {}
+        for kind, key, hist in (("lag", "stability", state.lag), ("horizon", "far", state.far)):
+            value = _nan_median(1.0 - mm[key] if key == "stability" else mm[key])
+            mm[f"med_{kind}"] = value
+            if len(hist) >= 2 and math.isfinite(value):
+                mu, sd = _mean_sd(hist)
+                mm[f"z_{kind}"] = (value - mu) / max(sd, self.min_spread)
+                scores[kind] = mm[f"z_{kind}"] / self.sigmas
         mass = mm.get("mass")
         if mass is not None and len(state.mass) >= 2 and math.isfinite(mass):
             mu, sd = _mean_sd(state.mass)
-            drop = mu - mass
-            if mu > 0:
-                rel = drop / (self.mass_drop * mu)
-                sig = drop / (self.sigmas * max(sd, 0.01))
-                scores["mass"] = min(rel, sig)
-                if scores["mass"] >= 1.0:
-                    report.reasons.append(f"{name}: share of the map inside the masks fell to {mass:.3f} from a "
-                                          f"normal {mu:.3f} +- {sd:.3f}")
+            z = (mu - mass) / max(sd, 0.5 * self.min_spread)
+            mm["z_mass"] = z if mu > 0 and mu - mass >= self.mass_drop * mu else min(z, 0.0)
+            scores["mass"] = mm["z_mass"] / self.sigmas
         scores["score"] = max(scores.values(), default=0.0)
         report.scores[name] = scores
 
     # ------------------------------------------------------------------ learning
     def _learn(self, pooled: Mapping[str, Tensor], measured: Mapping[str, dict[str, Any]], report: DriftReport,
-               warmup: bool) -> None:
-        end_of_warmup = self.num_updates + 1 == self.warmup_epochs
+               warmup: bool, *, normal: bool) -> None:
+        end_of_warmup = self.num_updates + 1 >= self.warmup_epochs
         for name, current in pooled.items():
             state, mm = self.methods[name], measured[name]
-            normal = not report.alarm
             d1 = 1.0 - mm["stability"]
-            if normal and bool(torch.isfinite(d1).any()) and state.updates >= 1:
-                state.lag = (state.lag + [_nan_mean(d1)])[-self.window:]
-                state.probe_lag = (state.probe_lag + [d1.tolist()])[-self.window:]
-            shift = _nan_mean(mm["shift"])
-            if state.ref is not None and math.isfinite(shift):
-                if normal:
-                    state.cusum = mm.get("cusum", state.cusum)
-                else:
-                    state.cusum = 0.0  # a new episode: the slide is reported, start watching afresh
-                state.long = (state.long + [shift])[:2 + self.window] + [shift] if len(state.long) >= 2 + self.window \
-                    else state.long + [shift]
+            # the first update's comparison is with the maps before training: never part of the floor
+            if normal and state.updates >= 1:
+                for hist, key in ((state.lag, "med_lag"), (state.far, "med_horizon")):
+                    value = mm.get(key, float("nan"))
+                    if math.isfinite(value):
+                        hist.append(value)
+                        del hist[:-self.window]
+                if bool(torch.isfinite(d1).any()):
+                    state.probe_lag = (state.probe_lag + [d1.tolist()])[-self.window:]
             mass = mm.get("mass")
-            if mass is not None and math.isfinite(mass) and normal and not self.episode and (
-                    not warmup or end_of_warmup):
+            if (mass is not None and math.isfinite(mass) and normal and not self.episode and end_of_warmup
+                    and state.updates >= 1):
                 state.mass = (state.mass + [mass])[-self.window:]
-            if report.alarm and state.prev is not None:
+            if report.alarm and state.frames:
                 # freeze the frame before the change as the reference of the episode
-                state.ref, state.ref_epoch = state.prev.clone(), self.last_epoch if self.last_epoch is not None else -1
-                state.long = []
-            elif end_of_warmup or (state.ref is None and not warmup):
+                state.ref, state.ref_epoch = state.frames[0].clone(), report.epoch - len(state.frames)
+            elif state.ref is None and end_of_warmup:
                 state.ref, state.ref_epoch = current.clone(), report.epoch
-                state.long = [0.0]
-            state.prev = current.clone()
+            state.frames = (state.frames + [_keep_usable(state.prev, current)])[-self.horizon:]
             state.updates += 1
 
     def _scalars(self, report: DriftReport, measured: Mapping[str, dict[str, Any]]) -> None:
@@ -582,14 +578,15 @@ class DriftDetector:
                     sc[f"xai/{name}/{key}"] = value
             sc[f"xai/{name}/drift"] = float(report.num_flagged[name])
             sc[f"xai/{name}/degenerate"] = float(mm["degenerate"].sum())
-            sc[f"xai/{name}/drift_score"] = float(max(0.0, report.scores.get(name, {}).get("score", 0.0)))
+            sc[f"xai/{name}/drift_score"] = 0.0 if report.warmup else float(
+                max(0.0, report.scores.get(name, {}).get("score", 0.0)))
             state = self.methods[name]
             mass = mm.get("mass")
             if mass is not None and math.isfinite(mass) and state.mass:
                 sc[f"xai/{name}/mass_change"] = float(mass - sum(state.mass) / len(state.mass))
         sc["xai/drift/alarm"] = 1.0 if report.alarm else 0.0
         sc["xai/drift/active"] = 1.0 if report.active else 0.0
-        sc["xai/drift/score"] = float(max((v for k, v in sc.items() if k.endswith("/drift_score")), default=0.0))
+        sc["xai/drift/score"] = 0.0 if report.warmup else float(max(0.0, max(report.evidence.values(), default=0.0)))
 
     # ------------------------------------------------------------------ input checks
     def _check_maps(self, maps: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -673,9 +670,32 @@ class DriftDetector:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(warmup_epochs={self.warmup_epochs}, window={self.window}, "
-                f"sigmas={self.sigmas}, min_spread={self.min_spread}, min_probes={self.min_probes}, "
-                f"cusum_slack={self.cusum_slack}, cusum_limit={self.cusum_limit}, mass_drop={self.mass_drop}, "
-                f"probe_sigmas={self.probe_sigmas}, topk={self.topk}, size={self.size})")
+                f"horizon={self.horizon}, sigmas={self.sigmas}, min_spread={self.min_spread}, "
+                f"mass_drop={self.mass_drop}, probe_sigmas={self.probe_sigmas}, topk={self.topk}, size={self.size})")
+
+
+def _keep_usable(previous: Tensor | None, current: Tensor) -> Tensor:
+    """The next previous frame: ``current``, except that a degenerate map never replaces a usable one (the probe is
+    compared with its last usable map when it recovers)."""
+    if previous is None or previous.shape != current.shape:
+        return current.clone()
+    keep = degenerate_rows(current.flatten(1)) & ~degenerate_rows(previous.flatten(1))
+    return torch.where(keep[:, None, None], previous, current).clone()
+
+
+_REASONS = {
+    "lag": "sudden: the median epoch-to-epoch change is {value:.1f} normal spreads above its floor (per method z: "
+           "{methods})",
+    "horizon": "spread over epochs: the median change since a few epochs ago is {value:.1f} normal spreads above "
+               "its floor (per method z: {methods})",
+    "mass": "evidence left the masks: the share of relevance inside them fell {value:.1f} normal spreads below "
+            "its level (per method z: {methods})",
+}
+
+
+def _nan_median(x: Tensor) -> float:
+    finite = x[torch.isfinite(x)]
+    return float(finite.median()) if finite.numel() else float("nan")
 
 
 def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
