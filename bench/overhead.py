@@ -4,7 +4,7 @@ Issue 6, target 4: on the demo recipe with the default monitor settings, the cal
 time. Setting: ``recipes/demo.py``'s ``ShapesCNN``, ``ShapesData`` and ``PlantShortcut`` (planted at half the
 epochs), CPU, ``torch.set_num_threads(1)``, same seed for every run; the monitor gets the demo's probe set and
 mean/std and otherwise its defaults (16 probes, all three methods, adaptive IG ``n_steps=16``,
-``ig_tolerance=0.02``, ``ig_max_steps=128``, ``internal_batch_size`` = the training batch size, metrics
+``tolerance=0.02``, ``max_steps=128``, ``internal_batch_size`` = the training batch size, metrics
 localisation + agreement + sanity, overlays logged to TensorBoard). Both configurations log to a TensorBoardLogger in
 a temporary directory; no checkpointing, no progress bar.
 

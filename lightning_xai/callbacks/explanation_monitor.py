@@ -391,7 +391,8 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self.config = self._probes.config = self._explainer.config = config
         self._tracker.methods = self._reporter.methods = working
         # a callback monitoring a left-out method's key would wait forever: say so now
-        check_monitors(trainer.callbacks, self.logged_keys(), config.every_n_epochs)
+        check_monitors(trainer.callbacks, self.logged_keys(), config.every_n_epochs,
+                       budget=config.max_overhead is not None)
 
     def _setup_views(self, model: torch.nn.Module) -> None:
         """The views' layer (the Grad-CAM layer) and pool, on every rank (no collectives, so a bad source fails
