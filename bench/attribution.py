@@ -21,6 +21,7 @@ Usage::
 
     python bench/attribution.py            # 32 images, 32 steps
     python bench/attribution.py --methods --threads 1   # the per-method table (README "Methods")
+    python bench/attribution.py --methods --sanity-only  # sanity check only: all layers and the top layer
     python bench/attribution.py --quick    # 8 images, 8 steps, 1 round
     python bench/attribution.py --threads 1  # pin torch threads (stabler on a shared machine)
 """
@@ -54,6 +55,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="8 images, 8 steps, 1 round")
     parser.add_argument("--methods", action="store_true", help="the per-method table instead")
     parser.add_argument("--method-images", type=int, default=8)
+    parser.add_argument("--sanity-only", action="store_true",
+                        help="with --methods: only the sanity check, all layers and the top layer randomised")
     args = parser.parse_args()
     if args.methods:
         if args.threads:
@@ -214,6 +217,14 @@ def methods_table(args: argparse.Namespace) -> None:
     print(f"resnet18 random init, {args.method_images} images {args.size}x{args.size}, threads="
           f"{torch.get_num_threads()}, best of {args.repeats}; sanity on SmallCNN trained 300 steps (held-out "
           f"accuracy {accuracy:.2f}), 32 probes 32x32, all layers randomised")
+    if args.sanity_only:
+        print(f"{'method':<22} {'all layers':>10} {'top layer':>10}   (mean similarity; passes below 0.5)")
+        for name in available_methods():
+            opts = {name: TABLE_OPTIONS.get(name, {})}
+            sims = [sanity_similarity(small, lambda m, name=name, opts=opts: explain(
+                m, probes, labels, methods=(name,), options=opts), num_layers=k)[name].mean().item() for k in (None, 1)]
+            print(f"{name:<22} {sims[0]:>10.2f} {sims[1]:>10.2f}")
+        return
     print(f"{'method':<22} {'kind':<13} {'ours s':>7} {'ref s':>7} {'ratio':>6} {'sanity sim':>10} {'pass':>5}  cost")
     for name in available_methods():
         cls = get_method(name)

@@ -1,4 +1,4 @@
-"""Cost of one overlay image per method and epoch: v0.1's grid vs the panel the monitor logs now.
+"""Cost of the overlays of one method and epoch: v0.1's grid vs the panels the monitor logs now.
 
 Both paths are timed in the same process, interleaved, on the same probes and maps, each with the PNG encoder its writer uses,
 1 torch thread:
@@ -6,9 +6,10 @@ Both paths are timed in the same process, interleaved, on the same probes and ma
 - old: v0.1's ``make_overlay_grid`` (copied below, unchanged): every probe enlarged to >= 96 px by nearest
   neighbour *before* blending, colormap gathered channels-first, one Pillow caption strip per probe, 8 per row
   (786 px wide for 32 px probes, shown at about a third of its size by TensorBoard);
-- new: :class:`lightning_xai.render.ProbeRenderer` (probes de-normalised and sized once per run), ``.render`` (the
-  panel, plus its tiles kept in a :class:`~lightning_xai.render.Timeline`, as the monitor does): blended
-  at the probe's size (or straight at tile size), 64 px tiles in 4 columns (276 px wide), caption lines cached as
+- new: :class:`lightning_xai.render.ProbeRenderer` (probes de-normalised and sized once per run), ``.render_groups``
+  (panels of 8 probes, each filling TensorBoard's default image card, plus the tiles kept in a
+  :class:`~lightning_xai.render.Timeline`, as the monitor does): blended
+  at the probe's size (or straight at tile size), 64 px tiles in 4 columns (276 x 214 px), caption lines cached as
   bitmaps, probe id / epoch / flags on the picture; encoded by :func:`lightning_xai.render.encode_png` (one "up"
   filter, zlib level 1) instead of Pillow's per-row adaptive filtering.
 
@@ -94,6 +95,10 @@ def old_grid(images, heatmaps, captions, *, alpha=0.5, colormap="jet", mean=None
 
 
 # ----------------------------------------------------------------------------- shared
+def new_encode(panels: list[torch.Tensor]) -> bytes:
+    return b"".join(encode_png(panel) for panel in panels)
+
+
 def old_encode(img: torch.Tensor) -> bytes:
     """What v0.1's TensorBoardWriter.add_image does with a uint8 (3, H, W) image (Pillow PNG, zlib level 1)."""
     buffer = io.BytesIO()
@@ -152,20 +157,21 @@ def run(name, scenario, repeats):
     t_setup, renderer = time_once(lambda: ProbeRenderer(images, mean=mean, std=std))  # once per run
     timeline = Timeline()
 
-    def new_render():  # what the monitor does: the panel, and the tiles kept for the timeline
-        panel, tiles = renderer.render(maps, new_captions, title="grad_cam  epoch 6  3/16 flagged", flagged=flagged)
+    def new_render():  # what the monitor does: panels of 8 probes, and the tiles kept for the timeline
+        panels, tiles = renderer.render_groups(maps, new_captions, title="grad_cam | epoch 6", flagged=flagged,
+                                               caption_lines=2)
         timeline.add("grad_cam", 6, tiles, flagged)
-        return panel
+        return [panel for panel, _, _ in panels]
 
     times = {"old render": [], "old encode": [], "new render": [], "new encode": []}
     for i in range(repeats + 2):  # interleaved; the first two rounds warm caches and allocators
-        for label, render, encode in (("old", old_render, old_encode), ("new", new_render, encode_png)):
+        for label, render, encode in (("old", old_render, old_encode), ("new", new_render, new_encode)):
             t_render, img = time_once(render)
             t_encode, png = time_once(lambda img=img, encode=encode: encode(img))
             if i >= 2:
                 times[f"{label} render"].append(t_render)
                 times[f"{label} encode"].append(t_encode)
-            size = (tuple(img.shape[1:]), len(png))
+            size = ([tuple(p.shape[1:]) for p in (img if isinstance(img, list) else [img])], len(png))
             if label == "old":
                 old_size = size
             else:
@@ -173,12 +179,13 @@ def run(name, scenario, repeats):
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     old_total, new_total = med["old render"] + med["old encode"], med["new render"] + med["new encode"]
     print(f"\n{name}: 16 probes, image {tuple(images.shape[-2:])}, median of {repeats} interleaved rounds")
-    print(f"  old grid : {old_size[0][1]}x{old_size[0][0]} px, {old_size[1] / 1024:.0f} KiB PNG   "
+    print(f"  old grid : one {old_size[0][0][1]}x{old_size[0][0][0]} px image, {old_size[1] / 1024:.0f} KiB PNG   "
           f"render {med['old render']:6.2f} ms + encode {med['old encode']:6.2f} ms = {old_total:6.2f} ms")
-    print(f"  new panel: {new_size[0][1]}x{new_size[0][0]} px, {new_size[1] / 1024:.0f} KiB PNG   "
+    print(f"  new      : {len(new_size[0])} panels of {new_size[0][0][1]}x{new_size[0][0][0]} px, "
+          f"{new_size[1] / 1024:.0f} KiB PNG   "
           f"render {med['new render']:6.2f} ms + encode {med['new encode']:6.2f} ms = {new_total:6.2f} ms")
     print(f"  (new: preparing the probes once per run took {t_setup * 1e3:.2f} ms, not counted per image)")
-    print(f"  new / old per overlay image: {new_total / old_total:.3f}x ({old_total / new_total:.1f}x cheaper); "
+    print(f"  new / old per method and epoch: {new_total / old_total:.3f}x ({old_total / new_total:.1f}x cheaper); "
           f"render alone {med['new render'] / med['old render']:.3f}x")
     return old_total / new_total
 
@@ -189,7 +196,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
     np.random.seed(0)
-    print("Overlay image per method and epoch, rendered and PNG-encoded: v0.1 grid vs panel (1 torch thread)")
+    print("Overlays of one method and epoch, rendered and PNG-encoded: v0.1 grid vs panels (1 torch thread)")
     run("demo (shapes, 32 px)", demo_scenario, args.repeats)
     run("large images (224 px)", large_scenario, args.repeats)
 

@@ -322,11 +322,11 @@ def test_adaptive_ig_does_not_refine_flat_probes(monkeypatch):
 
 
 def test_adaptive_ig_stops_when_refinement_stops_helping(monkeypatch):
-    # The error of a jump does not shrink with more nodes: two rounds without progress stop the probe.
+    # The error of a jump does not shrink with more nodes: three rounds without progress stop the probe.
     x = torch.ones(2, 1, 2, 2)
     out = explain_detailed(_Step(0.1), x, 1, ("integrated_gradients",), n_steps=5, tolerance=0.01, max_steps=64)
     assert out.ig_relative_error.min() > 0.5  # the error is the model's, not the quadrature's
-    assert out.ig_evals.max() <= 5 + 2
+    assert out.ig_evals.max() <= 5 + 3
     from lightning_xai.attribution import _engine
 
     monkeypatch.setattr(_engine, "STALL_RATIO", float("inf"))

@@ -33,6 +33,7 @@ from lightning_xai.metrics.registry import (
     run_measures,
 )
 from lightning_xai.probes import ProbeSet, select_probes
+from lightning_xai.render import WARN_COLOR
 from lightning_xai.writers import FileWriter
 
 ARGS = dict(probes=None, num_probes=6, methods=METHODS, every_n_epochs=1, target="label", layer=None,
@@ -306,7 +307,11 @@ def test_reporting_helpers(tmp_path):
     assert "**epoch 3, step 12**" in text and "| grad_cam | 0.912 | n/a | 2 |" in text and text.endswith("details")
     probes = ProbeSet(images=torch.zeros(2, 3, 4, 4), labels=torch.tensor([0, -1]), ids=torch.tensor([0, 1]))
     lines = captions(probes, torch.tensor([1, 0]), torch.tensor([0.5, 0.25]), ["cat", "dog"])
-    assert lines == [["y=cat", "p=dog 0.50"], ["y=?", "p=cat 0.25"]]
+    # the probe's id and true label; the prediction, in the warning colour when wrong (an unknown label is wrong)
+    assert lines == [["#0 cat", ("p=dog .50", WARN_COLOR)], ["#1 ?", ("p=cat .25", WARN_COLOR)]]
+    right = captions(select_probes((torch.zeros(1, 3, 4, 4), torch.tensor([1])), 1), torch.tensor([1]),
+                     torch.tensor([0.999]), ["cat", "dog"])
+    assert right == [["#0 dog", "p=dog 1.0"]]
     sink = Reporter(("grad_cam",), {}, log_images=False).sink(SimpleNamespace(loggers=[],
                                                                               default_root_dir=str(tmp_path)))
     assert [type(s) for s in sink.sinks] == [FileWriter] and sink.log_dir.startswith(str(tmp_path))

@@ -163,3 +163,20 @@ def test_render_equals_panel_and_returns_the_tiles():
     panel, tiles = renderer.render(maps, captions, title="x", flagged=[True, False, False, False, True])
     assert torch.equal(panel, renderer.panel(maps, captions, title="x", flagged=[True, False, False, False, True]))
     assert torch.equal(tiles, renderer.tiles(maps)[0]) and tiles.shape == (5, 3, 64, 64)
+
+
+def test_render_groups_of_eight_fill_the_card_and_keep_all_tiles():
+    renderer = ProbeRenderer(torch.rand(11, 3, 32, 32), tile=64)
+    maps = torch.rand(11, 1, 8, 8)
+    flags = [i == 9 for i in range(11)]
+    panels, tiles = renderer.render_groups(maps, [["#1 a", "p=b .5"]] * 11, title="grad_cam | epoch 2", flagged=flags,
+                                           caption_lines=2)
+    assert [(start, stop) for _, start, stop in panels] == [(0, 8), (8, 11)]
+    first, second = panels[0][0], panels[1][0]
+    assert first.shape[2] == 276 and first.shape[1] < 220  # 4 x 2 tiles: TensorBoard's card shows it at full size
+    assert second.shape[1] < first.shape[1] and second.shape[2] == 3 * (64 + GAP) + GAP  # one row of 3
+    assert torch.equal(tiles, renderer.tiles(maps)[0])
+    hwc = second.permute(1, 2, 0)  # probe 10 (index 9) is the second tile of the second panel: outlined
+    outline = (hwc.reshape(-1, 3) == torch.tensor(FLAG_COLOR, dtype=torch.uint8)).all(-1).sum()
+    assert outline > 4 * 64 and not (first.permute(1, 2, 0).reshape(-1, 3) == torch.tensor(
+        FLAG_COLOR, dtype=torch.uint8)).all(-1).any()

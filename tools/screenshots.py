@@ -43,12 +43,33 @@ def _chromium() -> str:
     sys.exit("Chromium not found: install it with `apt-get install -y chromium` (Debian/Ubuntu).")
 
 
-def screenshot(url: str, out: Path, *, width: int, height: int, wait_ms: int = 25000) -> Path:
-    """Load ``url`` in headless Chromium (a fresh profile) and save a ``width x height`` screenshot to ``out``."""
-    with tempfile.TemporaryDirectory() as profile:
-        cmd = [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
-               f"--virtual-time-budget={wait_ms}", f"--screenshot={out}", url]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+def _detail(path: Path) -> int:
+    """How much is drawn: distinct colours in the screenshot (a card still loading is blank)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return len(img.convert("RGB").getcolors(maxcolors=1 << 20) or ())
+
+
+def screenshot(url: str, out: Path, *, width: int, height: int, wait_ms: int = 25000, tries: int = 3) -> Path:
+    """Load ``url`` in headless Chromium (a fresh profile) and save a ``width x height`` screenshot to ``out``.
+
+    TensorBoard fetches images after the page has loaded; on a busy machine a card may still be blank, so the page
+    is shot up to ``tries`` times with longer waits and the most detailed shot is kept.
+    """
+    best = -1
+    for attempt in range(tries):
+        shot = out.with_name(f".{out.stem}.try{attempt}.png")
+        with tempfile.TemporaryDirectory() as profile:
+            cmd = [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
+                   f"--virtual-time-budget={wait_ms * (attempt + 1)}", f"--screenshot={shot}", url]
+            subprocess.run(cmd, check=True, capture_output=True, timeout=180)
+        detail = _detail(shot)
+        if detail > best:
+            best = detail
+            shot.replace(out)
+        else:
+            shot.unlink()
     return out
 
 
@@ -76,13 +97,13 @@ def main(argv: list[str] | None = None) -> None:
         time.sleep(3)
         shots = [
             screenshot(f"{base}/?tagFilter=xai/{args.method}/(overlay|timeline)#timeseries",
-                       out / "tensorboard_overlays.png", width=args.width, height=820),
+                       out / "tensorboard_overlays.png", width=args.width, height=900),
             screenshot(f"{base}/#custom_scalars", out / "tensorboard_dashboard.png", width=args.width, height=1000),
         ]
         report = run / "xai_report.html"
         if report.is_file():
             shots.append(screenshot(report.resolve().as_uri(), out / "report.png", width=1100, height=1500,
-                                    wait_ms=2000))
+                                    wait_ms=2000, tries=1))
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -166,7 +166,7 @@ def _attribute(model: nn.Module, inputs: Tensor, target: Any, methods: Any, *, r
         engine = _Engine(net, output_transform=output_transform, internal_batch_size=internal_batch_size,
                          autocast_dtype=autocast_dtype, channels_last=channels_last, device=x.device)
         ctx = Context(engine, x, tgt)
-        shared, failed = shared_pass(ctx, plan, {}, collect=collect)
+        shared, failed = shared_pass(ctx, plan, collect=collect)
         maps: dict[str, Tensor] = {}
         result = Explanation(maps=maps, logits=shared.logits, errors=failed)
         for name, method in plan.items():

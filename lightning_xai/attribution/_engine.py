@@ -32,9 +32,10 @@ OutputTransform = Callable[[Any], Tensor]
 REL_EPS = 1e-4
 # Adaptive IG: a probe whose |f(x) - f(b)| is below this fraction of its logit range is "flat" for the stopping rule.
 FLAT_FRACTION = 0.02
-# Adaptive IG: a refinement round must cut a probe's error below this fraction of the previous one, twice in a row
-# at worst, or the probe stops (its error comes from the model, e.g. kinks everywhere, not from too few nodes).
+# Adaptive IG: a probe whose error was not cut below STALL_RATIO of the previous round's in STALL_ROUNDS rounds in a
+# row stops (its error comes from the model, e.g. a jump or kinks everywhere, not from too few nodes).
 STALL_RATIO = 0.8
+STALL_ROUNDS = 3
 
 
 # --------------------------------------------------------------------------------------------------- validation
@@ -523,9 +524,11 @@ class Shared:
 class Context:
     """The inputs of one call and chunked evaluation for the methods' own passes."""
 
-    def __init__(self, engine: _Engine, x: Tensor, target: Tensor) -> None:
+    def __init__(self, engine: _Engine, x: Tensor, target: Tensor, auto_layer: dict[str, Any] | None = None) -> None:
         self.engine, self.x, self.target = engine, x, target
         self.n = x.shape[0]
+        # The automatic CAM layer, found once per call (sub-contexts of SmoothGrad share it).
+        self.auto_layer: dict[str, Any] = {} if auto_layer is None else auto_layer
 
     @property
     def net(self) -> nn.Module:
@@ -550,24 +553,25 @@ class Context:
     def gradients(self, total: int, make: Callable[[slice], tuple[Tensor, Tensor]], *,
                   relu_mode: str | None = None, consume: Callable[[slice, Tensor, Tensor], None]) -> None:
         """Forward + input gradient at ``total`` points in chunks; ``consume(sl, logits, grads)`` per chunk."""
-        self.engine.stream(total, make, lambda sl, logits, g: consume(sl, logits, g),  # type: ignore[arg-type]
-                           relu_mode=relu_mode)
+        def forward(sl: slice, logits: Tensor, grads: Tensor | None) -> None:
+            assert grads is not None  # a gradient stream
+            consume(sl, logits, grads)
+
+        self.engine.stream(total, make, forward, relu_mode=relu_mode)
 
     def run(self, method: Any, inputs: Tensor, target: Tensor) -> Tensor:
         """``method``'s map on other inputs (e.g. noisy copies), with this call's model and settings."""
-        sub = Context(self.engine, inputs, target)
-        shared, errors = shared_pass(sub, {method.name: method}, {}, collect=False)
-        del errors
+        sub = Context(self.engine, inputs, target, self.auto_layer)
+        shared, _ = shared_pass(sub, {method.name: method}, collect=False)
         return method.compute(sub, shared)
 
 
-def shared_pass(ctx: Context, methods: dict[str, Any], auto_layer: dict[str, Any], *, collect: bool
-                ) -> tuple[Shared, dict[str, BaseException]]:
+def shared_pass(ctx: Context, methods: dict[str, Any], *, collect: bool) -> tuple[Shared, dict[str, BaseException]]:
     """Serve every method's :class:`~._registry.Request` with one stream of batched forward/backward chunks.
 
     Returns the :class:`Shared` results and, for ``collect``, the methods whose layer could not be resolved.
     """
-    engine, x, tgt, n = ctx.engine, ctx.x, ctx.target, ctx.n
+    engine, x, tgt, n, auto_layer = ctx.engine, ctx.x, ctx.target, ctx.n, ctx.auto_layer
     device, dtype = x.device, x.dtype
     requests = {name: m.request() for name, m in methods.items()}
     errors: dict[str, BaseException] = {}
@@ -705,7 +709,7 @@ def shared_pass(ctx: Context, methods: dict[str, Any], auto_layer: dict[str, Any
             while True:
                 err = delta.abs() / scale
                 stalls = torch.where(err > STALL_RATIO * previous, stalls + 1, torch.zeros_like(stalls))
-                done |= stalls >= 2
+                done |= stalls >= STALL_ROUNDS
                 previous = err
                 ref_idx, ref_alpha = paths.refinement((err > tolerance) & ~done, max_steps)
                 if ref_idx.numel() == 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -59,7 +60,17 @@ class MisconfigurationException(*_both("utilities.exceptions", "Misconfiguration
 
 
 # Both packages set the process rank on this one object (lightning_utilities), so it warns on global rank 0 only.
-from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn  # noqa: E402
+from lightning_utilities.core.rank_zero import rank_zero_only, rank_zero_warn  # noqa: E402
+
+
+def rank_zero_info(message: str) -> None:
+    """An information line on global rank 0, through the console logger a Lightning package set up (so it is shown
+    like Lightning's own "GPU available" lines; lightning_utilities' own logger has no handler)."""
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return
+    loggers = [logging.getLogger(p.__name__) for p in PACKAGES]
+    logger = next((lg for lg in loggers if lg.handlers), logging.getLogger("lightning_xai"))
+    logger.info(message)
 
 
 def _silent(*args: Any, **kwargs: Any) -> None:

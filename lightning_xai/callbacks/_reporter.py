@@ -1,5 +1,5 @@
 """Reporting on rank 0: the sinks (one per logger, by capability), overlays on a background thread, scalars, drift
-text, warnings.
+text, warnings, the dashboard layout, each method's timeline and the end-of-fit HTML report.
 
 Nothing here is a collective; the monitor calls it inside its rank agreement so a failure never leaves a rank alone.
 """
@@ -14,7 +14,8 @@ from torch import Tensor
 
 from lightning_xai.callbacks._compat import rank_zero_warn
 from lightning_xai.probes import ProbeSet
-from lightning_xai.render import make_overlay_grid
+from lightning_xai.render import WARN_COLOR, ProbeRenderer, Timeline
+from lightning_xai.report import custom_scalars_layout, load_run, save_report
 from lightning_xai.writers import BackgroundWrites, MultiSink, SinkError, sinks_for_loggers
 
 if TYPE_CHECKING:
@@ -29,22 +30,43 @@ class OverlayWriteError(RuntimeError):
         super().__init__(f"writing the overlays of epoch {epoch} (step {step}) failed: {type(error).__name__}: {error}")
 
 
+def _class_name(index: int, class_names: list[str] | None) -> str:
+    if index < 0:
+        return "?"
+    return class_names[index] if class_names is not None and index < len(class_names) else str(index)
+
+
+def _true_label(probes: ProbeSet, i: int, class_names: list[str] | None) -> str:
+    if probes.label_sets is not None:  # multi-label: every positive label
+        positives = probes.label_sets[i].nonzero().flatten().tolist()
+        return "+".join(_class_name(int(c), class_names) for c in positives) or "none"
+    return _class_name(int(probes.labels[i]), class_names)
+
+
+def probe_labels(probes: ProbeSet, class_names: list[str] | None) -> list[str]:
+    """``#<probe id> <true label(s)>`` per probe: the id the drift text names, on the picture."""
+    return [f"#{int(probes.ids[i])} {_true_label(probes, i, class_names)}" for i in range(len(probes))]
+
+
+def _score(q: float) -> str:
+    return "1.0" if q >= 0.995 else f"{q:.2f}"[1:]  # ".87": fits a 64 px tile
+
+
 def captions(probes: ProbeSet, pred: Tensor, prob: Tensor, class_names: list[str] | None,
-             target: Tensor | None = None) -> list[list[str]]:
-    """Two short lines per probe (they fit a 96-128 px tile): the true label, then the prediction and its
-    probability. Multi-label probes: every positive label (``y=a+b``), then the explained class and its sigmoid
-    score (``a sig=0.83``; ``prob`` holds that score)."""
-
-    def name(index: int) -> str:
-        if index < 0:
-            return "?"
-        return class_names[index] if class_names is not None and index < len(class_names) else str(index)
-
+             target: Tensor | None = None) -> list[list[Any]]:
+    """Two short lines per probe (they fit a 64 px tile): the probe's id and true label, then the prediction and its
+    probability, in a warning colour when the prediction is wrong. Multi-label probes: every positive label
+    (``#3 a+b``), then the explained class and its sigmoid score (``a sig=.83``; ``prob`` holds that score)."""
+    labels = probe_labels(probes, class_names)
     if probes.label_sets is not None:
         explained = probes.labels if target is None else target
-        return [["y=" + ("+".join(name(int(c)) for c in row.nonzero().flatten()) or "none"),
-                 f"{name(int(t))} sig={float(q):.2f}"] for row, t, q in zip(probes.label_sets, explained, prob)]
-    return [[f"y={name(int(y))}", f"p={name(int(p))} {float(q):.2f}"] for y, p, q in zip(probes.labels, pred, prob)]
+        return [[label, f"{_class_name(int(t), class_names)} sig={_score(float(q))}"]
+                for label, t, q in zip(labels, explained, prob)]
+    out = []
+    for label, y, p, q in zip(labels, probes.labels, pred, prob):
+        line = f"p={_class_name(int(p), class_names)} {_score(float(q))}"
+        out.append([label, (line, WARN_COLOR) if int(p) != int(y) else line])
+    return out
 
 
 def _fmt(value: float | None) -> str:
@@ -85,6 +107,9 @@ class Reporter:
         self._sink: MultiSink | None = None
         self._warned: set[str] = set()
         self._jobs = BackgroundWrites()
+        self._renderer: ProbeRenderer | None = None  # made on the background thread at the first overlay
+        self.timeline = Timeline()
+        self._layout_written = False
 
     def tag(self, tag: str) -> str:
         return f"{tag}/{self.suffix}" if self.suffix else tag
@@ -107,13 +132,16 @@ class Reporter:
         return self._sink
 
     def reset(self) -> None:
-        """A later fit may bring other loggers."""
+        """A later fit may bring other loggers (and is a new run: new timelines, a layout in its own events)."""
         self._sink = None
+        self._renderer, self.timeline, self._layout_written = None, Timeline(), False
 
     def write_epoch(self, trainer: pl.Trainer, *, probes: ProbeSet, results: Mapping[str, Tensor],
                     scalars: Mapping[str, float], histograms: Mapping[str, Tensor], text: str,
-                    class_names: list[str] | None) -> None:
-        """This epoch's scalars, histograms and text now; its overlays on the background thread.
+                    class_names: list[str] | None, flags: Mapping[str, list[bool]] | None = None,
+                    layout_keys: set[str] | None = None) -> None:
+        """This epoch's scalars, histograms and text now; its overlays on the background thread; the dashboard's
+        custom-scalars layout once per run (from ``layout_keys``).
 
         An earlier epoch's overlay failure is raised (as :class:`OverlayWriteError`, naming that epoch) only after
         this epoch's items are written, so it never costs this epoch its scalars.
@@ -126,9 +154,16 @@ class Reporter:
             # the inputs are this epoch's own tensors, never modified afterwards.
             maps = {m: results[f"map/{m}"] for m in self.methods}
             labels = captions(probes, results["pred"], results["prob"], class_names, results.get("target"))
+            flagged = {m: list((flags or {}).get(m) or [False] * len(probes)) for m in self.methods}
             self._jobs.submit((trainer.current_epoch, step), self._write_overlays, sink, probes.images, maps, labels,
-                              step, trainer.current_epoch)
+                              step, trainer.current_epoch, flagged)
         errors: list[tuple[str, BaseException]] = []
+        if layout_keys is not None and not self._layout_written and sink.supports_custom_scalars:
+            self._layout_written = True  # once per run, even if a sink refuses it (reported below)
+            try:
+                sink.add_custom_scalars_layout(custom_scalars_layout(layout_keys))
+            except SinkError as err:
+                errors.extend(err.failures)
         for write in (lambda: sink.add_scalars(dict(scalars), step),
                       *(lambda t=t, v=v: sink.add_histogram(self.tag(t), v, step) for t, v in histograms.items()),
                       lambda: sink.add_text(self.tag(self.text_tag), text, step),
@@ -147,17 +182,60 @@ class Reporter:
         if flush:
             sink.flush()
 
-    def _write_overlays(self, sink: MultiSink, images: Tensor, maps: Mapping[str, Tensor], labels: list[list[str]],
-                        step: int, epoch: int) -> None:
-        start = time.perf_counter()
-        d = self.display
+    def _write_overlays(self, sink: MultiSink, images: Tensor, maps: Mapping[str, Tensor], labels: list[list[Any]],
+                        step: int, epoch: int, flagged: Mapping[str, list[bool]]) -> None:
+        began = time.perf_counter()
+        if self._renderer is None:  # the probes never change within a fit: de-normalise and size them once
+            d = self.display
+            self._renderer = ProbeRenderer(images, alpha=d["alpha"], colormap=d["colormap"], mean=d["mean"],
+                                           std=d["std"])
         for m, heatmaps in maps.items():
-            grid = make_overlay_grid(images, heatmaps, labels, alpha=d["alpha"], colormap=d["colormap"],
-                                     mean=d["mean"], std=d["std"], caption_lines=2)
-            sink.add_image(self.tag(f"xai/{m}/overlay"), grid, step, caption=f"{m}, epoch {epoch}, step {step}")
+            # groups of 8 probes: each panel fills TensorBoard's default image card at full size
+            panels, tiles = self._renderer.render_groups(heatmaps, labels, title=f"{m} | epoch {epoch}",
+                                                         flagged=flagged[m], caption_lines=2)
+            self.timeline.add(m, epoch, tiles, flagged[m])
+            for group, (panel, start, stop) in enumerate(panels):
+                tag = self.tag(f"xai/{m}/overlay" if group == 0 else f"xai/{m}/overlay/{group + 1}")
+                sink.add_image(tag, panel, step, caption=f"{m}, epoch {epoch}, step {step}, probes {start + 1}-{stop}")
         sink.flush()
         # it overlaps training but takes a core from it: part of what the monitor costs
-        self.background_seconds = time.perf_counter() - start
+        self.background_seconds = time.perf_counter() - began
+
+    def write_timelines(self, trainer: pl.Trainer, probes: ProbeSet, class_names: list[str] | None) -> list[str]:
+        """Log ``xai/{method}/timeline`` (each probe across the explained epochs) at the current step; returns the
+        tags written. Waits for the pending overlays first (they feed the timelines)."""
+        self.finish_images()
+        sink = self.sink(trainer)
+        if not sink.supports_images:
+            return []
+        labels = [label.replace(" ", "\n", 1) for label in probe_labels(probes, class_names)]
+        tags = []
+        for m in self.timeline.methods:
+            tag = f"xai/{m}/timeline"
+            sink.add_image(tag, self.timeline.image(m, labels), trainer.global_step,
+                           caption=f"{m}: each probe across the explained epochs")
+            tags.append(tag)
+        sink.flush()
+        return tags
+
+    def write_report(self, trainer: pl.Trainer, *, sanity_threshold: float = 0.5) -> str | None:
+        """Write ``<log dir>/xai_report.html`` from what this run logged, read back from the first sink directory
+        holding TensorBoard events or the file sink's files; returns its path, or ``None`` (with one warning) when no
+        sink keeps logs the report can read (e.g. only W&B or MLflow)."""
+        sink = self.sink(trainer)
+        sink.flush()
+        for part in getattr(sink, "sinks", [sink]):
+            log_dir = getattr(part, "log_dir", None)
+            if not log_dir:
+                continue
+            try:
+                data = load_run(log_dir)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            return str(save_report(data, sanity_threshold=sanity_threshold))
+        self.warn_once("report", "ExplanationMonitor: no TensorBoard or file logs to build xai_report.html from; "
+                       "`python -m lightning_xai.report LOGDIR` builds it from any run that has them.")
+        return None
 
     @staticmethod
     def _raise_earlier(failures: list[tuple[Any, BaseException]]) -> None:

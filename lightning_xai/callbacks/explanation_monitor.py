@@ -55,7 +55,7 @@ from lightning_xai.metrics.registry import (
     measure_keys,
     run_measures,
 )
-from lightning_xai.metrics.sanity import randomized_copy
+from lightning_xai.metrics.sanity import INPUT_WEIGHTED, randomized_copy
 from lightning_xai.probes import ProbeSet
 from lightning_xai.views import ViewRunner
 
@@ -107,7 +107,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             negligible), ``"faithfulness"`` (deletion and insertion AUC; about as much as Integrated Gradients
             itself: off by default), ``"sanity"`` (model-randomisation check; one explanation round on a randomised
             copy at the end of fit).
-        log_images: Log overlay grids (scalars and text are always logged).
+        log_images: Log overlay panels and timelines (scalars and text are always logged).
         views: Views of what the network has learnt (:mod:`lightning_xai.views`), computed on rank 0 after each
             explained epoch, on the Grad-CAM layer (``layer``, automatic by default) and a fixed pool of
             ``view_options['pool']['size']`` (128) samples from the probes' source: ``"activations"`` (strongest
@@ -149,9 +149,12 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             check's re-initialisation).
 
     Logged keys (step = ``trainer.global_step``):
-        - ``xai/{method}/overlay`` (image): one uint8 RGB grid per explained epoch: probes in rows of 8, each image
-          enlarged by an integer factor to at least 96 px, with a two-line caption ``y=<label>`` /
-          ``p=<prediction> <probability>``; size given by :func:`lightning_xai.render.overlay_grid_size`.
+        - ``xai/{method}/overlay`` (image): one panel per explained epoch (:class:`lightning_xai.render.ProbeRenderer`):
+          64 px tiles in rows of 4 (276 px wide: readable at TensorBoard's default card size), a title with the
+          method, the epoch and the number of flagged probes, per tile ``#<probe id> <label>`` /
+          ``p=<prediction> <probability>`` (orange when wrong), flagged probes outlined.
+        - ``xai/{method}/timeline`` (image, at the end of fit and on :meth:`write_timelines`): each probe (row)
+          across the explained epochs (columns).
         - ``xai/{method}/stability``, ``xai/{method}/topk_overlap``, ``xai/{method}/drift`` (scalars): mean
           similarity to the previous explained epoch, mean share of the top-k pixels kept, number of probes flagged.
         - the quality measures' keys (see :mod:`lightning_xai.metrics.measures`), e.g.
@@ -166,6 +169,10 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
           ``xai/dissection/units/<concept>``, ``xai/dissection/max_iou/<concept>``; text
           ``xai/dissection/top_units``; the projector's files (``projector_config.pbtxt``) in the log directory;
           at the end of fit image ``xai/attention_graphs/probes`` and text ``xai/attention_graphs/summary``.
+        - the custom-scalars layout (TensorBoard's *Custom Scalars* tab), once per run.
+
+    At the end of fit rank 0 writes ``<log dir>/xai_report.html``, read back from what was logged (see
+    :mod:`lightning_xai.report`; ``python -m lightning_xai.report LOGDIR`` rebuilds it).
 
         The scalars also go into ``trainer.callback_metrics`` (identical on every rank), so ``EarlyStopping`` and
         ``ModelCheckpoint`` can monitor them.
@@ -481,6 +488,25 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         if "sanity" in self.config.metrics:  # the trained model: now the check is meaningful, so warn
             latest = self._latest["results"] if self._latest and self._latest["step"] == trainer.global_step else None
             self.check_sanity(trainer, pl_module, warn=True, reference=latest)
+        # Rank 0 writes the timelines and the report (read back from the logs); a failure obeys on_error.
+        ok, path = self._round.agreed(trainer, lambda: self._end_of_fit(trainer) if trainer.is_global_zero else None,
+                                      what="writing the timelines and the report")
+        if ok and path:
+            rank_zero_info(f"ExplanationMonitor: report written to {path}")
+
+    def _end_of_fit(self, trainer: pl.Trainer) -> str | None:
+        if self.probe_set is None or not self._tracker.history:
+            return None
+        self.write_timelines(trainer)
+        return self._reporter.write_report(trainer, sanity_threshold=self.config.metric_options["sanity"]["threshold"])
+
+    def write_timelines(self, trainer: pl.Trainer) -> list[str]:
+        """Log each method's timeline now, as ``xai/{method}/timeline`` at the current step: a row per probe, a column
+        per explained epoch (up to 12: the first, the last, those with drift, evenly spread), flagged probes outlined.
+        Called at the end of fit; call it on rank 0 whenever you want one earlier. Returns the tags written."""
+        if not trainer.is_global_zero or self.probe_set is None:
+            return []
+        return self._reporter.write_timelines(trainer, self.probe_set, self.class_names)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._reporter.shutdown()
@@ -568,7 +594,8 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         def write() -> None:
             if trainer.is_global_zero:
                 self._reporter.write_epoch(trainer, probes=self.probe_set, results=results, scalars=scalars,
-                                           histograms=histograms, text=text, class_names=self.class_names)
+                                           histograms=histograms, text=text, class_names=self.class_names,
+                                           flags=record.get("flags"), layout_keys=self.logged_keys())
 
         # rank 0 writes; a failure there is still agreed on, so no rank goes on alone to the next collective
         self._round.agreed(trainer, write, what="writing")
@@ -709,12 +736,21 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self._publish(trainer, scalars, self._sanity_keys())
         self._round.agreed(trainer, lambda: self._reporter.write_scalars(trainer, scalars)
                            if trainer.is_global_zero else None, what="writing the sanity check")
-        failing = {k.split("/")[1]: v for k, v in scalars.items() if v > options["threshold"]}  # xai/{method}/...
-        if warn and failing:
+        failing = {k.split("/")[1]: v for k, v in scalars.items() if v > options["threshold"]}
+        unexpected = {m: v for m, v in failing.items() if m not in INPUT_WEIGHTED}
+        if warn and unexpected:  # a method that should depend on the weights and does not: worth a warning
             rank_zero_warn(
                 "ExplanationMonitor sanity check: the maps of "
-                + ", ".join(f"{m} (similarity {v:.2f})" for m, v in failing.items())
+                + ", ".join(f"{m} (similarity {v:.2f})" for m, v in unexpected.items())
                 + " barely change when the model's weights are randomised, so they say little about what this model "
                 "learnt (Adebayo et al. 2018). Prefer the other methods' maps."
+            )
+        expected = {m: v for m, v in failing.items() if m in INPUT_WEIGHTED}
+        if warn and expected:  # how the method works, every run: say what it means, once, without alarm
+            rank_zero_info(
+                "ExplanationMonitor sanity check: "
+                + ", ".join(f"{m} maps stay {v:.2f} similar" for m, v in expected.items())
+                + " with randomised weights, as expected for a method weighted by the input (x - baseline): they show "
+                "where the image's evidence is; use grad_cam or saliency to judge what the model learnt."
             )
         return scalars

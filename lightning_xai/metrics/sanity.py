@@ -17,7 +17,13 @@ from torch import Tensor, nn
 from lightning_xai.metrics._utils import _as_heatmap, _check_size
 from lightning_xai.metrics.stability import spearman_similarity
 
-__all__ = ["parameterized_layers", "randomized_copy", "sanity_similarity"]
+__all__ = ["INPUT_WEIGHTED", "parameterized_layers", "randomized_copy", "sanity_similarity"]
+
+#: Methods whose maps are weighted by the input itself (Integrated Gradients in pixel space multiplies by
+#: ``x - baseline``). Their maps keep the image's structure whatever the weights, so they are expected to stay
+#: similar to a randomised model's (Adebayo et al. 2018 show it for gradient x input): a high similarity is how the
+#: method works, not a failure of this run.
+INPUT_WEIGHTED = frozenset({"integrated_gradients"})
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 

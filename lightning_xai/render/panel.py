@@ -24,6 +24,7 @@ from lightning_xai.render.text import CAPTION_PADDING, _check_font_size, _draw_t
 
 __all__ = [
     "FLAG_COLOR",
+    "PANEL_PROBES",
     "WARN_COLOR",
     "Line",
     "ProbeRenderer",
@@ -40,6 +41,9 @@ WARN_COLOR = (255, 150, 120)
 BACKGROUND = (24, 24, 24)
 TEXT_COLOR = (235, 235, 235)
 GAP = 4  # pixels between tiles; a flagged tile's outline is drawn in it
+#: Probes per panel: 4 columns x 2 rows of 64 px tiles (276 x about 210 px) fill TensorBoard's default image card
+#: (about 370 x 215 px, the image scaled to fit both) at full size; 16 probes in one panel would show at half size.
+PANEL_PROBES = 8
 
 #: A caption line: plain text, or ``(text, (r, g, b))`` to colour it.
 Line = str | tuple[str, tuple[int, int, int]]
@@ -158,6 +162,43 @@ class ProbeRenderer:
         panel = compose_panel(tiles, captions, title=title, flagged=flagged, degenerate=degenerate, ncol=ncol,
                               caption_lines=caption_lines, font_size=font_size)
         return panel, tiles
+
+    def render_groups(
+        self,
+        heatmaps: Tensor,
+        captions: Sequence[Sequence[Line]] | None = None,
+        *,
+        title: str = "",
+        flagged: Sequence[bool] | Tensor | None = None,
+        group: int = PANEL_PROBES,
+        ncol: int = 4,
+        caption_lines: int | None = None,
+        font_size: int = 10,
+    ) -> tuple[list[tuple[Tensor, int, int]], Tensor]:
+        """Panels of at most ``group`` probes each, and all tiles: ``([(panel, start, stop), ...], tiles)``.
+
+        Each panel's title is ``title`` followed by the probes it shows (``grad_cam | epoch 3 | probes 9-16/16 | 2 flagged``) when there is more than
+        one group, and by how many of them are flagged.
+        """
+        _check_int(group, "group", 1)
+        n = self.num_probes
+        lines = _captions(captions, n)
+        flags = _mask(flagged, n, "flagged")
+        tiles, degenerate = self.tiles(heatmaps)
+        panels = []
+        for start in range(0, n, group):
+            stop = min(n, start + group)
+            parts = [title] if title else []
+            if n > group:
+                parts.append(f"probes {start + 1}-{stop}/{n}")
+            count = sum(flags[start:stop])
+            if count:
+                parts.append(f"{count} flagged")
+            panel = compose_panel(tiles[start:stop], lines[start:stop], title=" | ".join(parts) or None,
+                                  flagged=flags[start:stop], degenerate=degenerate[start:stop], ncol=ncol,
+                                  caption_lines=caption_lines, font_size=font_size)
+            panels.append((panel, start, stop))
+        return panels, tiles
 
     def panel(
         self,

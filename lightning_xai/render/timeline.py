@@ -68,6 +68,11 @@ class Timeline:
     def methods(self) -> list[str]:
         return list(self._tiles)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of tiles held (bounded: at most ``keep_epochs`` epochs per method)."""
+        return sum(tiles.numel() for store in self._tiles.values() for tiles, _ in store.values())
+
     def epochs(self, method: str) -> list[int]:
         return sorted(self._tiles.get(method, {}))
 
@@ -80,7 +85,8 @@ class Timeline:
             flagged.tolist() if isinstance(flagged, Tensor) else flagged)]
         if len(flags) != n:
             raise ValueError(f"`flagged` must have one entry per tile ({n}), got {len(flags)}")
-        hwc = tiles.detach().cpu().permute(0, 2, 3, 1).contiguous()
+        # an owned copy: a view would keep the caller's whole tensor (and its base) alive
+        hwc = tiles.detach().cpu().permute(0, 2, 3, 1).clone(memory_format=torch.contiguous_format)
         store = self._tiles.setdefault(method, {})
         if store:
             first = next(iter(store.values()))[0]

@@ -3,7 +3,7 @@
 ``python -m lightning_xai.report LOGDIR [-o FILE]`` rebuilds the report of a finished run from its logs.
 """
 
-from lightning_xai.report.html import REPORT_FILE, build_report, write_report
+from lightning_xai.report.html import REPORT_FILE, build_report, save_report, write_report
 from lightning_xai.report.layout import CATEGORY, chart_of, custom_scalars_layout
 from lightning_xai.report.logs import RunData, find_runs, load_run
 from lightning_xai.report.svg import line_chart
@@ -18,5 +18,6 @@ __all__ = [
     "find_runs",
     "line_chart",
     "load_run",
+    "save_report",
     "write_report",
 ]

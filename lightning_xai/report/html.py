@@ -9,11 +9,12 @@ from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 
+from lightning_xai.metrics.sanity import INPUT_WEIGHTED
 from lightning_xai.report.layout import chart_of, custom_scalars_layout
 from lightning_xai.report.logs import RunData, find_runs, load_run
 from lightning_xai.report.svg import line_chart
 
-__all__ = ["REPORT_FILE", "build_report", "write_report"]
+__all__ = ["REPORT_FILE", "build_report", "save_report", "write_report"]
 
 #: The report's file name, in the run's log directory.
 REPORT_FILE = "xai_report.html"
@@ -118,17 +119,19 @@ def _sanity_words(data: RunData, methods: list[str], threshold: float) -> list[s
         if not series:
             continue
         value = series[-1][1]
-        if value > threshold:
-            detail = (" Integrated Gradients in pixel space multiplies the gradient by the image itself, so its maps "
-                      "keep the image's structure whatever the weights (Adebayo et al. 2018 report the same for "
-                      "gradient x input): read them for how the evidence is spread, not as proof of what the model "
-                      "learned; Grad-CAM is the one to trust for that." if m == "integrated_gradients" else
-                      " These maps say little about what the model learned: prefer a method that passes.")
-            out.append(f'<li><b>{_name(m)}</b>: similarity to a randomised model <span class="warn">{value:.2f}</span> '
-                       f"(above {threshold:.2f}): the maps change little when the weights are destroyed.{detail}</li>")
-        else:
+        if value <= threshold:
             out.append(f'<li><b>{_name(m)}</b>: similarity to a randomised model <span class="ok">{value:.2f}</span> '
                        f"(at most {threshold:.2f}): the maps depend on the trained weights, as they should.</li>")
+        elif m in INPUT_WEIGHTED:  # how the method works, not a failure of this run
+            out.append(f"<li><b>{_name(m)}</b>: similarity to a randomised model {value:.2f} (above {threshold:.2f}), "
+                       "as expected: the method multiplies the gradient by the input (x - baseline), so its maps "
+                       "keep the image's structure whatever the weights (Adebayo et al. 2018 show the same for "
+                       "gradient x input). Read them for where the image's evidence lies; judge what the model "
+                       "learnt with the methods that pass.</li>")
+        else:
+            out.append(f'<li><b>{_name(m)}</b>: similarity to a randomised model <span class="warn">{value:.2f}'
+                       f"</span> (above {threshold:.2f}): the maps change little when the weights are destroyed, so "
+                       "they say little about what this model learnt; prefer a method that passes.</li>")
     return out
 
 
@@ -274,6 +277,11 @@ def write_report(logdir: str | os.PathLike[str], output: str | os.PathLike[str] 
     if data is None:
         raise FileNotFoundError(f"no lightning_xai logs (event files with xai/ scalars, or xai_scalars.csv) under "
                                 f"{str(logdir)!r}")
+    return save_report(data, output, sanity_threshold=sanity_threshold)
+
+
+def save_report(data: RunData, output: str | os.PathLike[str] | None = None, *, sanity_threshold: float = 0.5) -> Path:
+    """Write the report of ``data`` to ``output`` (default ``<data.path>/xai_report.html``); returns the path."""
     path = Path(output) if output is not None else data.path / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     html = build_report(data, sanity_threshold=sanity_threshold)

@@ -12,6 +12,8 @@ __all__ = ["RunData", "find_runs", "load_run"]
 
 _EVENTS = "events.out.tfevents."
 _SCALARS_FILE, _TEXT_FILE, _IMAGES_DIR = "xai_scalars.csv", "xai_text.md", "xai_images"
+_METRICS_FILE = "metrics.csv"  # Lightning's CSVLogger: one column per key, one row per logging call
+_EPOCH_STEP = re.compile(r"epoch (?P<epoch>\d+), step (?P<step>\d+)")
 _TEXT_SECTION = re.compile(r"^## (?P<tag>.+) \(step (?P<step>\d+)\)\n\n", re.MULTILINE)
 
 
@@ -36,14 +38,19 @@ class RunData:
     layout: dict | None = None
 
     def epoch_of(self, step: int) -> int | None:
-        """The epoch at ``step``, from Lightning's ``epoch`` scalar (logged with every step's metrics), if any."""
-        best = None
-        for s, value in self.scalars.get("epoch", []):
-            if s <= step:
-                best = int(value)
-            else:
-                break
-        return best
+        """The epoch explained at ``step``: from the monitor's own ``xai/drift`` text (``**epoch E, step S**``), else
+        Lightning's ``epoch`` scalar (the smallest value logged at that step: at an epoch's last step the next
+        epoch's first training metrics may share it), else ``None``."""
+        for s, text in self.texts.get("xai/drift", []):
+            if s == step:
+                match = _EPOCH_STEP.search(text)
+                if match and int(match["step"]) == step:
+                    return int(match["epoch"])
+        at = [int(v) for s, v in self.scalars.get("epoch", []) if s == step]
+        if at:
+            return min(at)
+        before = [int(v) for s, v in self.scalars.get("epoch", []) if s < step]
+        return before[-1] if before else None
 
     def latest(self, kind: str, tag: str):
         """The last ``(step, value)`` of ``tag`` in ``scalars``/``images``/``texts`` (``kind``), or ``None``."""
@@ -53,7 +60,16 @@ class RunData:
 
 def _has_run(path: Path) -> bool:
     return path.is_dir() and (any(p.name.startswith(_EVENTS) for p in path.iterdir())
-                              or (path / _SCALARS_FILE).is_file())
+                              or (path / _SCALARS_FILE).is_file() or _csv_logger_has_xai(path))
+
+
+def _csv_logger_has_xai(path: Path) -> bool:
+    metrics = path / _METRICS_FILE
+    if not metrics.is_file():
+        return False
+    with metrics.open(newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f), [])
+    return any(column.startswith("xai/") for column in header)
 
 
 def find_runs(logdir: str | os.PathLike[str]) -> list[Path]:
@@ -108,9 +124,17 @@ def _layout_from_tensor(proto) -> dict:
 
 def _from_files(path: Path) -> RunData:
     data = RunData(path=path, source="files")
-    with (path / _SCALARS_FILE).open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            data.scalars.setdefault(row["tag"], []).append((int(row["step"]), float(row["value"])))
+    if (path / _SCALARS_FILE).is_file():  # the file sink's long format: step, tag, value
+        with (path / _SCALARS_FILE).open(newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                data.scalars.setdefault(row["tag"], []).append((int(row["step"]), float(row["value"])))
+    else:  # Lightning's CSVLogger, when the scalars went to it: wide format, empty cells where a key was not logged
+        with (path / _METRICS_FILE).open(newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                step = row.get("step")
+                for tag, value in row.items():
+                    if tag not in ("step", None) and value not in ("", None) and step not in ("", None):
+                        data.scalars.setdefault(tag, []).append((int(float(step)), float(value)))
     images = path / _IMAGES_DIR
     if images.is_dir():
         for tag_dir in sorted(p for p in images.iterdir() if p.is_dir()):
@@ -138,7 +162,8 @@ def _tag_from_dirname(name: str) -> str:
 
 
 def load_run(path: str | os.PathLike[str]) -> RunData:
-    """Load one run directory: its TensorBoard event files if it has any ``xai/`` data there, else the files.
+    """Load one run directory: its TensorBoard event files if it has any ``xai/`` data there, else the files (scalars
+    from the file sink's ``xai_scalars.csv`` or a CSVLogger's ``metrics.csv``; images and text from the file sink).
 
     Raises:
         FileNotFoundError: if ``path`` holds neither (use :func:`find_runs` on a parent directory).
@@ -148,9 +173,9 @@ def load_run(path: str | os.PathLike[str]) -> RunData:
         data = _from_events(path)
         if any(tag.startswith("xai/") for tag in data.scalars):
             return data
-    if (path / _SCALARS_FILE).is_file():
+    if (path / _SCALARS_FILE).is_file() or _csv_logger_has_xai(path):
         return _from_files(path)
     raise FileNotFoundError(
-        f"no lightning_xai logs in {str(path)!r}: expected TensorBoard event files with xai/ scalars, or "
-        f"{_SCALARS_FILE} from the file writer"
+        f"no lightning_xai logs in {str(path)!r}: expected TensorBoard event files with xai/ scalars, "
+        f"{_SCALARS_FILE} from the file writer, or a CSVLogger's {_METRICS_FILE} with xai/ columns"
     )
