@@ -307,7 +307,7 @@ def test_failure_on_one_rank_skips_epoch_on_all_ranks(tmp_path):
         assert records[(rank, 2)]["metrics_same_on_all_ranks"]
         done = json.loads((tmp_path / f"rank{rank}_done.json").read_text())
         assert done["global_step"] == 6  # training went on through the failed epoch
-    overlays = [p for p in tmp_path.rglob("*.png") if "grad_cam" in str(p.relative_to(tmp_path))]
+    overlays = [p for p in tmp_path.rglob("*.png") if "grad_cam_overlay" in str(p.relative_to(tmp_path))]
     assert len(overlays) == 2, overlays  # epochs 0 and 2 only, written once (rank 0)
 
 
