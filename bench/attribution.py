@@ -15,7 +15,7 @@ round so background load hits them alike.
 of its reference implementation where one exists (Captum / pytorch-grad-cam, same settings; ratio ours/theirs), its
 cost per probe, and the model-randomisation sanity check (``lightning_xai.metrics.sanity_similarity``, all layers
 re-initialised) on bench/adaptive_ig.py's SmallCNN trained briefly: mean Spearman similarity of the trained and the
-randomised model's maps over 32 probes; a method passes below 0.5 (the monitor's ``sanity_threshold``).
+randomised model's maps over 32 probes; a method passes below 0.5 (the monitor's ``metric_options['sanity']['threshold']``).
 
 Usage::
 

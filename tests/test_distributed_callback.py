@@ -353,7 +353,7 @@ def test_fsdp_is_refused_in_setup(strategy_cls):
 
 
 def test_ddp_strategy_is_accepted_in_setup():
-    trainer = SimpleNamespace(strategy=DDPStrategy(), callbacks=[])
+    trainer = SimpleNamespace(strategy=DDPStrategy(), callbacks=[], world_size=1)
     monitor = make_monitor(4, probes=(torch.zeros(4, 3, 16, 16), torch.arange(4) % 3))
     monitor.setup(trainer, TinyCNN(), "fit")
     assert len(monitor.probe_set) == 4

@@ -32,7 +32,7 @@ from lightning_xai.metrics.registry import (
     register_measure,
     run_measures,
 )
-from lightning_xai.probes import select_probes
+from lightning_xai.probes import ProbeSet, select_probes
 from lightning_xai.render import WARN_COLOR
 from lightning_xai.writers import FileWriter
 
@@ -305,7 +305,7 @@ def test_check_monitors_uses_the_declared_keys():
 def test_reporting_helpers(tmp_path):
     text = drift_text(3, 12, ("grad_cam",), {"xai/grad_cam/stability": 0.91234, "xai/grad_cam/drift": 2.0}, "details")
     assert "**epoch 3, step 12**" in text and "| grad_cam | 0.912 | n/a | 2 |" in text and text.endswith("details")
-    probes = select_probes((torch.zeros(2, 3, 4, 4), torch.tensor([0, -1])), 2)
+    probes = ProbeSet(images=torch.zeros(2, 3, 4, 4), labels=torch.tensor([0, -1]), ids=torch.tensor([0, 1]))
     lines = captions(probes, torch.tensor([1, 0]), torch.tensor([0.5, 0.25]), ["cat", "dog"])
     # the probe's id and true label; the prediction, in the warning colour when wrong (an unknown label is wrong)
     assert lines == [["#0 cat", ("p=dog .50", WARN_COLOR)], ["#1 ?", ("p=cat .25", WARN_COLOR)]]

@@ -21,6 +21,7 @@ __all__ = [
     "CALLBACK_BASES",
     "EARLY_STOPPING",
     "LIGHTNING_MODULES",
+    "MODEL_CHECKPOINT",
     "PACKAGES",
     "MisconfigurationException",
     "muted_logging",
@@ -50,6 +51,7 @@ def _both(module: str, name: str) -> tuple[type, ...]:
 
 CALLBACK_BASES: tuple[type, ...] = _both("callbacks", "Callback")
 EARLY_STOPPING: tuple[type, ...] = _both("callbacks", "EarlyStopping")
+MODEL_CHECKPOINT: tuple[type, ...] = _both("callbacks", "ModelCheckpoint")
 LIGHTNING_MODULES: tuple[type, ...] = _both("core", "LightningModule")
 
 

@@ -213,6 +213,9 @@ def build_config(**args: Any) -> MonitorConfig:
     if isinstance(probes, tuple):
         check(2 <= len(probes) <= 3 and all(isinstance(t, Tensor) for t in probes), "probes",
               f"a {len(probes)}-element sequence", "(images, labels) or (images, labels, masks) of tensors")
+        _check_probe_tensors(probes)
+    elif isinstance(probes, Tensor):
+        _check_probe_tensors((probes,))
 
     return MonitorConfig(
         probes=probes, num_probes=int(num_probes), methods=methods, every_n_epochs=int(every), target=target,
@@ -224,6 +227,21 @@ def build_config(**args: Any) -> MonitorConfig:
         display=_display_options(args["display"]),
         probe_options=check_options(args["probe_options"], _PROBE_OPTIONS, "probe_options"),
     )
+
+
+def _check_probe_tensors(probes: tuple[Tensor, ...]) -> None:
+    images = probes[0]
+    if images.is_floating_point() and not bool(torch.isfinite(images).all()):
+        bad = (~torch.isfinite(images.flatten(1))).any(dim=1).nonzero().flatten().tolist()
+        check(False, "probes[0]" if len(probes) > 1 else "probes", f"images with NaN/inf values (samples {bad[:8]})",
+              "finite images; clean or drop those samples")
+    if len(probes) > 1:
+        labels = probes[1]
+        integral = not labels.is_floating_point() or bool((labels == labels.round()).all())
+        ok = labels.dtype != torch.bool and not labels.is_complex() and integral and bool((labels >= 0).all())
+        more = " ..." if labels.numel() > 8 else ""
+        check(ok, "probes[1]", f"labels {labels.flatten()[:8].tolist()}{more}",
+              "class indices >= 0 (pass the images alone when labels are unknown)")
 
 
 def _method_options(given: Any, methods: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -273,7 +291,7 @@ def _metric_options(given: Any) -> dict[str, dict[str, Any]]:
 def _drift_options(given: Any) -> dict[str, Any]:
     given = {} if given is None else given
     detector_keys = [p for p in inspect.signature(DriftDetector.__init__).parameters if p != "self"]
-    allowed = [*detector_keys, *_STABILITY]
+    allowed = list(dict.fromkeys([*detector_keys, *_STABILITY]))
     check(isinstance(given, Mapping), "drift", given, f"None or a dict with keys from {allowed}", error=TypeError)
     for key in given:
         check(key in allowed, path("drift", str(key)), given[key], f"one of the keys {allowed}")
@@ -309,10 +327,13 @@ def uses_layer(methods: Sequence[str]) -> bool:
 
 
 def explain_options(config: MonitorConfig, images: Tensor, layer_name: str | None,
-                    train_batch_size: int | None, layer_reshape: Any = None) -> dict[str, Any]:
+                    train_batch_size: int | None, layer_reshape: Any = None, *, adaptive: bool = True
+                    ) -> dict[str, Any]:
     """``method_options`` turned into the keyword arguments of :func:`~lightning_xai.attribution.explain_detailed`.
 
     ``layer_reshape``: how the Grad-CAM layer's output becomes ``(N, C, h, w)`` (found with the layer at setup).
+    ``adaptive=False``: Integrated Gradients with exactly ``n_steps`` (no refinement), for the fit-start reference,
+    whose untrained model would refine most probes up to ``max_steps``.
     """
     options: dict[str, Any] = {"output_transform": config.output_transform}
     if uses_layer(config.methods):
@@ -323,7 +344,7 @@ def explain_options(config: MonitorConfig, images: Tensor, layer_name: str | Non
         options["internal_batch_size"] = ig["internal_batch_size"] or train_batch_size
         if ig["baseline"] is not None:
             options["baseline"] = torch.full_like(images, float(ig["baseline"]))
-        if ig["tolerance"] is not None:
+        if ig["tolerance"] is not None and adaptive:
             options["tolerance"] = ig["tolerance"]
             options["max_steps"] = ig["max_steps"]
     else:

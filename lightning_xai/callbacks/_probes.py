@@ -15,6 +15,7 @@ from lightning_xai.callbacks._compat import EARLY_STOPPING, MisconfigurationExce
 from lightning_xai.callbacks._config import MonitorConfig, explain_options, uses_layer
 from lightning_xai.callbacks._round import ProbeExplainer, module_device
 from lightning_xai.metrics.degenerate import DEGENERATE_KINDS, degenerate_kinds
+from lightning_xai.metrics.sanity import parameterized_layers
 from lightning_xai.probes import ProbeSet, agree_on_probes, select_probes
 
 if TYPE_CHECKING:
@@ -34,8 +35,9 @@ def check_strategy(strategy: Any) -> None:
         )
 
 
-def check_monitors(callbacks: Iterable[Any], keys: set[str], every_n_epochs: int) -> None:
-    """Other callbacks that ``monitor`` an ``xai/`` key must watch one this monitor logs, as often as it logs it."""
+def check_monitors(callbacks: Iterable[Any], keys: set[str], every_n_epochs: int, budget: bool = False) -> None:
+    """Other callbacks that ``monitor`` an ``xai/`` key must watch one this monitor logs, as often as it logs it
+    (``budget``: ``max_overhead`` may skip epochs)."""
     for cb in callbacks:
         monitor = getattr(cb, "monitor", None)
         if isinstance(monitor, str) and monitor.startswith("xai/") and monitor not in keys:
@@ -43,11 +45,13 @@ def check_monitors(callbacks: Iterable[Any], keys: set[str], every_n_epochs: int
                 f"{type(cb).__name__}(monitor={monitor!r}) watches a key ExplanationMonitor does not log. "
                 f"Available: {sorted(keys)}."
             )
-        if (isinstance(monitor, str) and monitor in keys and every_n_epochs > 1
+        if (isinstance(monitor, str) and monitor in keys and (every_n_epochs > 1 or budget)
                 and isinstance(cb, EARLY_STOPPING) and cb.strict):
+            how = f"every {every_n_epochs} epochs" if every_n_epochs > 1 else "on the epochs max_overhead allows"
+            fix = "every_n_epochs=1" if every_n_epochs > 1 else "max_overhead=None"
             raise MisconfigurationException(
-                f"EarlyStopping(monitor={monitor!r}) checks every epoch but ExplanationMonitor explains every "
-                f"{every_n_epochs} epochs. Use EarlyStopping(..., strict=False) or every_n_epochs=1."
+                f"EarlyStopping(monitor={monitor!r}) checks every epoch but ExplanationMonitor explains {how}. Use "
+                f"EarlyStopping(..., strict=False) or {fix}."
             )
 
 
@@ -192,6 +196,17 @@ class ProbeSetup:
                 f"ExplanationMonitor: the model returned {got}; explanations need logits (N, num_classes). "
                 "Pass output_transform=, e.g. `lambda out: out[0]` or `lambda out: out['logits']`."
             )
+        if not bool(torch.isfinite(probes.images).all()):
+            bad = (~torch.isfinite(probes.images.flatten(1))).any(dim=1).nonzero().flatten()
+            raise MisconfigurationException(
+                f"ExplanationMonitor: probe images contain NaN/inf (probe ids {probes.ids[bad][:8].tolist()}); "
+                "their maps would be meaningless. Clean those samples or pass finite `probes=`."
+            )
+        if bool((probes.labels < -1).any()):
+            raise MisconfigurationException(
+                f"ExplanationMonitor: probe label {int(probes.labels.min())} is not a class index. Check "
+                "probe_options['label_key'] or the dataset's labels."
+            )
         num_classes = logits.shape[1]
         if probes.label_sets is not None and probes.label_sets.shape[1] != num_classes:
             raise MisconfigurationException(
@@ -215,6 +230,14 @@ class ProbeSetup:
                 f"ExplanationMonitor: display['mean']/display['std'] have {len(mean)} values but probes have "
                 f"{probes.images.shape[1]} channels."
             )
+        layers = config.metric_options["sanity"]["layers"]
+        if "sanity" in config.metrics and layers is not None:
+            available = len(parameterized_layers(model))
+            if layers > available:
+                raise MisconfigurationException(
+                    f"ExplanationMonitor: `metric_options['sanity']['layers']={layers}` is larger than the model's "
+                    f"{available} layers with parameters; use an int <= {available} or None (all)."
+                )
         self.notes = []
         self.layer_name = self.layer_reshape = self.layer_problem = None
         if uses_layer(config.methods):

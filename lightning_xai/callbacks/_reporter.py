@@ -6,6 +6,7 @@ Nothing here is a collective; the monitor calls it inside its rank agreement so 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -101,12 +102,17 @@ class Reporter:
         self.display = dict(display)
         self.log_images = log_images
         self.text_tag = text_tag
+        self.suffix = ""  # set when several monitors share a Trainer: their tags must differ
+        self.background_seconds = 0.0  # duration of the last overlay job (background thread)
         self._sink: MultiSink | None = None
         self._warned: set[str] = set()
         self._jobs = BackgroundWrites()
         self._renderer: ProbeRenderer | None = None  # made on the background thread at the first overlay
         self.timeline = Timeline()
         self._layout_written = False
+
+    def tag(self, tag: str) -> str:
+        return f"{tag}/{self.suffix}" if self.suffix else tag
 
     def warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -159,8 +165,8 @@ class Reporter:
             except SinkError as err:
                 errors.extend(err.failures)
         for write in (lambda: sink.add_scalars(dict(scalars), step),
-                      *(lambda t=t, v=v: sink.add_histogram(t, v, step) for t, v in histograms.items()),
-                      lambda: sink.add_text(self.text_tag, text, step),
+                      *(lambda t=t, v=v: sink.add_histogram(self.tag(t), v, step) for t, v in histograms.items()),
+                      lambda: sink.add_text(self.tag(self.text_tag), text, step),
                       sink.flush):
             try:
                 write()
@@ -178,6 +184,7 @@ class Reporter:
 
     def _write_overlays(self, sink: MultiSink, images: Tensor, maps: Mapping[str, Tensor], labels: list[list[Any]],
                         step: int, epoch: int, flagged: Mapping[str, list[bool]]) -> None:
+        began = time.perf_counter()
         if self._renderer is None:  # the probes never change within a fit: de-normalise and size them once
             d = self.display
             self._renderer = ProbeRenderer(images, alpha=d["alpha"], colormap=d["colormap"], mean=d["mean"],
@@ -188,9 +195,11 @@ class Reporter:
                                                          flagged=flagged[m], caption_lines=2)
             self.timeline.add(m, epoch, tiles, flagged[m])
             for group, (panel, start, stop) in enumerate(panels):
-                tag = f"xai/{m}/overlay" if group == 0 else f"xai/{m}/overlay/{group + 1}"
+                tag = self.tag(f"xai/{m}/overlay" if group == 0 else f"xai/{m}/overlay/{group + 1}")
                 sink.add_image(tag, panel, step, caption=f"{m}, epoch {epoch}, step {step}, probes {start + 1}-{stop}")
         sink.flush()
+        # it overlaps training but takes a core from it: part of what the monitor costs
+        self.background_seconds = time.perf_counter() - began
 
     def write_timelines(self, trainer: pl.Trainer, probes: ProbeSet, class_names: list[str] | None) -> list[str]:
         """Log ``xai/{method}/timeline`` (each probe across the explained epochs) at the current step; returns the

@@ -75,8 +75,9 @@ class ProbeExplainer:
         return out
 
     def explain(self, model: torch.nn.Module, probes: ProbeSet, *, targets: Tensor | None = None,
-                measures: Sequence[Measure] = ()) -> dict[str, Tensor]:
-        """Explain ``probes`` (a shard) on ``model``; ``targets`` overrides the target rule (the sanity round)."""
+                measures: Sequence[Measure] = (), adaptive: bool = True) -> dict[str, Tensor]:
+        """Explain ``probes`` (a shard) on ``model``; ``targets`` overrides the target rule (the sanity round);
+        ``adaptive=False``: no adaptive refinement of Integrated Gradients (see :func:`explain_options`)."""
         out = self.empty(probes, measures)
         if len(probes) == 0:
             return out
@@ -86,7 +87,7 @@ class ProbeExplainer:
         with preserved_state(model):  # eval mode, grads on; RNG, flags and every buffer restored on exit
             targets = self.targets(model, images, probes.labels.to(device)) if targets is None else targets.to(device)
             options = explain_options(config, images, self.layer_name, self.train_batch_size,
-                                      layer_reshape=self.layer_reshape)
+                                      layer_reshape=self.layer_reshape, adaptive=adaptive)
             # A method that fails is reported and its maps are NaN (left out of every metric, never logged as a
             # number); the other methods' maps still count.
             explanation = explain_detailed(model, images, targets, config.methods, errors="collect", **options)
@@ -156,7 +157,8 @@ class DistributedRound:
                    "(set on_error='raise' to stop instead).")
 
     def explain(self, trainer: Any, model: torch.nn.Module, probes: ProbeSet, explainer: ProbeExplainer, *,
-                targets: Tensor | None = None, measures: Sequence[Measure] = ()) -> dict[str, Tensor] | None:
+                targets: Tensor | None = None, measures: Sequence[Measure] = (),
+                adaptive: bool = True) -> dict[str, Tensor] | None:
         """Every rank explains its shard (with rank 0's BatchNorm buffers); all agree; gather in probe order.
 
         Returns ``None`` when the round was skipped (already warned on every rank).
@@ -166,7 +168,8 @@ class DistributedRound:
         def explain_shard() -> dict[str, Tensor]:
             with rank_zero_buffers(model):
                 shard_targets = None if targets is None else targets[start:stop]
-                return explainer.explain(model, probes.subset(start, stop), targets=shard_targets, measures=measures)
+                return explainer.explain(model, probes.subset(start, stop), targets=shard_targets, measures=measures,
+                                         adaptive=adaptive)
 
         ok, local = self.agreed(trainer, explain_shard, what="explaining")
         if not ok:

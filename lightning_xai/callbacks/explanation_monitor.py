@@ -16,6 +16,8 @@ work is done by named collaborators, each testable without a Trainer:
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,6 +27,8 @@ from torch import Tensor
 from lightning_xai.attribution import find_gradcam_layer, resolve_layer
 from lightning_xai.callbacks._compat import (
     CALLBACK_BASES,
+    EARLY_STOPPING,
+    MODEL_CHECKPOINT,
     MisconfigurationException,
     muted_logging,
     rank_zero_info,
@@ -59,6 +63,7 @@ if TYPE_CHECKING:  # either package's classes; only for the annotations
     import pytorch_lightning as pl
 
 _STATE_VERSION = 2
+_OVERHEAD = "xai/overhead"
 
 
 class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Lightning package
@@ -72,8 +77,11 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
     bitwise the same weights with and without the monitor.
 
     Before the first training step it explains the probes once more to take a *reference* (the untrained or
-    pre-trained model), so the first logged epoch already has a stability value and monitors such as
-    ``EarlyStopping(monitor="xai/grad_cam/stability")`` find their key.
+    pre-trained model; Integrated Gradients with exactly ``n_steps``, so this costs at most one regular round), so
+    the first logged epoch already has a stability value and monitors such as
+    ``EarlyStopping(monitor="xai/grad_cam/stability")`` find their key. Every ``fit`` starts its own history (new
+    probes from its data, a new reference) unless it resumes from a checkpoint. After the first explained epoch one
+    log line says what the monitor costs and how to lower it.
 
     **Stability** of a probe under a method is the Spearman rank correlation between its heatmap and the one of the
     previous explained epoch (both average-pooled to ``drift['size']`` squared); 1.0 means unchanged. **Drift**: see
@@ -98,7 +106,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             mass, when the probes have masks; negligible cost), ``"agreement"`` (rank correlation between methods;
             negligible), ``"faithfulness"`` (deletion and insertion AUC; about as much as Integrated Gradients
             itself: off by default), ``"sanity"`` (model-randomisation check; one explanation round on a randomised
-            copy at the start and end of fit).
+            copy at the end of fit).
         log_images: Log overlay panels and timelines (scalars and text are always logged).
         views: Views of what the network has learnt (:mod:`lightning_xai.views`), computed on rank 0 after each
             explained epoch, on the Grad-CAM layer (``layer``, automatic by default) and a fixed pool of
@@ -116,7 +124,9 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         on_drift: Called as ``on_drift(report)`` on every rank when drift is flagged.
         on_error: ``"warn"`` skips an epoch whose explanation fails (on every rank, so DDP never hangs);
             ``"raise"`` stops training.
-        max_overhead: ``None``, or the largest share of the training wall time the monitor may take, in ``(0, 1)``.
+        max_overhead: ``None``, or the largest share of the training wall time the monitor may take, in ``(0, 1)``:
+            after each round it measures the round's cost against the epoch's training time and skips epochs so
+            that ``cost / (spacing * training + cost)`` stays within it (said once in the log).
         output_transform: Maps the model's output to logits ``(N, num_classes)``, for tuple/dict outputs.
         method_options: Options per method, ``{method: {option: value}}``. ``integrated_gradients``: ``n_steps``
             (16; path nodes, trapezoid rule, both ends; the start with ``tolerance``), ``tolerance`` (0.02; adaptive
@@ -150,7 +160,8 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         - the quality measures' keys (see :mod:`lightning_xai.metrics.measures`), e.g.
           ``xai/integrated_gradients/completeness_error`` (median; ``_p90``, ``_max``, and a histogram of all
           probes), ``xai/{method}/pointing_game``, ``xai/agreement/{a}_vs_{b}``, ``xai/{method}/deletion_auc``,
-          ``xai/{method}/sanity_similarity`` (at the first and last step of fit).
+          ``xai/{method}/sanity_similarity`` (at the last step of fit).
+        - ``xai/overhead`` (scalar): the monitor's share of the explained epoch's wall time (rank 0's clock).
         - ``xai/drift`` (text): the epoch's stability table and the flagged probes.
         - with ``views``: images ``xai/activations/top_channels``, ``xai/max_min/grid``, ``xai/activation_max/classes``;
           scalars ``xai/activations/dead_fraction``, ``xai/max_min/change``, ``xai/projector/centroid_accuracy``,
@@ -217,6 +228,14 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self._last_explained_epoch: int | None = None
         self._loaded_fingerprint: str | None = None
         self._latest: dict[str, Any] | None = None  # the last explained epoch's results, on every rank
+        self._suffix, self._suffix_scalars = "", False  # tag names when several monitors share a Trainer
+        # what the monitor costs: this epoch's start and time spent, the fit-start round, the max_overhead schedule
+        self._epoch_start: float | None = None
+        self._spent = 0.0
+        self._start_cost = 0.0
+        self._cost_said = False
+        self._next_epoch = 0
+        self._spacing_said = False
         # As constructed: the setup dry run may leave methods out, the checkpoint key must not change with it.
         self._state_key = self._generate_state_key(methods=config.methods, num_probes=config.num_probes,
                                                    layer=config.layer, every_n_epochs=config.every_n_epochs,
@@ -270,7 +289,25 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
 
     def logged_keys(self) -> set[str]:
         """Every scalar key this monitor can log (stability and drift, and the chosen measures')."""
-        return self._tracker.keys() | measure_keys(self.config.metrics, self.config.methods)
+        return {self._key(k) for k in self._base_keys()}
+
+    def _base_keys(self) -> set[str]:
+        return self._tracker.keys() | measure_keys(self.config.metrics, self.config.methods) | {_OVERHEAD}
+
+    def _key(self, key: str) -> str:
+        return f"{key}/{self._suffix}" if self._suffix and self._suffix_scalars else key
+
+    def _name_tags(self, trainer: pl.Trainer) -> None:
+        """With several monitors in one Trainer, each writes its text and images under its own suffix
+        (``xai/drift/monitor_1``), and its scalars too where another monitor logs the same key."""
+        monitors = [cb for cb in trainer.callbacks if isinstance(cb, ExplanationMonitor)]
+        self._suffix, self._suffix_scalars = "", False
+        if len(monitors) > 1:
+            index = next(i for i, cb in enumerate(monitors) if cb is self)
+            self._suffix = f"monitor_{index}"
+            mine = self._base_keys()
+            self._suffix_scalars = any(mine & other._base_keys() for other in monitors if other is not self)
+        self._reporter.suffix = self._suffix
 
     # ------------------------------------------------------------------ identity & state
     @property
@@ -320,11 +357,17 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         if stage != "fit":
             return
         check_strategy(trainer.strategy)
-        check_monitors(trainer.callbacks, self.logged_keys(), self.config.every_n_epochs)
-        # epochs count from 0 again in a new fit (a resumed one restores this in load_state_dict, after setup)
+        self._name_tags(trainer)
+        check_monitors(trainer.callbacks, self.logged_keys(), self.config.every_n_epochs,
+                       budget=self.config.max_overhead is not None)
+        # Each fit starts its own history: new probes from this fit's data, a new reference, a fresh drift state.
+        # A resumed fit restores the checkpoint's in load_state_dict, which Lightning calls after setup.
         self._last_explained_epoch = None
-        if self.probe_set is None:
-            self._probes.select_for(trainer)
+        self._latest = None
+        self._cost_said, self._spacing_said, self._next_epoch, self._start_cost = False, False, 0, 0.0
+        self._tracker.reset()
+        self._reporter.reset()
+        self._probes.select_for(trainer)
         with muted_logging(pl_module):  # setup's forwards: a self.log() in forward would fail here
             self._probes.validate(pl_module, lambda: train_batch_size(trainer))
         self._explainer.layer_name = self._probes.layer_name
@@ -355,7 +398,8 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self.config = self._probes.config = self._explainer.config = config
         self._tracker.methods = self._reporter.methods = working
         # a callback monitoring a left-out method's key would wait forever: say so now
-        check_monitors(trainer.callbacks, self.logged_keys(), config.every_n_epochs)
+        check_monitors(trainer.callbacks, self.logged_keys(), config.every_n_epochs,
+                       budget=config.max_overhead is not None)
 
     def _setup_views(self, model: torch.nn.Module) -> None:
         """The views' layer (the Grad-CAM layer) and pool, on every rank (no collectives, so a bad source fails
@@ -418,7 +462,12 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self._explainer.train_batch_size = getattr(loader, "batch_size", None) if loader is not None else None
         # The reference frame: what the model looks at before this fit trains it (skipped on resume).
         if not self._tracker.has_reference:
+            start = time.perf_counter()
             self._run(trainer, pl_module, reference=True)
+            self._start_cost = time.perf_counter() - start
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start, self._spent = time.perf_counter(), 0.0
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Only the end-of-epoch validation (not the sanity check, not a mid-epoch val_check_interval run): then the
@@ -470,6 +519,8 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         epoch = trainer.current_epoch
         if (epoch + 1) % self.config.every_n_epochs != 0 or self._last_explained_epoch == epoch:
             return
+        if epoch < self._next_epoch:  # spaced out by max_overhead
+            return
         self._last_explained_epoch = epoch
         self._run(trainer, pl_module, reference=False)
         if self._views.views:  # independent of the heatmaps: they run even if this epoch's explanation was skipped
@@ -477,12 +528,12 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
 
     # ------------------------------------------------------------------ one explanation round, on every rank
     def _explain(self, trainer: pl.Trainer, model: torch.nn.Module, *, targets: Tensor | None = None,
-                 measures: Sequence[Any] = ()) -> dict[str, Tensor] | None:
+                 measures: Sequence[Any] = (), adaptive: bool = True) -> dict[str, Tensor] | None:
         """Every rank explains its shard; all agree on success before gathering. ``None``: skipped (warned)."""
         assert self.probe_set is not None, "setup() selects the probes"
         with muted_logging(model):  # the model's own self.log() in forward must not log the monitor's forwards
             results = self._round.explain(trainer, model, self.probe_set, self._explainer, targets=targets,
-                                          measures=measures)
+                                          measures=measures, adaptive=adaptive)
         for method, error in self._explainer.errors.items():
             self._reporter.warn_once(
                 f"failed/{method}", f"ExplanationMonitor: {method} failed at epoch {trainer.current_epoch} ({error}); "
@@ -496,25 +547,48 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         return results
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, reference: bool) -> None:
+        start = time.perf_counter()
+        try:
+            self._round_once(trainer, pl_module, reference=reference, start=start)
+        finally:
+            self._spent += time.perf_counter() - start
+
+    def _round_once(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, reference: bool,
+                    start: float) -> None:
         measures = [] if reference else active_measures(self.config.metrics, stage="epoch")
-        results = self._explain(trainer, pl_module, measures=[m for m in measures if m.shard is not None])
+        # The fit-start reference: fixed IG steps (an untrained model would refine most probes up to the cap), and
+        # no sanity check (randomised vs untrained says nothing; it runs at the end of fit): at most one round.
+        results = self._explain(trainer, pl_module, measures=[m for m in measures if m.shard is not None],
+                                adaptive=not reference)
         if results is None:
+            if not reference:
+                self._publish(trainer, {}, self._epoch_keys())  # skipped: nothing stale stays behind
             return
         if reference:
             self._tracker.take_reference(trainer.current_epoch, results)
             self._last_lrs = [float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups if "lr" in g]
-            if "sanity" in self.config.metrics:
-                self.check_sanity(trainer, pl_module, warn=False, reference=results)
             return
         ok, measured = self._round.agreed(trainer, lambda: self._measure(trainer, results, measures),
                                           what="measuring")
         if not ok:
+            self._publish(trainer, {}, self._epoch_keys())
             return
+        now = time.perf_counter()
+        # this epoch's time in the monitor, plus the last overlay job's (on a background thread: it overlaps
+        # training but takes CPU from it); rank 0's clock decides
+        background = self._reporter.background_seconds if self.config.log_images else 0.0
+        timing = (self._spent + now - start, background, None if self._epoch_start is None else now - self._epoch_start)
         # Identical decisions and monitored values on every rank, decided by rank 0 (no float drift between ranks).
-        scalars, report, record, histograms = self._round.broadcast(trainer, measured)
+        (scalars, report, record, histograms), (spent, background, elapsed) = self._round.broadcast(
+            trainer, (measured, timing))
+        if elapsed is not None and elapsed > 0:
+            # counted as if the background work did not overlap training: an upper bound of the share
+            scalars[_OVERHEAD] = (spent + background) / (elapsed + background)
+        scalars = {self._key(k): v for k, v in scalars.items()}
         self._tracker.history.append(record)
         self._latest = {"results": results, "step": trainer.global_step, "epoch": trainer.current_epoch}
-        self._set_callback_metrics(trainer, scalars)
+        self._publish(trainer, scalars, self._epoch_keys())
+        self._account(trainer, spent, background, elapsed)
         text = drift_text(trainer.current_epoch, trainer.global_step, self.config.methods, scalars, report.details())
 
         def write() -> None:
@@ -529,8 +603,8 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             # one line; the details (what moved where, per class and probe) are in the `xai/drift` text
             rank_zero_warn(f"ExplanationMonitor: {report.headline()} (step {trainer.global_step}; details in the "
                            "xai/drift text)")
-            if self.config.on_drift is not None:
-                self.config.on_drift(report)
+            if self.config.on_drift is not None:  # user code: a failure obeys on_error like any other
+                self._round.agreed(trainer, lambda: self.config.on_drift(report), what="on_drift")
 
     def _measure(self, trainer: pl.Trainer, results: Mapping[str, Tensor], measures: Sequence[Any]
                  ) -> tuple[dict[str, float], DriftReport, dict[str, Any], dict[str, Tensor]]:
@@ -557,10 +631,73 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             size=self.config.size,
         )
 
-    @staticmethod
-    def _set_callback_metrics(trainer: pl.Trainer, scalars: Mapping[str, float]) -> None:
+    def _epoch_keys(self) -> set[str]:
+        methods = self.config.methods
+        keys = self._tracker.keys().union(*(m.keys(methods) for m in active_measures(self.config.metrics)))
+        return {self._key(k) for k in keys | {_OVERHEAD}}
+
+    def _account(self, trainer: pl.Trainer, spent: float, background: float, elapsed: float | None) -> None:
+        """Say once what the monitor costs; with ``max_overhead``, space the rounds to stay within it."""
+        if elapsed is None or elapsed <= 0:
+            return
+        epoch, c = trainer.current_epoch, self.config
+        train = max(elapsed - spent, 1e-6)  # the epoch without the monitor
+        cost = spent + background
+        elapsed = train + cost
+        if not self._cost_said:
+            self._cost_said = True
+            every = max(c.every_n_epochs, math.ceil(cost * 0.9 / (0.1 * train)))
+            rank_zero_info(
+                f"ExplanationMonitor: one explanation round ({len(self.probe_set)} probes, {', '.join(c.methods)}) "
+                f"took {cost:.2f} s{' (+ overlays drawn in the background)' if c.log_images and not background else ''}"
+                f", {cost / elapsed:.0%} of epoch {epoch} ({elapsed:.1f} s)"
+                + (f"; the reference round before training took {self._start_cost:.2f} s" if self._start_cost else "")
+                + ". To lower it, explain less often "
+                f"(every_n_epochs={every} keeps it near 10%) or fewer probes (num_probes={max(1, len(self.probe_set) // 2)}"
+                "); max_overhead=0.1 spaces the rounds automatically. `xai/overhead` logs the share every round."
+            )
+        if c.max_overhead is not None:
+            b = c.max_overhead
+            spacing = max(1, math.ceil(cost * (1.0 - b) / (b * train)))  # cost / (spacing * train + cost) <= b
+            self._next_epoch = epoch + spacing
+            if spacing > c.every_n_epochs and not self._spacing_said:
+                self._spacing_said = True
+                rank_zero_info(
+                    f"ExplanationMonitor: a round costs {cost:.2f} s against {train:.1f} s of training per epoch; to "
+                    f"stay within max_overhead={b} it explains every {spacing} epochs from now on (the spacing "
+                    "follows the measured costs)."
+                )
+
+    def _sanity_keys(self) -> set[str]:
+        measures = active_measures(self.config.metrics, stage="sanity") or [get_measure("sanity")]
+        return {self._key(k) for m in measures for k in m.keys(self.config.methods)}
+
+    def _publish(self, trainer: pl.Trainer, scalars: Mapping[str, float], keys: set[str]) -> None:
+        """This round's values into ``trainer.callback_metrics``; a key this round could not measure (skipped round,
+        no finite value) never keeps an earlier round's number without saying so.
+
+        What a watching callback then sees: nothing, when every watcher is ``EarlyStopping(strict=False)`` (it skips
+        the epoch) or nobody watches; NaN, when every watcher is a ``ModelCheckpoint`` (it ranks NaN last, so no
+        checkpoint becomes "best" on it) or an ``EarlyStopping(check_finite=False)``; otherwise (a strict or
+        NaN-stopping ``EarlyStopping``, which would stop training on either) the last measured value, with one
+        warning: that epoch counts as one without improvement.
+        """
         for key, value in scalars.items():
             trainer.callback_metrics[key] = torch.tensor(value)
+        for key in keys - set(scalars):
+            if key not in trainer.callback_metrics:
+                continue
+            watchers = [cb for cb in trainer.callbacks if getattr(cb, "monitor", None) == key]
+            if all(isinstance(cb, EARLY_STOPPING) and not cb.strict for cb in watchers):
+                del trainer.callback_metrics[key]
+            elif all(isinstance(cb, MODEL_CHECKPOINT)
+                     or (isinstance(cb, EARLY_STOPPING) and not cb.check_finite) for cb in watchers):
+                trainer.callback_metrics[key] = torch.tensor(float("nan"))
+            else:
+                self._reporter.warn_once(
+                    f"stale/{key}", f"ExplanationMonitor could not measure {key!r} at epoch {trainer.current_epoch}; "
+                    f"{', '.join(type(cb).__name__ for cb in watchers)} watching it sees its last measured value "
+                    "(an epoch without improvement). EarlyStopping(..., strict=False) skips such epochs instead.")
 
     def check_sanity(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, warn: bool = True,
                      reference: Mapping[str, Tensor] | None = None) -> dict[str, float] | None:
@@ -578,18 +715,25 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         if reference is None:
             reference = self._explain(trainer, pl_module)
             if reference is None:
+                self._publish(trainer, {}, self._sanity_keys())
                 return None
         options = self.config.metric_options["sanity"]
-        randomized = randomized_copy(pl_module, num_layers=options["layers"], seed=self.config.probe_options["seed"])
+        ok, randomized = self._round.agreed(
+            trainer, lambda: randomized_copy(pl_module, num_layers=options["layers"],
+                                             seed=self.config.probe_options["seed"]), what="sanity check")
+        if not ok:
+            self._publish(trainer, {}, self._sanity_keys())
+            return None
         random_maps = self._explain(trainer, randomized, targets=reference["target"])
         del randomized
         if random_maps is None:
+            self._publish(trainer, {}, self._sanity_keys())
             return None
         extras = {f"random/{m}": random_maps[f"map/{m}"] for m in self.config.methods}
         measures = active_measures(self.config.metrics, stage="sanity") or [get_measure("sanity")]
         scalars = run_measures(measures, self._context(reference, extras), self.config.metric_options).scalars
-        scalars = self._round.broadcast(trainer, scalars)
-        self._set_callback_metrics(trainer, scalars)
+        scalars = {self._key(k): v for k, v in self._round.broadcast(trainer, scalars).items()}
+        self._publish(trainer, scalars, self._sanity_keys())
         self._round.agreed(trainer, lambda: self._reporter.write_scalars(trainer, scalars)
                            if trainer.is_global_zero else None, what="writing the sanity check")
         failing = {k.split("/")[1]: v for k, v in scalars.items() if v > options["threshold"]}
