@@ -191,7 +191,8 @@ def test_multi_label_captions_list_positive_labels_and_the_sigmoid_score():
                       label_sets=torch.tensor([[1, 1, 0], [0, 0, 1]]))
     lines = captions(probes, torch.tensor([1, 2]), torch.tensor([0.61, 0.25]), ["cat", "dog", "car"],
                      torch.tensor([0, 2]))
-    assert lines == [["y=cat+dog", "cat sig=0.61"], ["y=car", "car sig=0.25"]]
+    assert [line[1] for line in lines] == ["cat sig=.61", "car sig=.25"]  # the explained class and its score
+    assert [line[0].split(" ", 1)[1] for line in lines] == ["cat+dog", "car"]  # "#<id> " + every positive label
 
 
 def test_multi_label_probes_must_match_the_models_outputs(tmp_path):
