@@ -8,7 +8,7 @@ class -- a shortcut the model learns quickly. Accuracy stays high, so a loss cur
 The probes carry the class marker from the start (it is simply ignored by a model that never learnt it), and their
 ground-truth shape masks let the demo report how much of each map falls on the shape and how much on the marker.
 
-    python recipes/demo.py                 # 14 min measured on 2 CPU cores shared at load 14-18
+    python recipes/demo.py                 # 46 s on 2 idle CPU cores (14 min when shared at load 14-18)
     python recipes/demo.py --fast          # 20-50 s: what the tests run
     tensorboard --logdir runs/demo --samples_per_plugin images=1000
     python -m lightning_xai.report runs/demo   # rebuild the HTML report of the newest run
