@@ -114,6 +114,7 @@ def run(variant: str | None, epochs: int, train_size: int, seed: int = 0) -> tup
 
     import lightning_xai.callbacks._reporter as reporter
     import lightning_xai.callbacks._round as round_
+    import lightning_xai.writers as writers
     from lightning_xai import ExplanationMonitor
     from lightning_xai.datasets import SHAPES_MEAN, SHAPES_STD
 
@@ -135,8 +136,8 @@ def run(variant: str | None, epochs: int, train_size: int, seed: int = 0) -> tup
                                      **overrides)
         callbacks.insert(0, monitor)
         patch(round_, "explain_detailed", "explain")
-        patch(reporter, "make_overlay_grid", "render")
-        for cls in (reporter.TensorBoardWriter, reporter.FileWriter):
+        patch(reporter.ProbeRenderer, "render_groups", "render")
+        for cls in (writers.TensorBoardSink, writers.FileSink):
             for name in ("add_image", "add_scalars", "add_text", "flush"):
                 patch(cls, name, "write")
         patch(monitor, "check_sanity", "sanity")

@@ -652,8 +652,10 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                 f"took {cost:.2f} s{' (+ overlays drawn in the background)' if c.log_images and not background else ''}"
                 f", {cost / elapsed:.0%} of epoch {epoch} ({elapsed:.1f} s)"
                 + (f"; the reference round before training took {self._start_cost:.2f} s" if self._start_cost else "")
-                + ". To lower it, explain less often "
-                f"(every_n_epochs={every} keeps it near 10%) or fewer probes (num_probes={max(1, len(self.probe_set) // 2)}"
+                + (". To lower it, explain less often "  # only advise a spacing that actually changes something
+                   f"(every_n_epochs={every} keeps it near 10%) or " if every > c.every_n_epochs else
+                   ". To lower it, explain ")
+                + f"fewer probes (num_probes={max(1, len(self.probe_set) // 2)}"
                 "); max_overhead=0.1 spaces the rounds automatically. `xai/overhead` logs the share every round."
             )
         if c.max_overhead is not None:
