@@ -275,5 +275,6 @@ def test_wandb_and_mlflow_next_to_tensorboard_in_a_real_run(tmp_path, monkeypatc
     assert [r["trainer/global_step"] for r in rows if "xai/drift/path" in r] == steps
     client = MlflowClient(tracking_uri=uri)
     assert [m.step for m in client.get_metric_history(ml.run_id, "xai/saliency/stability")] == steps
-    images = [a.path for a in client.list_artifacts(ml.run_id, "images") if a.path.endswith(".png")]
+    images = [a.path for a in client.list_artifacts(ml.run_id, "images")  # overlays; the timeline comes at fit end
+              if a.path.endswith(".png") and "overlay" in a.path]
     assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in images) == steps
