@@ -219,11 +219,12 @@ def test_a_writer_that_always_fails_never_stops_training(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ failure path 7
-@pytest.mark.parametrize("package", PACKAGES)
-def test_extra_forwards_leave_state_and_logged_values_bitwise_unchanged(tmp_path, package):
+@pytest.mark.parametrize(("package", "views"), [*((p, ()) for p in PACKAGES),
+                                                  ("lightning.pytorch", ("activations", "max_min"))])
+def test_extra_forwards_leave_state_and_logged_values_bitwise_unchanged(tmp_path, package, views):
     Net = make_net(package, counting=True)
     runs = {}
-    for name, callbacks in (("plain", []), ("monitored", [monitor(metrics=("sanity",))])):
+    for name, callbacks in (("plain", []), ("monitored", [monitor(metrics=("sanity",), views=views)])):
         trainer, net = fit(package, tmp_path / name, callbacks=callbacks, net=Net, max_epochs=2)
         runs[name] = (net.state_dict(), {k: v.clone() for k, v in trainer.callback_metrics.items()
                                          if not k.startswith("xai/")},

@@ -426,12 +426,13 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             if not trainer.is_global_zero:
                 return
             writer = self._reporter.sink(trainer)
-            failures = self._views.run(
-                pl_module, self._views_layer, self.probe_set, writer, epoch=trainer.current_epoch,
-                step=trainer.global_step, mean=self.config.display["mean"], std=self.config.display["std"],
-                class_names=self.class_names, output_transform=self.config.output_transform,
-                device=module_device(pl_module), write_scalars=False,
-            )
+            with muted_logging(pl_module):  # the views' forwards are the monitor's too: no self.log() from them
+                failures = self._views.run(
+                    pl_module, self._views_layer, self.probe_set, writer, epoch=trainer.current_epoch,
+                    step=trainer.global_step, mean=self.config.display["mean"], std=self.config.display["std"],
+                    class_names=self.class_names, output_transform=self.config.output_transform,
+                    device=module_device(pl_module), write_scalars=False,
+                )
             if self._views.history and self._views.history[-1]["scalars"]:
                 self._reporter.write_scalars(trainer, self._views.history[-1]["scalars"])
             if failures:
@@ -448,10 +449,12 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
     def _run_attention_graphs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         def run() -> None:
             if trainer.is_global_zero:
-                self._views.attention_graphs(
-                    pl_module, self.probe_set, self._reporter.sink(trainer), step=trainer.global_step,
-                    mean=self.config.display["mean"], std=self.config.display["std"], class_names=self.class_names,
-                    output_transform=self.config.output_transform, device=module_device(pl_module))
+                with muted_logging(pl_module):
+                    self._views.attention_graphs(
+                        pl_module, self.probe_set, self._reporter.sink(trainer), step=trainer.global_step,
+                        mean=self.config.display["mean"], std=self.config.display["std"],
+                        class_names=self.class_names, output_transform=self.config.output_transform,
+                        device=module_device(pl_module))
                 self._reporter.sink(trainer).flush()
 
         self._round.agreed(trainer, run, what="structured attention graphs")
