@@ -41,6 +41,7 @@ from lightning_xai.drift import DriftDetector  # noqa: E402
 
 CACHE = os.environ.get("DRIFT_BENCH_CACHE", "/tmp/drift_suite_cache")
 SUDDEN = ("cue_sudden", "domain", "label_swap", "reinit", "lr_and_cue")
+NO_MASKS = False  # --no-masks: replay as for a dataset without object masks (no "mass" streams)
 TARGETS = {"sudden": 0.9, "cue_unplaced": 0.8, "cue_train_only": 0.8, "ramp": 0.8}
 
 
@@ -99,7 +100,8 @@ def epoch_inputs(run: dict[str, Any], e: dict[str, Any], pool: int | None = None
     maps = {m: e["maps"][m][idx].float()[:, None] for m in ("grad_cam", "saliency")}
     origin = (idx >= n_val).long()
     return {"maps": maps, "probe_maps": {"integrated_gradients": e["maps"]["integrated_gradients"].float()[:, None]},
-            "pred": e["pred"][idx].long(), "labels": e["targets"][idx].long(), "masks": run["masks"][idx].float(),
+            "pred": e["pred"][idx].long(), "labels": e["targets"][idx].long(),
+            "masks": None if NO_MASKS else run["masks"][idx].float(),
             "origin": origin, "num_display": p}
 
 
@@ -192,8 +194,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--detector", nargs="*", default=[], metavar="KEY=VALUE",
                         help="DriftDetector keyword arguments for the replay, e.g. sigmas=3")
     parser.add_argument("--rows", action="store_true", help="print one line per run")
+    parser.add_argument("--no-masks", action="store_true", help="replay without object masks (no mass streams)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    global NO_MASKS, CACHE
+    NO_MASKS, CACHE = args.no_masks, args.cache
     scenarios = [sc for sc in suite() if args.part == "all" or sc.part == args.part]
     cache = Path(args.cache)
     if args.command == "list":
@@ -216,8 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "tune":
         if args.part != "tune":
             parser.error("constants are chosen on the tuning part only: --part tune")
-        best = grid_search(runs, max_false=1)
-        for caught, quiet, pre, rule in best[:15]:
+        for caught, quiet, pre, rule in grid_search(runs, max_false=3)[:25]:
             print(f"caught {caught}, false {quiet} quiet + {pre} pre-change: {rule}")
     elif args.command == "trace":
         for run in runs:
@@ -253,14 +257,25 @@ def print_curve(runs: list[dict[str, Any]], options: dict[str, Any], part: str) 
         print(f"{threshold:>9.2f} {summary['quiet_false']:>8}/{summary['quiet_epochs']:<9} {cells}")
 
 
-if __name__ == "__main__":
-    main(sys.argv[1:])
-
 
 # ---------------------------------------------------------------------------------------------------- tuning
 def stream_values(runs: list[dict[str, Any]], pool: int | None = None) -> list[list[dict[str, float]]]:
-    """Per run, per epoch: every stream's value (they do not depend on the rule's constants)."""
-    return [[r.statistics for r in replay(run, DriftDetector(), pool)] for run in runs]
+    """Per run, per epoch: every stream's value (they do not depend on the rule's constants). Cached next to the
+    runs, keyed by the measuring code (drift/_detector.py, drift/_stats.py), so a grid search starts in seconds."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1] / "lightning_xai" / "drift"
+    code = hashlib.sha256(b"".join((root / f).read_bytes() for f in ("_detector.py", "_stats.py"))).hexdigest()[:12]
+    out = []
+    for run in runs:
+        path = Path(CACHE) / f"values_{run['name']}_p{pool}_m{int(not NO_MASKS)}_{code}.json"
+        if path.exists():
+            out.append(json.loads(path.read_text()))
+            continue
+        values = [r.statistics for r in replay(run, DriftDetector(), pool)]
+        path.write_text(json.dumps(values))
+        out.append(values)
+    return out
 
 
 def rule_alarms(run: dict[str, Any], values: list[dict[str, float]], warmup: int, keep, **rule: Any) -> list[int]:
@@ -283,14 +298,15 @@ def grid_search(runs: list[dict[str, Any]], max_false: int) -> list[tuple[int, i
     import itertools
 
     values = stream_values(runs)
-    stats_options = {"lag+class+mass": ("lag", "class", "mass"), "lag+class": ("lag", "class"),
-                     "class+mass": ("class", "mass"), "class": ("class",)}
+    stats_options = {"all": ("lag", "class", "mass", "gap"), "lag+class+gap": ("lag", "class", "gap"),
+                     "class+mass+gap": ("class", "mass", "gap"), "lag+class+mass": ("lag", "class", "mass")}
     results = []
-    grid = itertools.product((3.0, 4.0, 5.0, 6.0), (0.5, 1.0, 1.5), (3.0, 5.0, 8.0), (1.5, 2.5), (0.2, 0.35, 0.5),
-                             (4, 6), (1.5, 2.0), stats_options)
-    for threshold, slack, cusum, learn, spread, window, event_factor, stats in grid:
-        rule = {"window": window, "threshold": threshold, "slack": slack, "cusum_threshold": cusum,
-                "learn_below": learn, "min_spread": spread, "event_factor": event_factor, "settle": 1}
+    grid = itertools.product((4.0, 5.0, 6.0), (1.0, 1.5), (5.0, 8.0), (0.5, 1.0), (0.35, 0.5), (0.05, 0.08, 0.12),
+                             stats_options)
+    for threshold, slack, cusum, learn, spread, gap_spread, stats in grid:
+        rule = {"window": 4, "threshold": threshold, "slack": slack, "cusum_threshold": cusum,
+                "learn_below": learn, "min_spread": spread, "event_factor": 2.0, "settle": 1,
+                "gap_spread": gap_spread}
         allowed = stats_options[stats]
 
         def keep(key: str, allowed=allowed) -> bool:
@@ -302,3 +318,7 @@ def grid_search(runs: list[dict[str, Any]], max_false: int) -> list[tuple[int, i
         results.append((caught, s["quiet_false"], s["pre_change_false"], {**rule, "statistics": stats}))
     ok = [r for r in results if r[1] <= max_false]
     return sorted(ok, key=lambda r: (-r[0], r[1] + r[2]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
