@@ -137,6 +137,9 @@ def test_cli_newest_run_output_and_errors(tmp_path, capsys):
     assert (tmp_path / "logs" / "version_1" / REPORT_FILE).is_file()
     assert "2 runs" in capsys.readouterr().out
     out = tmp_path / "elsewhere" / "r.html"
+    assert cli_main([str(tmp_path / "logs" / "version_0"), "-o", str(out)]) == 2  # no directory made by a typo
+    assert "does not exist" in capsys.readouterr().err
+    out.parent.mkdir()
     assert cli_main([str(tmp_path / "logs" / "version_0"), "-o", str(out)]) == 0 and out.is_file()
     (tmp_path / "empty").mkdir()
     assert cli_main([str(tmp_path / "empty")]) == 2
@@ -155,7 +158,7 @@ def test_cli_as_module(tmp_path):
 
 @pytest.mark.parametrize("name", ["lightning_xai.render.panel", "lightning_xai.render.png",
                                   "lightning_xai.render.timeline", "lightning_xai.report.layout",
-                                  "lightning_xai.report.svg"])
+                                  "lightning_xai.report.markup", "lightning_xai.report.svg"])
 def test_doctests(name):
     import doctest
     import importlib

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
+import secrets
 from datetime import datetime, timezone
-from html import escape
 from pathlib import Path
 
-from lightning_xai.metrics.sanity import INPUT_WEIGHTED
 from lightning_xai.report.layout import chart_of, custom_scalars_layout
 from lightning_xai.report.logs import RunData, find_runs, load_run
+from lightning_xai.report.markup import Markup, document, element, fragment, markdown
 from lightning_xai.report.svg import line_chart
 
-__all__ = ["REPORT_FILE", "build_report", "save_report", "write_report"]
+__all__ = ["REPORT_FILE", "build_report", "load_newest", "report_path", "save_report", "write_report"]
 
 #: The report's file name, in the run's log directory.
 REPORT_FILE = "xai_report.html"
@@ -50,8 +51,8 @@ def _name(method: str) -> str:
     return _NAMES.get(method, method)
 
 
-def _img(png: bytes, alt: str) -> str:
-    return f'<img class="pix" alt="{escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+def _img(png: bytes, alt: str) -> Markup:
+    return element("img", class_="pix", alt=alt, src=f"data:image/png;base64,{base64.b64encode(png).decode()}")
 
 
 def _methods(data: RunData) -> list[str]:
@@ -112,26 +113,36 @@ def _evidence_moves(data: RunData, methods: list[str], events: list[tuple[int, d
     return out
 
 
-def _sanity_words(data: RunData, methods: list[str], threshold: float) -> list[str]:
+def _input_weighted() -> frozenset[str]:
+    # imported here: lightning_xai.metrics brings torchmetrics (seconds), which the report needs only for this name
+    from lightning_xai.metrics.sanity import INPUT_WEIGHTED
+
+    return frozenset(INPUT_WEIGHTED)
+
+
+def _sanity_words(data: RunData, methods: list[str], threshold: float) -> list[Markup]:
     out = []
     for m in methods:
         series = data.scalars.get(f"xai/{m}/sanity_similarity")
         if not series:
             continue
         value = series[-1][1]
+        name = element("b", _name(m))
         if value <= threshold:
-            out.append(f'<li><b>{_name(m)}</b>: similarity to a randomised model <span class="ok">{value:.2f}</span> '
-                       f"(at most {threshold:.2f}): the maps depend on the trained weights, as they should.</li>")
-        elif m in INPUT_WEIGHTED:  # how the method works, not a failure of this run
-            out.append(f"<li><b>{_name(m)}</b>: similarity to a randomised model {value:.2f} (above {threshold:.2f}), "
-                       "as expected: the method multiplies the gradient by the input (x - baseline), so its maps "
-                       "keep the image's structure whatever the weights (Adebayo et al. 2018 show the same for "
-                       "gradient x input). Read them for where the image's evidence lies; judge what the model "
-                       "learnt with the methods that pass.</li>")
+            out.append(element("li", name, ": similarity to a randomised model ",
+                               element("span", f"{value:.2f}", class_="ok"),
+                               f" (at most {threshold:.2f}): the maps depend on the trained weights, as they should."))
+        elif m in _input_weighted():  # how the method works, not a failure of this run
+            out.append(element("li", name, f": similarity to a randomised model {value:.2f} (above {threshold:.2f}), "
+                               "as expected: the method multiplies the gradient by the input (x - baseline), so its "
+                               "maps keep the image's structure whatever the weights (Adebayo et al. 2018 show the "
+                               "same for gradient x input). Read them for where the image's evidence lies; judge what "
+                               "the model learnt with the methods that pass."))
         else:
-            out.append(f'<li><b>{_name(m)}</b>: similarity to a randomised model <span class="warn">{value:.2f}'
-                       f"</span> (above {threshold:.2f}): the maps change little when the weights are destroyed, so "
-                       "they say little about what this model learnt; prefer a method that passes.</li>")
+            out.append(element("li", name, ": similarity to a randomised model ",
+                               element("span", f"{value:.2f}", class_="warn"),
+                               f" (above {threshold:.2f}): the maps change little when the weights are destroyed, so "
+                               "they say little about what this model learnt; prefer a method that passes."))
     return out
 
 
@@ -146,21 +157,16 @@ def _short_names(tags: list[str]) -> dict[str, str]:
     return names if len(set(names.values())) == len(names) else {t: "/".join(p) for t, p in zip(tags, parts)}
 
 
-def _markdown(text: str) -> str:
-    try:
-        import markdown  # a dependency of tensorboard
-
-        return markdown.markdown(text, extensions=["tables"])
-    except ImportError:  # pragma: no cover - tensorboard always brings it
-        return f"<pre>{escape(text)}</pre>"
-
-
 def build_report(data: RunData, *, sanity_threshold: float = 0.5) -> str:
     """The report of one run as an HTML string (self-contained: images as data URIs, charts as inline SVG).
 
     Sections: a summary in plain words (what was explained, when drift was flagged and where the evidence moved,
     the sanity check), the curves (the same charts as the TensorBoard dashboard), each method's timeline and last
     overlays, the drift events as logged, and a table of the quality metrics (first and last value).
+
+    Everything read from the logs (tags, texts, class names) is untrusted: the page is built with
+    :mod:`lightning_xai.report.markup` (escaped by construction) and carries a Content-Security-Policy that allows no
+    script at all.
 
     Args:
         data: the run's logs (:func:`~lightning_xai.report.load_run`).
@@ -171,12 +177,13 @@ def build_report(data: RunData, *, sanity_threshold: float = 0.5) -> str:
     steps = sorted({s for tag, series in xai.items() if tag.endswith("/stability") for s, _ in series})
     events = _drift_events(data, methods)
     x_label = "epoch" if data.scalars.get("epoch") else "step"
-    body = [f"<h1>lightning_xai report</h1><div class='meta'>{escape(str(data.path))} &middot; read from "
-            f"{'TensorBoard event files' if data.source == 'events' else 'the PNG/CSV/Markdown files'} &middot; "
-            f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}</div>"]
+    source = "TensorBoard event files" if data.source == "events" else "the PNG/CSV/Markdown files"
+    body: list[Markup] = [element("h1", "lightning_xai report"), element(
+        "div", f"{data.path} \u00b7 read from {source} \u00b7 {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        class_="meta")]
 
     # ---------------------------------------------------------------- summary in plain words
-    summary = []
+    summary: list[object] = []
     if steps:
         summary.append(f"Explained {len(steps)} times, from {_where(data, steps[0])} to {_where(data, steps[-1])}, "
                        f"with {', '.join(_name(m) for m in methods)}.")
@@ -185,20 +192,22 @@ def build_report(data: RunData, *, sanity_threshold: float = 0.5) -> str:
         for step, counts in events:
             flagged = ", ".join(f"{_name(m)} {n}" for m, n in counts.items()) or "alarm raised"
             parts.append(f"{_where(data, step)}: {flagged}")
-        summary.append('<span class="warn">Drift flagged</span> (probes flagged per method) at ' + "; ".join(parts)
-                       + ".")
+        summary.append(fragment(element("span", "Drift flagged", class_="warn"),
+                                " (probes flagged per method) at " + "; ".join(parts) + "."))
         summary.extend(_evidence_moves(data, methods, events))
     elif steps:
-        summary.append('<span class="ok">No drift flagged</span>: after the warm-up, no probe\'s map changed more '
-                       "than its own history allows.")
+        summary.append(fragment(element("span", "No drift flagged", class_="ok"),
+                                ": after the warm-up, no probe's map changed more than its own history allows."))
     finals = [f"{_name(m)} {xai[f'xai/{m}/stability'][-1][1]:.2f}" for m in methods if f"xai/{m}/stability" in xai]
     if finals:
         summary.append(f"Stability at the last explained epoch: {', '.join(finals)} (1 = the same map as the epoch "
                        "before).")
     sanity = _sanity_words(data, methods, sanity_threshold)
-    body.append("<h2>Summary</h2><ul class='summary'>" + "".join(f"<li>{s}</li>" for s in summary) + "</ul>")
+    body.append(element("h2", "Summary"))
+    body.append(element("ul", [element("li", s) for s in summary], class_="summary"))
     if sanity:
-        body.append("<h3>Sanity check (model randomisation)</h3><ul class='summary'>" + "".join(sanity) + "</ul>")
+        body.append(element("h3", "Sanity check (model randomisation)"))
+        body.append(element("ul", sanity, class_="summary"))
 
     # ---------------------------------------------------------------- curves: the dashboard's charts
     markers = [(_x(data, step), f"drift at {_where(data, step)}") for step, _ in events]
@@ -212,35 +221,35 @@ def build_report(data: RunData, *, sanity_threshold: float = 0.5) -> str:
         y_range = (0.0, 1.0) if any(w in title for w in ("stability", "overlap", "localisation", "sanity")) else None
         charts.append(line_chart(series, title=title, x_label=x_label, y_range=y_range, markers=markers))
     if charts:
-        body.append("<h2>Curves</h2><div class='charts'>" + "".join(charts) + "</div>")
+        body += [element("h2", "Curves"), element("div", charts, class_="charts")]
 
     # ---------------------------------------------------------------- pictures
     for m in methods:
-        pictures = []
+        pictures: list[Markup] = []
         timeline = data.latest("images", f"xai/{m}/timeline")
         if timeline is not None:
-            pictures.append(f"<figure>{_img(timeline[1], f'{m} timeline')}<figcaption>Each probe (row) across the "
-                            "explained epochs (columns); flagged probes outlined.</figcaption></figure>")
+            pictures.append(element("figure", _img(timeline[1], f"{m} timeline"), element(
+                "figcaption", "Each probe (row) across the explained epochs (columns); flagged probes outlined.")))
         overlays = data.images.get(f"xai/{m}/overlay", [])
         shown = []
         if events:
             shown += [o for o in overlays if o[0] == events[0][0]]
         if overlays and overlays[-1] not in shown:
             shown.append(overlays[-1])
-        panels = [f"<figure>{_img(png, f'{m} overlay')}<figcaption>{_where(data, step)}</figcaption></figure>"
+        panels = [element("figure", _img(png, f"{m} overlay"), element("figcaption", _where(data, step)))
                   for step, png in shown]
         if panels:
-            pictures.append("<div class='panels'>" + "".join(panels) + "</div>")
+            pictures.append(element("div", panels, class_="panels"))
         if pictures:
-            body.append(f"<h2>{escape(_name(m))}</h2>" + "".join(pictures))
+            body += [element("h2", _name(m)), *pictures]
 
     # ---------------------------------------------------------------- drift events as logged
     if events:
         texts = dict(data.texts.get("xai/drift", []))
-        items = [f"<div class='event'><h3>{_where(data, step)}</h3>{_markdown(texts[step])}</div>"
+        items = [element("div", element("h3", _where(data, step)), markdown(texts[step]), class_="event")
                  for step, _ in events if step in texts]
         if items:
-            body.append("<h2>Drift events</h2>" + "".join(items))
+            body += [element("h2", "Drift events"), *items]
 
     # ---------------------------------------------------------------- quality metrics
     rows = []
@@ -251,41 +260,87 @@ def build_report(data: RunData, *, sanity_threshold: float = 0.5) -> str:
         if tag.startswith("xai/agreement/"):
             meaning = "rank correlation between the two methods' maps"
         first, last = series[0][1], series[-1][1]
-        rows.append(f"<tr><td>{escape(tag)}</td><td class='num'>{first:.3f}</td><td class='num'>{last:.3f}</td>"
-                    f"<td>{escape(meaning)}</td></tr>")
+        rows.append(element("tr", element("td", tag), element("td", f"{first:.3f}", class_="num"),
+                            element("td", f"{last:.3f}", class_="num"), element("td", meaning)))
     if rows:
-        body.append("<h2>All metrics</h2><table><tr><th>key</th><th>first</th><th>last</th><th>meaning</th></tr>"
-                    + "".join(rows) + "</table>")
-    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>lightning_xai report</title>"
-            f"<style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>")
+        body += [element("h2", "All metrics"), element(
+            "table", element("tr", [element("th", h) for h in ("key", "first", "last", "meaning")]), rows)]
+    return str(document("lightning_xai report", body, css=_CSS))
+
+
+def load_newest(logdir: str | os.PathLike[str]) -> RunData:
+    """The newest run under ``logdir`` (itself or a sub-directory) that has lightning_xai logs.
+
+    Raises:
+        FileNotFoundError: ``logdir`` does not exist, or holds no lightning_xai logs.
+        NotADirectoryError: ``logdir`` is a file.
+    """
+    for run in find_runs(logdir):  # newest first; a directory without xai/ data (another logger's) is skipped
+        try:
+            return load_run(run)
+        except FileNotFoundError:
+            continue
+    raise FileNotFoundError(f"no lightning_xai logs (event files with xai/ scalars, or xai_scalars.csv) under "
+                            f"{str(logdir)!r}")
 
 
 def write_report(logdir: str | os.PathLike[str], output: str | os.PathLike[str] | None = None, *,
                  sanity_threshold: float = 0.5) -> Path:
     """Read a run's logs under ``logdir`` and write the report; returns its path.
 
-    ``logdir`` is a run directory or a parent of several (the newest run is used). The report goes to ``output``,
-    default ``<run directory>/xai_report.html``.
+    ``logdir`` is a run directory or a parent of several (the newest run is used). The report goes to ``output``
+    (a file, or an existing directory: ``<output>/xai_report.html``), default ``<run directory>/xai_report.html``.
     """
-    data = None
-    for run in find_runs(logdir):  # newest first; a directory without xai/ data (another logger's) is skipped
-        try:
-            data = load_run(run)
-            break
-        except FileNotFoundError:
-            continue
-    if data is None:
-        raise FileNotFoundError(f"no lightning_xai logs (event files with xai/ scalars, or xai_scalars.csv) under "
-                                f"{str(logdir)!r}")
-    return save_report(data, output, sanity_threshold=sanity_threshold)
+    return save_report(load_newest(logdir), output, sanity_threshold=sanity_threshold)
+
+
+def report_path(data: RunData, output: str | os.PathLike[str] | None = None) -> Path:
+    """Where :func:`save_report` writes: ``output``; ``<output>/xai_report.html`` if ``output`` is an existing
+    directory; ``<data.path>/xai_report.html`` without one.
+
+    Raises:
+        FileNotFoundError: the directory that would hold the report does not exist (it is not created: a typo in a
+            path should not make a new directory tree).
+        NotADirectoryError: that "directory" is a file.
+    """
+    path = Path(output) if output is not None else data.path / REPORT_FILE
+    if path.is_dir():
+        path = path / REPORT_FILE
+    parent = path.parent
+    if not parent.exists():
+        raise FileNotFoundError(f"cannot write the report to {str(path)!r}: the directory {str(parent)!r} does not "
+                                "exist")
+    if not parent.is_dir():
+        raise NotADirectoryError(f"cannot write the report to {str(path)!r}: {str(parent)!r} is a file, not a "
+                                 "directory")
+    return path
 
 
 def save_report(data: RunData, output: str | os.PathLike[str] | None = None, *, sanity_threshold: float = 0.5) -> Path:
-    """Write the report of ``data`` to ``output`` (default ``<data.path>/xai_report.html``); returns the path."""
-    path = Path(output) if output is not None else data.path / REPORT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    html = build_report(data, sanity_threshold=sanity_threshold)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, path)  # a reader never sees half a report
+    """Write the report of ``data`` (see :func:`report_path` for where); returns the path.
+
+    The write is atomic: the page goes to a hidden temporary file next to the target, which then replaces it, so a
+    reader never sees half a report; if anything fails, the temporary file is removed and the target is untouched.
+
+    Raises:
+        OSError: the report could not be written (the message names the path and the cause).
+    """
+    path = report_path(data, output)
+    html = build_report(data, sanity_threshold=sanity_threshold).encode("utf-8")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the user's umask applies
+        with os.fdopen(fd, "wb") as f:
+            f.write(html)
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        failure = type(err)(f"cannot write the report to {str(path)!r}: {err.strerror or err}")
+        failure.errno = err.errno
+        raise failure from err
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     return path
