@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_report_alarms import check_alarm_story
 from torch.utils.tensorboard import SummaryWriter
 
 from lightning_xai.report import REPORT_FILE, build_report, load_run, save_report, write_report
@@ -172,11 +173,16 @@ def test_report_from_hostile_class_names_in_a_real_run(tmp_path):
                                  display={"class_names": HOSTILE}, drift={"warmup_epochs": 2})
     trainer = pl.Trainer(callbacks=[monitor, _Reinitialise(4)], **trainer_kwargs(tmp_path, max_epochs=6))
     trainer.fit(TinyCNN(), datamodule=TinyDataModule())
-    assert any(record["alarm"] for record in monitor.history), "the re-initialisation should raise an alarm"
+    alarms = [r["epoch"] for r in monitor.history if r["alarm"]]
+    flagged_only = [r["epoch"] for r in monitor.history
+                    if not r["alarm"] and any(any(f) for f in r["flags"].values())]
+    assert alarms, "the re-initialisation should raise an alarm"
     html = (Path(trainer.logger.log_dir) / REPORT_FILE).read_text(encoding="utf-8")
     audit = assert_inert(html)
     shown = "".join(audit.text)
     assert any(name in shown for name in HOSTILE)  # the class names reached the page (drift text), as text
+    # the same real run tells the alarm story: only the alarm epochs are drift (issue 23)
+    check_alarm_story(html, alarms, flagged_only)
 
 
 # ---------------------------------------------------------------------------------------------- atomic, clean writes
