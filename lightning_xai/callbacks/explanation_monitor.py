@@ -743,12 +743,15 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                            if trainer.is_global_zero else None, what="writing the sanity check")
         failing = {k.split("/")[1]: v for k, v in scalars.items() if v > options["threshold"]}
         unexpected = {m: v for m, v in failing.items() if m not in INPUT_WEIGHTED}
+        passing = [k.split("/")[1] for k, v in scalars.items() if v <= options["threshold"]]
+        judge = (f"Judge what the model learnt with {' and '.join(passing)}, which pass" if passing else
+                 "No method passed: read every map with care")
         if warn and unexpected:  # a method that should depend on the weights and does not: worth a warning
             rank_zero_warn(
                 "ExplanationMonitor sanity check: the maps of "
                 + ", ".join(f"{m} (similarity {v:.2f})" for m, v in unexpected.items())
                 + " barely change when the model's weights are randomised, so they say little about what this model "
-                "learnt (Adebayo et al. 2018). Prefer the other methods' maps."
+                f"learnt (Adebayo et al. 2018). {judge}."
             )
         expected = {m: v for m, v in failing.items() if m in INPUT_WEIGHTED}
         if warn and expected:  # how the method works, every run: say what it means, once, without alarm
@@ -756,6 +759,6 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                 "ExplanationMonitor sanity check: "
                 + ", ".join(f"{m} maps stay {v:.2f} similar" for m, v in expected.items())
                 + " with randomised weights, as expected for a method weighted by the input (x - baseline): they show "
-                "where the image's evidence is; use grad_cam or saliency to judge what the model learnt."
+                f"where the image's evidence is. {judge}."
             )
         return scalars
