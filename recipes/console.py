@@ -47,6 +47,9 @@ class _Before(pl.Callback):
     def _round(self, trainer) -> None:
         self.clock["start"] = time.perf_counter()
         self.clock["rounds"] = len(self.monitor.history)
+        history = self.monitor.history
+        if history and history[-1]["epoch"] == trainer.current_epoch:
+            return  # explained at this epoch's validation already: nothing happens at its train-epoch end
         last = self.clock.get("last", 0.0)
         if trainer.is_global_zero and last >= self.slow and not trainer.sanity_checking:
             say(f"ExplanationMonitor: epoch {trainer.current_epoch}: explaining the probes (the last round took "

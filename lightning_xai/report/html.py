@@ -44,11 +44,16 @@ def _img(png: bytes, alt: str) -> Markup:
     return element("img", class_="pix", alt=alt, src=f"data:image/png;base64,{base64.b64encode(png).decode()}")
 
 
+#: Keys every explained method logs (``xai/{method}/{key}``); the views' keys (``xai/projector/silhouette``) are not.
+_METHOD_KEYS = ("stability", "drift", "overlay", "timeline")
+
+
 def _methods(data: RunData) -> list[str]:
     seen: list[str] = []
     for tag in [*data.scalars, *data.images]:
         m = _KEY.match(tag)
-        if m and m["method"] not in ("agreement", "drift") and m["method"] not in seen:
+        if (m and m["metric"] in _METHOD_KEYS and m["method"] not in ("agreement", "drift")
+                and m["method"] not in seen):
             seen.append(m["method"])
     order = list(_NAMES)
     return sorted(seen, key=lambda m: (order.index(m) if m in order else len(order), m))
