@@ -109,7 +109,7 @@ def check_report(html: str):
     assert "probes flagged Grad-CAM 3, saliency 0, Integrated Gradients 0" in html
     assert "0.50 before the alarm, 0.10 at it, 0.10 at the end (the evidence moved off the object)" in html
     assert "Integrated Gradients</b>: similarity to a randomised model 0.70 (above 0.50), as expected" in html
-    assert "judge what the model learnt with Grad-CAM, which pass" in html
+    assert "judge what the model learnt with Grad-CAM, which passes" in html
     assert "the maps depend on the trained weights" in html  # Grad-CAM passes
     assert "<table>" in html and "<td>grad_cam</td>" in html  # the drift text's Markdown table, rendered
     assert html.count("<svg") >= 4 and "http://" not in html.replace("http://www.w3.org/2000/svg", "")

@@ -777,7 +777,8 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         failing = {k.split("/")[1]: v for k, v in scalars.items() if v > options["threshold"]}
         unexpected = {m: v for m, v in failing.items() if m not in INPUT_WEIGHTED}
         passing = [k.split("/")[1] for k, v in scalars.items() if v <= options["threshold"]]
-        judge = (f"Judge what the model learnt with {' and '.join(passing)}, which pass" if passing else
+        judge = (f"Judge what the model learnt with {' and '.join(passing)}, which "
+                 f"{'pass' if len(passing) > 1 else 'passes'}" if passing else
                  "No method passed: read every map with care")
         if warn and unexpected:  # a method that should depend on the weights and does not: worth a warning
             rank_zero_warn(

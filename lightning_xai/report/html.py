@@ -203,7 +203,8 @@ def _sanity_words(data: RunData, methods: list[str], threshold: float) -> list[M
     values = {m: data.scalars[f"xai/{m}/sanity_similarity"][-1][1] for m in methods
               if data.scalars.get(f"xai/{m}/sanity_similarity")}
     passing = [_name(m) for m, v in values.items() if v <= threshold]
-    judge = (f"judge what the model learnt with {' and '.join(passing)}, which pass" if passing else
+    judge = (f"judge what the model learnt with {' and '.join(passing)}, which "
+             f"{'pass' if len(passing) > 1 else 'passes'}" if passing else
              "no method passed here, so read every map with care")
     out = []
     for m, value in values.items():
