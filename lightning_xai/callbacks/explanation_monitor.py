@@ -1,4 +1,4 @@
-"""ExplanationMonitor: explain a fixed probe set at epoch ends, log overlays and stability, flag drift.
+"""ExplanationMonitor: explain a fixed probe set at epoch ends, log overlays and stability, raise drift alarms.
 
 This module is orchestration only: *when* to explain, *which rank* does what, *what* goes into the checkpoint. The
 work is done by named collaborators, each testable without a Trainer:
@@ -86,7 +86,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
 
     **Stability** of a probe under a method is the Spearman rank correlation between its heatmap and the one of the
     previous explained epoch (both average-pooled to ``drift['size']`` squared); 1.0 means unchanged. **Drift**: see
-    :class:`~lightning_xai.drift.DriftDetector`, configured by ``drift``. Each drift event triggers one warning, a
+    :class:`~lightning_xai.drift.DriftDetector`, configured by ``drift``. Each drift alarm triggers one warning, a
     text entry and ``on_drift(report)`` if given.
 
     Args:
@@ -122,7 +122,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         view_options: Options per view, ``{view: {option: value}}``, the keyword arguments of its class in
             :data:`lightning_xai.views.VIEWS` (e.g. ``{"activation_max": {"steps": 32, "every_n_epochs": 2}}``),
             plus ``"pool": {"size": N}``.
-        on_drift: Called as ``on_drift(report)`` on every rank when drift is flagged.
+        on_drift: Called as ``on_drift(report)`` on every rank at every drift alarm.
         on_error: ``"warn"`` skips an epoch whose explanation fails (on every rank, so DDP never hangs);
             ``"raise"`` stops training.
         max_overhead: ``None``, or the largest share of the training wall time the monitor may take, in ``(0, 1)``:
@@ -536,7 +536,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
 
     def write_timelines(self, trainer: pl.Trainer) -> list[str]:
         """Log each method's timeline now, as ``xai/{method}/timeline`` at the current step: a row per probe, a column
-        per explained epoch (up to 12: the first, the last, those with drift, evenly spread), flagged probes outlined.
+        per explained epoch (up to 12: the first, the last, the alarm epochs, evenly spread), flagged probes outlined.
         Called at the end of fit; call it on rank 0 whenever you want one earlier. Returns the tags written."""
         if not trainer.is_global_zero or self.probe_set is None:
             return []
@@ -776,12 +776,16 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                            if trainer.is_global_zero else None, what="writing the sanity check")
         failing = {k.split("/")[1]: v for k, v in scalars.items() if v > options["threshold"]}
         unexpected = {m: v for m, v in failing.items() if m not in INPUT_WEIGHTED}
+        passing = [k.split("/")[1] for k, v in scalars.items() if v <= options["threshold"]]
+        judge = (f"Judge what the model learnt with {' and '.join(passing)}, which "
+                 f"{'pass' if len(passing) > 1 else 'passes'}" if passing else
+                 "No method passed: read every map with care")
         if warn and unexpected:  # a method that should depend on the weights and does not: worth a warning
             rank_zero_warn(
                 "ExplanationMonitor sanity check: the maps of "
                 + ", ".join(f"{m} (similarity {v:.2f})" for m, v in unexpected.items())
                 + " barely change when the model's weights are randomised, so they say little about what this model "
-                "learnt (Adebayo et al. 2018). Prefer the other methods' maps."
+                f"learnt (Adebayo et al. 2018). {judge}."
             )
         expected = {m: v for m, v in failing.items() if m in INPUT_WEIGHTED}
         if warn and expected:  # how the method works, every run: say what it means, once, without alarm
@@ -789,6 +793,6 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                 "ExplanationMonitor sanity check: "
                 + ", ".join(f"{m} maps stay {v:.2f} similar" for m, v in expected.items())
                 + " with randomised weights, as expected for a method weighted by the input (x - baseline): they show "
-                "where the image's evidence is; use grad_cam or saliency to judge what the model learnt."
+                f"where the image's evidence is. {judge}."
             )
         return scalars
