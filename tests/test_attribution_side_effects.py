@@ -9,6 +9,7 @@ from torch import nn
 
 from lightning_xai.attribution import (
     METHODS,
+    NotApplicable,
     available_methods,
     explain,
     explain_detailed,
@@ -19,7 +20,6 @@ from lightning_xai.attribution import (
     preserved_state,
     saliency,
 )
-from lightning_xai.attribution._attention import NotApplicable
 
 CALLS = {
     "explain": lambda net, x, t: explain(net, x, t, n_steps=3),

@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from attribution_helpers import tiny_cnn
 from vit_reference import timm_forward, timm_vit, to_image, torchvision_forward, torchvision_vit, train_one_patch_vit
 
-from lightning_xai.attribution import available_methods, explain, explain_detailed
-from lightning_xai.attribution._attention import NotApplicable
+from lightning_xai.attribution import NotApplicable, available_methods, explain, explain_detailed
 
 METHOD = "transformer_attribution"
 
