@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ from lightning_xai.attribution import _batching
 from lightning_xai.attribution._engine import Context
 
 __all__ = ["AttentionCapture", "NotApplicable", "attention_modules", "capture_attention", "class_token_map",
-           "token_layout"]
+           "class_token_relevance", "token_layout"]
 
 
 class NotApplicable(RuntimeError):
@@ -149,14 +149,19 @@ def capture_attention(modules: list[nn.Module]) -> Iterator[AttentionCapture]:
             module.fused_attn = flag
 
 
-def block_attention(ctx: Context, method: str, *, gradients: bool) -> tuple[list[Tensor], list[Tensor] | None]:
-    """Every block's attention ``(N, heads, T, T)`` float at the inputs and, with ``gradients``, the target score's
-    gradient with respect to it (``torch.autograd.grad``), in chunks of the call's batch size."""
+def class_token_relevance(ctx: Context, method: str, combine: Callable[[list[Tensor], list[Tensor] | None], Tensor],
+                          *, gradients: bool) -> Tensor:
+    """The class token's row ``(N, T)`` of ``combine(attention, gradients) -> (n, T, T)``, chunk by chunk.
+
+    ``attention``: every block's attention probabilities ``(n, heads, T, T)`` float at the inputs, in the order the
+    blocks ran; ``gradients`` (with ``gradients=True``, else ``None``): the target score's gradient with respect to
+    each (``torch.autograd.grad``). Chunks hold the call's batch size; only the class row is kept (a ViT-B/16 at
+    224 px holds ~22 MB of attention per probe).
+    """
     engine = ctx.engine
     modules = attention_modules(engine.net, method)
     rows = engine.rows or _batching.PROBE_ROWS
-    maps: list[list[Tensor]] = []
-    grads: list[list[Tensor]] = []
+    out: list[Tensor] = []
     for start in range(0, ctx.n, rows):
         xs, tgt = ctx.x[start:start + rows].detach(), ctx.target[start:start + rows]
         if engine.channels_last:
@@ -166,23 +171,21 @@ def block_attention(ctx: Context, method: str, *, gradients: bool) -> tuple[list
                 stack.enter_context(torch.no_grad())
             capture = stack.enter_context(capture_attention(modules))
             with engine.autocast():
-                out = engine.net(xs)
-            logits = engine.logits(out, xs.shape[0], tgt)
+                logits = engine.logits(engine.net(xs), xs.shape[0], tgt)
         if not capture.maps:
             raise NotApplicable(f"{method}: none of the model's attention modules ran during the forward pass")
+        grads = None
         if gradients:
-            score = logits.gather(1, tgt.unsqueeze(1)).sum()
-            found = torch.autograd.grad(score, capture.maps, allow_unused=True)
-            grads.append([torch.zeros_like(a) if g is None else g.detach() for a, g in zip(capture.maps, found)])
-        maps.append([a.detach() for a in capture.maps])
-    per_block = [torch.cat([chunk[i] for chunk in maps]).float() for i in range(len(maps[0]))]
-    if not gradients:
-        return per_block, None
-    return per_block, [torch.cat([chunk[i] for chunk in grads]).float() for i in range(len(grads[0]))]
+            found = torch.autograd.grad(logits.gather(1, tgt.unsqueeze(1)).sum(), capture.maps, allow_unused=True)
+            grads = [torch.zeros_like(a, dtype=torch.float) if g is None else g.detach().float()
+                     for a, g in zip(capture.maps, found)]
+        with torch.no_grad():
+            out.append(combine([a.detach().float() for a in capture.maps], grads)[:, 0])
+    return torch.cat(out)
 
 
-def class_token_map(relevance: Tensor, ctx: Context, method: str) -> Tensor:
-    """The class token's row ``relevance[:, 0]`` over the patch tokens, as ``(N, 1, H, W)`` (bilinear upsampling)."""
-    prefix, grid = token_layout(ctx.engine.net, tuple(ctx.x.shape[-2:]), relevance.shape[-1], method)
-    patches = relevance[:, 0, prefix:].reshape(-1, 1, *grid)
+def class_token_map(row: Tensor, ctx: Context, method: str) -> Tensor:
+    """The class token's row ``(N, T)`` over the patch tokens, as ``(N, 1, H, W)`` (bilinear upsampling)."""
+    prefix, grid = token_layout(ctx.engine.net, tuple(ctx.x.shape[-2:]), row.shape[-1], method)
+    patches = row[:, prefix:].reshape(-1, 1, *grid)
     return F.interpolate(patches, size=tuple(ctx.x.shape[-2:]), mode="bilinear", align_corners=False)

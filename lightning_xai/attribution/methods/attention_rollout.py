@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from lightning_xai._validation import Option
-from lightning_xai.attribution._attention import block_attention, class_token_map
+from lightning_xai.attribution._attention import class_token_map, class_token_relevance
 from lightning_xai.attribution._engine import Context, Shared
 from lightning_xai.attribution._registry import Method, option, register
 
@@ -29,7 +29,7 @@ def rollout(attention: list[Tensor], head_fusion: str = "mean") -> Tensor:
         step = fused + eye
         step = step / step.sum(dim=-1, keepdim=True)
         result = step if result is None else step @ result
-    assert result is not None  # block_attention returns at least one block
+    assert result is not None  # class_token_relevance passes at least one block
     return result
 
 
@@ -61,5 +61,6 @@ class AttentionRollout(Method):
     }
 
     def compute(self, ctx: Context, shared: Shared) -> Tensor:
-        attention, _ = block_attention(ctx, self.name, gradients=False)
-        return class_token_map(rollout(attention, self.opts["head_fusion"]), ctx, self.name).to(ctx.x.dtype)
+        fusion = self.opts["head_fusion"]
+        row = class_token_relevance(ctx, self.name, lambda attention, _: rollout(attention, fusion), gradients=False)
+        return class_token_map(row, ctx, self.name).to(ctx.x.dtype)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_xai.attribution._attention import block_attention, class_token_map
+from lightning_xai.attribution._attention import class_token_map, class_token_relevance
 from lightning_xai.attribution._engine import Context, Shared
 from lightning_xai.attribution._registry import Method, register
 
 
-def relevance(attention: list[Tensor], gradients: list[Tensor]) -> Tensor:
+def relevance(attention: list[Tensor], gradients: list[Tensor] | None) -> Tensor:
     """``R = I``, then per block ``R <- R + mean_h[(dS/dA * A)^+] @ R``, ``(N, T, T)``."""
+    assert gradients is not None  # class_token_relevance(..., gradients=True)
     first = attention[0]
     n, tokens = first.shape[0], first.shape[-1]
     rel = torch.eye(tokens, dtype=first.dtype, device=first.device).expand(n, tokens, tokens)
@@ -46,6 +47,5 @@ class TransformerAttribution(Method):
     requires = "class-token vision transformer"
 
     def compute(self, ctx: Context, shared: Shared) -> Tensor:
-        attention, gradients = block_attention(ctx, self.name, gradients=True)
-        assert gradients is not None
-        return class_token_map(relevance(attention, gradients), ctx, self.name).to(ctx.x.dtype)
+        row = class_token_relevance(ctx, self.name, relevance, gradients=True)
+        return class_token_map(row, ctx, self.name).to(ctx.x.dtype)
