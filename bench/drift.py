@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("command", choices=("record", "report", "curve", "pool", "list", "trace", "tune"))
     parser.add_argument("--part", choices=("tune", "eval", "all"), default="eval")
     parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument("--cache", default=CACHE)
+    parser.add_argument("--cache", default=os.environ.get("DRIFT_BENCH_CACHE", "/tmp/drift_suite_cache"))
     parser.add_argument("--detector", nargs="*", default=[], metavar="KEY=VALUE",
                         help="DriftDetector keyword arguments for the replay, e.g. sigmas=3")
     parser.add_argument("--rows", action="store_true", help="print one line per run")
@@ -237,25 +237,45 @@ def main(argv: list[str] | None = None) -> None:
         print_curve(runs, options, args.part)
     elif args.command == "pool":
         for pool in (16, 32, 64, 128):
-            _, summary = evaluate(runs, lambda: DriftDetector(**options), pool=pool)
+            summary = rule_summary(runs, stream_values(runs, pool), **options)
             print_summary(summary, f"{args.part}, pool {pool}")
 
 
+def default_rule(**overrides: Any) -> tuple[dict[str, Any], Any]:
+    """The default detector's rule constants and its stream filter (what DriftDetector() decides with)."""
+    det = DriftDetector()
+    rule = {k: getattr(det, k) for k in ("window", "threshold", "slack", "cusum_threshold", "learn_below",
+                                         "min_spread", "event_factor", "settle", "gap_spread")}
+    rule.update(overrides)
+    stats = det.statistics
+    return rule, (lambda key: key.split("|", 1)[1].split("/")[0] in stats)
+
+
+def rule_summary(runs: list[dict[str, Any]], values: list[list[dict[str, float]]], **overrides: Any) -> dict:
+    rule, keep = default_rule(**overrides)
+    warmup = DriftDetector().warmup_epochs
+    rows = [score_run(run, rule_alarms(run, vals, warmup, keep, **rule), warmup) for run, vals in zip(runs, values)]
+    return summarise(rows)
+
+
 def print_curve(runs: list[dict[str, Any]], options: dict[str, Any], part: str) -> None:
-    """Detection in time per group and false-alarm epochs as the alarm threshold varies (the operating curve)."""
-    default = DriftDetector(**options).threshold
-    print(f"operating curve on part {part!r} (default threshold {default:g})")
+    """Detection in time per group and false-alarm epochs as the alarm thresholds vary (the operating curve): both
+    the sudden threshold and the CUSUM threshold are scaled by the same factor."""
+    values = stream_values(runs)
+    rule, _ = default_rule(**options)
+    print(f"operating curve on part {part!r} (default: threshold {rule['threshold']:g}, "
+          f"cusum_threshold {rule['cusum_threshold']:g}; factor 1.00)")
     header = None
-    for factor in (0.6, 0.7, 0.8, 0.9, 1.0, 1.15, 1.3, 1.5, 2.0):
-        threshold = default * factor
-        _, summary = evaluate(runs, lambda t=threshold: DriftDetector(**{**options, "threshold": t}))
+    for factor in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2, 1.4, 1.7, 2.0):
+        summary = rule_summary(runs, values, **{**options, "threshold": rule["threshold"] * factor,
+                                                "cusum_threshold": rule["cusum_threshold"] * factor})
         groups = sorted(summary["groups"])
         if header is None:
             header = groups
-            print(f"{'threshold':>9} {'false/quiet epochs':>18} " + " ".join(f"{g:>15}" for g in groups))
+            print(f"{'factor':>6} {'false/quiet':>12} {'false/pre':>10} " + " ".join(f"{g:>15}" for g in groups))
         cells = " ".join(f"{summary['groups'][g][0]:>7}/{summary['groups'][g][1]:<7}" for g in groups)
-        print(f"{threshold:>9.2f} {summary['quiet_false']:>8}/{summary['quiet_epochs']:<9} {cells}")
-
+        print(f"{factor:>6.2f} {summary['quiet_false']:>5}/{summary['quiet_epochs']:<6} "
+              f"{summary['pre_change_false']:>4}/{summary['pre_change_epochs']:<5} {cells}")
 
 
 # ---------------------------------------------------------------------------------------------------- tuning

@@ -83,7 +83,7 @@ def test_config_messages_name_the_argument_as_written():
         config(method_options={"integrated_gradients": {"n_steps": 1}})
     with pytest.raises(ValueError, match=r"method_options\['integrated_gradients'\]\['max_steps'\]=8.*>= n_steps \(16\)"):
         config(method_options={"integrated_gradients": {"max_steps": 8}})
-    with pytest.raises(ValueError, match=r"`drift\['window'\]` must be an int >= 2, got 0"):
+    with pytest.raises(ValueError, match=r"`drift\['window'\]` must be an int in \[2, 1000\], got 0"):
         config(drift={"window": 0})
     with pytest.raises(ValueError, match=r"drift\['size'\]=1"):
         config(drift={"size": 1})

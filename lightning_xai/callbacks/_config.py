@@ -45,12 +45,20 @@ class DriftOptions(TypedDict, total=False):
     warmup_epochs: int
     window: int
     horizon: int
-    sigmas: float
+    threshold: float
+    slack: float
+    cusum_threshold: float
+    learn_below: float
     min_spread: float
-    mass_drop: float
+    event_factor: float
+    settle: int
+    gap_spread: float
+    statistics: list[str]
     probe_sigmas: float
     size: int
     topk: float
+    pool_size: int | str
+    pool_from: str
 
 
 class ProbeOptions(TypedDict, total=False):
