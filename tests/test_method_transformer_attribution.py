@@ -111,3 +111,17 @@ def test_no_side_effects_on_a_vit_in_training_state():
     hooks = sum(len(m._forward_hooks) + len(m._forward_hooks_with_kwargs) + len(m._forward_pre_hooks)
                 for m in net.modules())
     assert hooks == 0
+
+
+def test_under_inference_mode_and_bf16_autocast():
+    from lightning_xai.metrics.stability import spearman_similarity
+
+    net = timm_vit()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    ref = explain(net, x, 1, methods=(METHOD,))[METHOD]
+    with torch.inference_mode():  # Lightning's validation hooks on a single device
+        inside = explain(net, x.clone(), 1, methods=(METHOD,))[METHOD]
+    torch.testing.assert_close(inside, ref, rtol=0, atol=0)
+    low = explain(net, x, 1, methods=(METHOD,), autocast_dtype=torch.bfloat16)[METHOD]
+    assert low.dtype == torch.float32 and torch.isfinite(low).all()
+    assert spearman_similarity(low, ref, size=4).min() > 0.9  # measured 0.99
