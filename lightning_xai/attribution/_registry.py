@@ -102,6 +102,9 @@ class Method:
     uses_layer: ClassVar[bool] = False
     # Forward + backward passes per probe, in words, for the docs table (e.g. "0 inside IG, else 1").
     cost: ClassVar[str] = ""
+    # The kind of model the method needs, in words (e.g. "class-token vision transformer"); None: any classifier.
+    # Such a method raises a clear error on other models (the monitor's setup dry run leaves it out with the cause).
+    requires: ClassVar[str | None] = None
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         self.opts = dict(options)
