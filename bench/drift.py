@@ -195,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="DriftDetector keyword arguments for the replay, e.g. sigmas=3")
     parser.add_argument("--rows", action="store_true", help="print one line per run")
     parser.add_argument("--no-masks", action="store_true", help="replay without object masks (no mass streams)")
+    parser.add_argument("--pool-sizes", type=int, nargs="+", default=[16, 32, 64, 128],
+                        help="pool: detection pool sizes to compare (16: the display probes only)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     global NO_MASKS, CACHE
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "curve":
         print_curve(runs, options, args.part)
     elif args.command == "pool":
-        for pool in (16, 32, 64, 128):
+        for pool in args.pool_sizes:
             summary = rule_summary(runs, stream_values(runs, pool), **options)
             print_summary(summary, f"{args.part}, pool {pool}")
 
