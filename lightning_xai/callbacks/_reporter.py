@@ -16,7 +16,7 @@ from lightning_xai.callbacks._compat import rank_zero_warn
 from lightning_xai.probes import ProbeSet
 from lightning_xai.render import WARN_COLOR, ProbeRenderer, Timeline
 from lightning_xai.report import custom_scalars_layout, load_run, save_report
-from lightning_xai.writers import BackgroundWrites, MultiSink, SinkError, sinks_for_loggers
+from lightning_xai.writers import BackgroundWrites, MultiSink, SinkError, sinks_for_loggers, write_each
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -189,6 +189,7 @@ class Reporter:
             d = self.display
             self._renderer = ProbeRenderer(images, alpha=d["alpha"], colormap=d["colormap"], mean=d["mean"],
                                            std=d["std"])
+        writes = []
         for m, heatmaps in maps.items():
             # groups of 8 probes: each panel fills TensorBoard's default image card at full size
             panels, tiles = self._renderer.render_groups(heatmaps, labels, title=f"{m} | epoch {epoch}",
@@ -196,8 +197,11 @@ class Reporter:
             self.timeline.add(m, epoch, tiles, flagged[m])
             for group, (panel, start, stop) in enumerate(panels):
                 tag = self.tag(f"xai/{m}/overlay" if group == 0 else f"xai/{m}/overlay/{group + 1}")
-                sink.add_image(tag, panel, step, caption=f"{m}, epoch {epoch}, step {step}, probes {start + 1}-{stop}")
-        sink.flush()
+                caption = f"{m}, epoch {epoch}, step {step}, probes {start + 1}-{stop}"
+                writes.append((tag, lambda tag=tag, panel=panel, caption=caption:
+                               sink.add_image(tag, panel, step, caption=caption)))
+        # one image's failure (an upload refused) is not the other images': each is tried, failures raised after
+        write_each([*writes, ("flush", sink.flush)], "overlay images")
         # it overlaps training but takes a core from it: part of what the monitor costs
         self.background_seconds = time.perf_counter() - began
 
@@ -209,13 +213,14 @@ class Reporter:
         if not sink.supports_images:
             return []
         labels = [label.replace(" ", "\n", 1) for label in probe_labels(probes, class_names)]
-        tags = []
+        tags, writes = [], []
         for m in self.timeline.methods:
             tag = f"xai/{m}/timeline"
-            sink.add_image(tag, self.timeline.image(m, labels), trainer.global_step,
-                           caption=f"{m}: each probe across the explained epochs")
+            writes.append((tag, lambda tag=tag, m=m: sink.add_image(
+                tag, self.timeline.image(m, labels), trainer.global_step,
+                caption=f"{m}: each probe across the explained epochs")))
             tags.append(tag)
-        sink.flush()
+        write_each([*writes, ("flush", sink.flush)], "timeline images")
         return tags
 
     def write_report(self, trainer: pl.Trainer, *, sanity_threshold: float = 0.5) -> str | None:

@@ -43,6 +43,7 @@ from lightning_xai.callbacks._config import (
     ProbeOptions,
     build_config,
 )
+from lightning_xai.callbacks._failures import FailureLog
 from lightning_xai.callbacks._probes import ProbeSetup, check_monitors, check_strategy, train_batch_size
 from lightning_xai.callbacks._reporter import Reporter, drift_text
 from lightning_xai.callbacks._round import DistributedRound, ProbeExplainer, module_device
@@ -64,6 +65,19 @@ if TYPE_CHECKING:  # either package's classes; only for the annotations
 
 _STATE_VERSION = 2
 _OVERHEAD = "xai/overhead"
+
+
+def undefined_similarity(scalars: dict[str, float], methods: Sequence[str]) -> list[str]:
+    """Methods for which no probe had a defined similarity this round (every map, or the one compared with, is
+    degenerate): their ``stability`` and ``topk_overlap`` are set to 0.0 in ``scalars`` (no similarity shown, never
+    "stable", never NaN), so a key others monitor exists from the first epoch. Returns those methods."""
+    out = []
+    for m in methods:
+        if f"xai/{m}/stability" not in scalars:
+            scalars[f"xai/{m}/stability"] = 0.0
+            scalars.setdefault(f"xai/{m}/topk_overlap", 0.0)
+            out.append(m)
+    return out
 
 
 class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Lightning package
@@ -138,9 +152,10 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             ``perturbation`` (``"blur"``, ``"mean"`` or ``"zero"``). ``sanity``: ``layers`` (``None``: all; layers
             re-initialised from the output side), ``threshold`` (0.5; warn when a method's mean similarity to its
             randomised-model maps exceeds it).
-        drift: Drift detection: the keyword arguments of :class:`~lightning_xai.drift.DriftDetector` (e.g.
-            ``threshold``, ``warmup_epochs``, ``window``) plus ``size`` (16, side of the pooled maps compared) and
-            ``topk`` (0.1, share of pixels in the top-k overlap).
+        drift: Drift detection: ``size`` (16, side of the pooled maps compared, at most 128), ``topk`` (0.1, share of
+            pixels in the top-k overlap) and the keyword arguments of :class:`~lightning_xai.drift.DriftDetector`:
+            ``warmup_epochs``, ``window``, ``horizon``, ``sigmas``, ``min_spread``, ``mass_drop``,
+            ``probe_sigmas`` (each key, its bounds and meaning: ``lightning_xai.callbacks._config.DRIFT_OPTIONS``).
         display: How overlays look: ``mean`` and ``std`` (per-channel normalisation of the inputs, to show probes in
             their real colours), ``class_names`` (``None``: the dataset's ``classes``), ``colormap`` (``"jet"``,
             ``"inferno"``, ``"viridis"``), ``alpha`` (0.5, heatmap opacity).
@@ -219,7 +234,8 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self.config: MonitorConfig = config
         self._probes = ProbeSetup(config)
         self._explainer = ProbeExplainer(config)
-        self._round = DistributedRound(config.on_error, warn=rank_zero_warn)
+        self._failures = FailureLog(rank_zero_warn)  # a persistent failure warns once, repeats are summed up
+        self._round = DistributedRound(config.on_error, warn=self._failures.warn)
         self._tracker = DriftTracker(config.methods, config.size, config.detector_options, config.drift["topk"])
         self._last_lrs: list[float] | None = None  # learning rates at the last explained round (schedule steps)
         self._reporter = Reporter(config.methods, config.display, config.log_images)
@@ -290,6 +306,12 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
     def logged_keys(self) -> set[str]:
         """Every scalar key this monitor can log (stability and drift, and the chosen measures')."""
         return {self._key(k) for k in self._base_keys()}
+
+    @staticmethod
+    def _layout_keys(trainer: pl.Trainer) -> set[str]:
+        # TensorBoard shows the first custom-scalars layout of a run: each monitor writes every monitor's keys, so
+        # two monitors in one Trainer never hide each other's charts
+        return set().union(*(cb.logged_keys() for cb in trainer.callbacks if isinstance(cb, ExplanationMonitor)))
 
     def _base_keys(self) -> set[str]:
         return self._tracker.keys() | measure_keys(self.config.metrics, self.config.methods) | {_OVERHEAD}
@@ -367,9 +389,11 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self._cost_said, self._spacing_said, self._next_epoch, self._start_cost = False, False, 0, 0.0
         self._tracker.reset()
         self._reporter.reset()
+        self._failures.reset()
         self._probes.select_for(trainer)
         with muted_logging(pl_module):  # setup's forwards: a self.log() in forward would fail here
-            self._probes.validate(pl_module, lambda: train_batch_size(trainer))
+            self._probes.validate(pl_module, lambda: train_batch_size(trainer), world_size=trainer.world_size,
+                                  views=self._views)
         self._explainer.layer_name = self._probes.layer_name
         self._explainer.layer_reshape = self._probes.layer_reshape
         self._dry_run(trainer, pl_module)
@@ -416,8 +440,13 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                                    class_names=self.class_names, input_key=options["input_key"],
                                    label_key=options["label_key"], mask_key=options["mask_key"],
                                    seed=options["seed"])
+            self._views.check_model(model, layer, probes.images[:1].to(module_device(model)),
+                                    output_transform=self.config.output_transform, owner="ExplanationMonitor",
+                                    budget_bytes=self._probes.budget_bytes(model))
         except (ValueError, TypeError, RuntimeError) as err:
-            raise MisconfigurationException(f"ExplanationMonitor (views={self.config.views}): {err}") from err
+            message = str(err) if str(err).startswith("ExplanationMonitor") else \
+                f"ExplanationMonitor (views={self.config.views}): {err}"
+            raise MisconfigurationException(message) from err
 
     def _run_views(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Rank 0 computes and writes the views (no collectives inside); every rank learns whether that failed."""
@@ -442,7 +471,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                            "the heatmaps were written")
                 if self.config.on_error == "raise":  # raised inside the agreement: every rank stops
                     raise RuntimeError(message) from error
-                rank_zero_warn(f"{message}; training continues (set on_error='raise' to stop instead).")
+                self._failures.warn(f"{message}; training continues (set on_error='raise' to stop instead).")
 
         self._round.agreed(trainer, run, what="views")
 
@@ -496,6 +525,9 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                                       what="writing the timelines and the report")
         if ok and path:
             rank_zero_info(f"ExplanationMonitor: report written to {path}")
+        summary = self._failures.summary()
+        if summary:
+            rank_zero_warn(summary)
 
     def _end_of_fit(self, trainer: pl.Trainer) -> str | None:
         if self.probe_set is None or not self._tracker.history:
@@ -598,7 +630,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             if trainer.is_global_zero:
                 self._reporter.write_epoch(trainer, probes=self.probe_set, results=results, scalars=scalars,
                                            histograms=histograms, text=text, class_names=self.class_names,
-                                           flags=record.get("flags"), layout_keys=self.logged_keys())
+                                           flags=record.get("flags"), layout_keys=self._layout_keys(trainer))
 
         # rank 0 writes; a failure there is still agreed on, so no rank goes on alone to the next collective
         self._round.agreed(trainer, write, what="writing")
@@ -619,6 +651,13 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                                                        masks=probes.masks, labels=probes.labels,
                                                        probe_ids=probes.ids.tolist(), class_names=self.class_names,
                                                        event=event)
+        for method in undefined_similarity(scalars, self.config.methods):
+            self._reporter.warn_once(
+                f"undefined/{method}", f"ExplanationMonitor: at epoch {trainer.current_epoch} no probe's {method} map "
+                "could be compared with the one before (degenerate maps, all zero or constant: e.g. a head "
+                f"initialised to zero, or such maps before training); xai/{method}/stability and topk_overlap are "
+                f"logged as 0.0 (no similarity shown, never 'stable') and xai/{method}/degenerate counts those "
+                "probes. Warned once.")
         measured = run_measures(measures, self._context(results), self.config.metric_options)
         scalars.update(measured.scalars)
         record.update(measured.per_probe)

@@ -150,12 +150,17 @@ def caption(
 
 
 
-@lru_cache(maxsize=4096)
-def _line_mask(text: str, max_width: int, size: int) -> np.ndarray:
-    """Coverage mask ``(line_height, w, 1)`` (int32, 0-255) of one line of text, truncated to ``max_width`` pixels.
+#: Lines of text kept drawn (each cache): enough for every caption of a round, bounded so that lines seen once (a
+#: title with the epoch, a probability) do not pile up over a long run (4096 lines grew the monitor ~0.5 MB/epoch).
+TEXT_CACHE_LINES = 512
 
-    Cached: probe ids, labels and titles repeat from epoch to epoch and across methods, so most lines are drawn once
-    per run.
+
+@lru_cache(maxsize=TEXT_CACHE_LINES)
+def _line_mask(text: str, max_width: int, size: int) -> np.ndarray:
+    """Coverage mask ``(line_height, w, 1)`` (uint8, 0-255) of one line of text, truncated to ``max_width`` pixels.
+
+    Cached (:data:`TEXT_CACHE_LINES` lines): probe ids, labels and titles repeat from epoch to epoch and across
+    methods, so most lines are drawn once per run.
     """
     font, line_height, unicode_ok = _font(size)
     text = " ".join(text.splitlines())
@@ -164,11 +169,11 @@ def _line_mask(text: str, max_width: int, size: int) -> np.ndarray:
     probe = ImageDraw.Draw(Image.new("L", (1, 1)))
     text = _fit(probe, text, font, max_width, "\u2026" if unicode_ok else "...")
     if not text:
-        return np.zeros((line_height, 0, 1), dtype=np.int32)
+        return np.zeros((line_height, 0, 1), dtype=np.uint8)
     width = max(1, min(max_width, int(probe.textlength(text, font=font)) + 1))
     mask = Image.new("L", (width, line_height), 0)
     ImageDraw.Draw(mask).text((0, 0), text, font=font, fill=255)
-    out = np.asarray(mask, dtype=np.int32)[:, :, None]
+    out = np.asarray(mask, dtype=np.uint8)[:, :, None]
     out.setflags(write=False)
     return out
 
@@ -193,17 +198,17 @@ def _draw_text(canvas: np.ndarray, x: int, y: int, text: str, *, max_width: int,
     w = min(mask.shape[1], canvas.shape[1] - x)
     if h <= 0 or w <= 0:
         return
-    cover = mask[:h, :w]
+    cover = mask[:h, :w].astype(np.int32)
     region = canvas[y : y + h, x : x + w]
     fg = np.asarray(color, dtype=np.int32)
     region[...] = (region * (255 - cover) + fg * cover + 127) // 255
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=TEXT_CACHE_LINES)
 def _text_patch(text: str, max_width: int, size: int, color: tuple[int, int, int],
                 background: tuple[int, int, int]) -> np.ndarray:
     """One line of text composited on a solid ``background``: ``uint8 (line_height, w, 3)``, cached."""
-    cover = _line_mask(text, max_width, size)
+    cover = _line_mask(text, max_width, size).astype(np.int32)
     bg = np.asarray(background, dtype=np.int32)
     fg = np.asarray(color, dtype=np.int32)
     patch = ((bg * (255 - cover) + fg * cover + 127) // 255).astype(np.uint8)
