@@ -183,7 +183,7 @@ def check_method_options(name: str, options: Mapping[str, Any] | None = None) ->
         >>> check_method_options("integrated_gradients", {"n_steps": 0})
         Traceback (most recent call last):
         ...
-        ValueError: integrated_gradients option `n_steps` must be an int >= 1, got 0
+        ValueError: integrated_gradients option `n_steps` must be an int in [1, 4096], got 0
     """
     cls = get_method(name)
     if options is None:

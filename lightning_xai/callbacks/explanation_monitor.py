@@ -67,13 +67,15 @@ _STATE_VERSION = 2
 _OVERHEAD = "xai/overhead"
 
 
-def undefined_similarity(scalars: dict[str, float], methods: Sequence[str]) -> list[str]:
-    """Methods for which no probe had a defined similarity this round (every map, or the one compared with, is
-    degenerate): their ``stability`` and ``topk_overlap`` are set to 0.0 in ``scalars`` (no similarity shown, never
-    "stable", never NaN), so a key others monitor exists from the first epoch. Returns those methods."""
+def undefined_similarity(scalars: dict[str, float], maps: Mapping[str, Tensor]) -> list[str]:
+    """Methods whose maps are all finite but no probe had a defined similarity this round (every map, or the one it
+    is compared with, is flat: all zero or constant, e.g. a head initialised to zero): their ``stability`` and
+    ``topk_overlap`` are set to 0.0 in ``scalars`` (no similarity shown, never "stable", never NaN), so a key others
+    monitor exists from the first epoch. A round with non-finite maps measured nothing and logs nothing for them.
+    Returns those methods."""
     out = []
-    for m in methods:
-        if f"xai/{m}/stability" not in scalars:
+    for m, values in maps.items():
+        if f"xai/{m}/stability" not in scalars and bool(torch.isfinite(values).all()):
             scalars[f"xai/{m}/stability"] = 0.0
             scalars.setdefault(f"xai/{m}/topk_overlap", 0.0)
             out.append(m)
@@ -651,7 +653,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                                                        masks=probes.masks, labels=probes.labels,
                                                        probe_ids=probes.ids.tolist(), class_names=self.class_names,
                                                        event=event)
-        for method in undefined_similarity(scalars, self.config.methods):
+        for method in undefined_similarity(scalars, {m: results[f"map/{m}"] for m in self.config.methods}):
             self._reporter.warn_once(
                 f"undefined/{method}", f"ExplanationMonitor: at epoch {trainer.current_epoch} no probe's {method} map "
                 "could be compared with the one before (degenerate maps, all zero or constant: e.g. a head "
