@@ -254,7 +254,9 @@ class ProbeSetup:
         self._check_batch_sizes(forward, example, sizes, rows)
         self.layer_name = self.layer_reshape = self.layer_problem = None
         if uses_layer(config.methods):
-            self._find_layer(model, example.to(module_device(model)), probes.images[:4].to(module_device(model)))
+            device = module_device(model)
+            self._find_layer(model, example.to(device), probes.images[:4].to(device))
+            self._check_method_layers(model, example.to(device), probes.images[:4].to(device))
         self.estimate = self.check_budget(model, world_size=world_size, rows=rows, train_batch_size=batch)
 
     def _find_layer(self, model: torch.nn.Module, example: Tensor, examples: Tensor | None = None) -> None:
@@ -287,6 +289,31 @@ class ProbeSetup:
         self.layer_name, self.layer_reshape = found.name, found.reshape
         if found.warning is not None:
             self.notes.append(f"Grad-CAM layer {found.name!r}: {found.warning}.")
+
+    def _check_method_layers(self, model: torch.nn.Module, example: Tensor, examples: Tensor) -> None:
+        """A CAM method's own ``method_options[m]['layer']`` is checked like ``layer=``: an unknown or unusable name,
+        or positions that never reach the head, fail here (not as a warning at every epoch)."""
+        for method in self.config.methods:
+            options = self.config.method_options.get(method) or {}
+            layer = options.get("layer")
+            if layer is None or not get_method(method).uses_layer:
+                continue
+            what = f"method_options[{method!r}]['layer']={layer!r}"
+            try:
+                found = gradcam_layer(model, example, layer, reshape=options.get("reshape"),
+                                      output_transform=self.config.output_transform)
+                if found.warning is not None and len(examples) > 1:
+                    found = gradcam_layer(model, examples, layer, reshape=options.get("reshape"),
+                                          output_transform=self.config.output_transform)
+            except ValueError as err:
+                raise MisconfigurationException(f"ExplanationMonitor ({what}): {err}") from err
+            except RuntimeError:  # no gradient reaches it: the dry run names the cause
+                continue
+            if found.warning is not None:
+                raise MisconfigurationException(
+                    f"ExplanationMonitor ({what}): {found.warning}, for every probe tried and whatever the weights, "
+                    f"so {method} would be all zero at every epoch. Use an earlier layer, or leave it out (the "
+                    "monitor's `layer=`, automatic by default, applies).")
 
     def _rows(self, train_batch: int | None) -> int | None:
         """Rows per explanation chunk: IG's ``internal_batch_size``, else the training batch size (None: automatic)."""

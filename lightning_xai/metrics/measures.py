@@ -18,7 +18,7 @@ from lightning_xai.metrics.completeness import summarize
 from lightning_xai.metrics.faithfulness import PERTURBATIONS, deletion_auc, insertion_auc
 from lightning_xai.metrics.localisation import pointing_game, relevance_mass
 from lightning_xai.metrics.registry import Measure, MeasureContext, MeasureResult, finite_mean, register_measure
-from lightning_xai.metrics.stability import spearman_similarity
+from lightning_xai.metrics.sanity import sanity_scores
 
 __all__: list[str] = []
 
@@ -138,7 +138,8 @@ def _sanity(ctx: MeasureContext) -> MeasureResult:
         random_maps = ctx.extras.get(f"random/{m}")
         if random_maps is None:
             continue
-        value = finite_mean(spearman_similarity(ctx.maps[m], random_maps, size=ctx.size))
+        # degenerate pairs (all-zero maps on both sides) are left out, never "similar" (metrics.sanity)
+        value = finite_mean(sanity_scores(ctx.maps[m], random_maps, size=ctx.size))
         if value is not None:
             out.scalars[f"xai/{m}/sanity_similarity"] = value
     return out
