@@ -7,15 +7,24 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-# What changes between two occurrences of one cause: numbers (epoch, step, rank, version_3, sizes) and addresses.
+# What changes between two occurrences of one cause: numbers (epoch, step, rank, version_3, sizes), addresses, and the
+# tags of the items that failed (a full disk fails every tag).
 _VARYING = re.compile(r"0x[0-9a-fA-F]+|\d+")
+_TAG = re.compile(r"xai/[\w./-]*")
 _EPOCH = re.compile(r"\bepoch (\d+)")
+# "OSError: No space left on device": an exception named in the message, with its text up to a bracket or ';'
+_ERROR = re.compile(r"\b([A-Z]\w*(?:Error|Exception)): ([^;()\n]*)")
+# exceptions that only wrap others (the writers' and the reporter's): their roots are the cause
+_WRAPPERS = {"SinkError", "ItemsError", "OverlayWriteError"}
 
 
 def cause_of(message: str) -> str:
-    """The cause of a failure message: the message with its numbers masked, so "failed at epoch 3 (step 12)" and
-    "failed at epoch 4 (step 16)" are one cause."""
-    return _VARYING.sub("#", message)
+    """The cause of a failure message: the root exceptions it names (wrappers skipped), with numbers and tags masked,
+    so a full disk failing epoch 3's scalars and epoch 4's overlays is one cause; the masked message when it names
+    none."""
+    roots = sorted({f"{kind}: {_VARYING.sub('#', _TAG.sub('<tag>', text)).strip()}"
+                    for kind, text in _ERROR.findall(message) if kind not in _WRAPPERS})
+    return " | ".join(roots) if roots else _VARYING.sub("#", _TAG.sub("<tag>", message))
 
 
 @dataclass
@@ -67,7 +76,7 @@ class FailureLog:
         lines = ["ExplanationMonitor: failures that repeated during this fit (each was warned about once):"]
         for c in repeated:
             epochs = f" (epochs {', '.join(map(str, _shorten(c.epochs)))})" if c.epochs else ""
-            first = c.first if len(c.first) <= 300 else c.first[:297] + "..."
+            first = c.first if len(c.first) <= 600 else c.first[:597] + "..."
             lines.append(f"- {first}: {c.count} times{epochs}")
         return "\n".join(lines)
 

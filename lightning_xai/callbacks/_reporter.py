@@ -172,7 +172,8 @@ class Reporter:
                 write()
             except SinkError as err:  # one item's failure: the others are still written
                 errors.extend(err.failures)
-        if errors:
+        if errors:  # an earlier epoch's overlay failure is named too, never dropped
+            errors += [(f"overlays of epoch {epoch}", err) for (epoch, _), err in earlier]
             raise SinkError(f"epoch {trainer.current_epoch}'s results", errors)
         self._raise_earlier(earlier)
 
