@@ -249,6 +249,8 @@ class ProbeSetup:
         self.notes = []
         batch = train_batch_size() if train_batch_size is not None else None
         rows = self._rows(batch)
+        # what cannot fit is refused before anything else is spent on it
+        self.estimate = self.check_budget(model, world_size=world_size, rows=rows, train_batch_size=batch)
         sizes = round_batch_sizes(config, len(probes), world_size, rows, num_classes=logits.shape[1],
                                   pool_size=getattr(views, "pool_size", 0) if views else 0)
         self._check_batch_sizes(forward, example, sizes, rows)
@@ -257,7 +259,6 @@ class ProbeSetup:
             device = module_device(model)
             self._find_layer(model, example.to(device), probes.images[:4].to(device))
             self._check_method_layers(model, example.to(device), probes.images[:4].to(device))
-        self.estimate = self.check_budget(model, world_size=world_size, rows=rows, train_batch_size=batch)
 
     def _find_layer(self, model: torch.nn.Module, example: Tensor, examples: Tensor | None = None) -> None:
         config = self.config
