@@ -152,7 +152,7 @@ def caption(
 
 #: Lines of text kept drawn (each cache): enough for every caption of a round, bounded so that lines seen once (a
 #: title with the epoch, a probability) do not pile up over a long run (4096 lines grew the monitor ~0.5 MB/epoch).
-TEXT_CACHE_LINES = 512
+TEXT_CACHE_LINES = 256
 
 
 @lru_cache(maxsize=TEXT_CACHE_LINES)
