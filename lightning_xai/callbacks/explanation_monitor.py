@@ -442,9 +442,10 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                                    class_names=self.class_names, input_key=options["input_key"],
                                    label_key=options["label_key"], mask_key=options["mask_key"],
                                    seed=options["seed"])
-            self._views.check_model(model, layer, probes.images[:1].to(module_device(model)),
-                                    output_transform=self.config.output_transform, owner="ExplanationMonitor",
-                                    budget_bytes=self._probes.budget_bytes(model))
+            with muted_logging(model):  # a forward: the model's self.log() must not run in setup
+                self._views.check_model(model, layer, probes.images[:1].to(module_device(model)),
+                                        output_transform=self.config.output_transform, owner="ExplanationMonitor",
+                                        budget_bytes=self._probes.budget_bytes(model))
         except (ValueError, TypeError, RuntimeError) as err:
             message = str(err) if str(err).startswith("ExplanationMonitor") else \
                 f"ExplanationMonitor (views={self.config.views}): {err}"
