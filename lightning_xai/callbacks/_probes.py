@@ -629,8 +629,8 @@ def _runs_on(forward: Callable[[Tensor], Any], images: Tensor) -> bool:
 def train_batch_size(trainer: pl.Trainer) -> int | None:
     """The training DataLoader's batch size, from where Lightning will load it (the loader is built, not iterated),
     or ``None`` if unknown."""
-    source = trainer.fit_loop._data_source
     try:
+        source = trainer.fit_loop._data_source
         if not source.is_defined():
             return None
         loader = source.dataloader()
