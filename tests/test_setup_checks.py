@@ -89,6 +89,18 @@ def test_options_implying_more_memory_than_the_device_has_fail_at_setup(tmp_path
     assert 0 < estimate.device_bytes < 64 << 20 and estimate.passes == 16 * 16
 
 
+def test_a_round_costing_many_epochs_of_training_is_said_at_setup(tmp_path):
+    # occlusion with a 1-pixel window: 257 forwards per probe, 16 probes, against 32 training samples an epoch
+    monitor = ExplanationMonitor(num_probes=16, methods=("occlusion",), metrics=(), log_images=False,
+                                 method_options={"occlusion": {"window": 1}})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit_tiny(tmp_path, TinyCNN(), monitor, max_epochs=1)
+    notes = [str(w.message) for w in caught if "forward + backward passes of one image" in str(w.message)]
+    assert len(notes) == 1 and "up to 4112" in notes[0] and "32 training samples" in notes[0], notes
+    assert monitor._probes.estimate.passes == 16 * 257
+
+
 # ------------------------------------------------------------------------------------------ item 9: models in use
 def _vit() -> nn.Module:
     torch.manual_seed(0)  # torchvision initialises the head to zero: every map is all zero before training

@@ -158,14 +158,16 @@ class ProbeSetup:
         return probes
 
     def validate(self, model: torch.nn.Module, train_batch_size: Callable[[], int | None] | None = None, *,
-                 world_size: int = 1, views: Any = None) -> None:
+                 world_size: int = 1, views: Any = None,
+                 train_samples: Callable[[], int | None] | None = None) -> None:
         """One forward on one probe: output shape, label and target range, channels, Grad-CAM layer; then a forward
         at every batch size the rounds will pass (:func:`round_batch_sizes`) and what the sizes chosen in the options
         imply for this model and input (:meth:`check_budget`).
 
         ``train_batch_size`` gives the training batch size (IG's default chunk, and to tell a model that only runs at
         its training batch size from one that does not fit the probes); ``world_size`` the ranks sharing the probes;
-        ``views`` the :class:`~lightning_xai.views.ViewRunner` (its pool's chunks are batch sizes too).
+        ``views`` the :class:`~lightning_xai.views.ViewRunner` (its pool's chunks are batch sizes too);
+        ``train_samples`` the training samples per epoch (to say when a round costs many epochs of training).
         """
         probes, config = self.probe_set, self.config
         assert probes is not None, "select() first"
@@ -250,7 +252,8 @@ class ProbeSetup:
         batch = train_batch_size() if train_batch_size is not None else None
         rows = self._rows(batch)
         # what cannot fit is refused before anything else is spent on it
-        self.estimate = self.check_budget(model, world_size=world_size, rows=rows, train_batch_size=batch)
+        self.estimate = self.check_budget(model, world_size=world_size, rows=rows,
+                                          train_samples=train_samples() if train_samples is not None else None)
         sizes = round_batch_sizes(config, len(probes), world_size, rows, num_classes=logits.shape[1],
                                   pool_size=getattr(views, "pool_size", 0) if views else 0)
         self._check_batch_sizes(forward, example, sizes, rows)
@@ -352,7 +355,7 @@ class ProbeSetup:
         return available_bytes(module_device(model)) // 2
 
     def check_budget(self, model: torch.nn.Module, *, world_size: int = 1, rows: int | None = None,
-                     train_batch_size: int | None = None) -> RoundEstimate:
+                     train_samples: int | None = None) -> RoundEstimate:
         """The memory and passes one round needs with these options on this model and input (worst case), refused
         with the options to lower when it cannot fit the device; a round that costs many epochs of training is noted.
 
@@ -371,7 +374,7 @@ class ProbeSetup:
                 f"{device} in the worst case ({parts}), more than the {_size(budget)} it may take there (half of what "
                 f"is available). Lower {' or '.join(estimate.knobs) or 'num_probes'}."
             )
-        samples = _samples_per_epoch(train_batch_size, self.source)
+        samples = train_samples
         if samples and estimate.passes > 100 * samples:
             self.notes.append(
                 f"one explanation round costs up to {estimate.passes} forward + backward passes of one image "
@@ -538,11 +541,6 @@ def estimate_round(config: MonitorConfig, probes: ProbeSet, *, world_size: int, 
     return RoundEstimate(int(sum(parts.values())), parts, int(passes), knobs)
 
 
-def _samples_per_epoch(batch: int | None, source: Any) -> int | None:
-    del source  # the training loader's length is not known before the fit loop builds it
-    return None if batch is None else None
-
-
 def round_batch_sizes(config: MonitorConfig, num_probes: int, world_size: int, rows: int | None, *,
                       num_classes: int = 0, pool_size: int = 0) -> dict[int, str]:
     """Every batch size a round passes to the model, each with where it comes from (the setup forwards at each).
@@ -624,6 +622,26 @@ def _runs_on(forward: Callable[[Tensor], Any], images: Tensor) -> bool:
     except Exception:
         return False
     return True
+
+
+def train_samples(trainer: pl.Trainer) -> int | None:
+    """Training samples per epoch (batches per epoch, after ``limit_train_batches``, times the batch size), from
+    where Lightning will load them (the loader is built, not iterated), or ``None`` if unknown."""
+    try:
+        loader = trainer.fit_loop._data_source.dataloader()
+        if isinstance(loader, dict):
+            loader = next(iter(loader.values()), None)
+        elif isinstance(loader, (list, tuple)):
+            loader = loader[0] if loader else None
+        batches, size = len(loader), loader.batch_size
+    except Exception:  # an iterable loader, a stand-in trainer: only a hint for a note
+        return None
+    limit = getattr(trainer, "limit_train_batches", None)
+    if is_int(limit):
+        batches = min(batches, limit)
+    elif isinstance(limit, float):
+        batches = int(batches * limit)
+    return batches * size if is_int(size) and batches > 0 else None
 
 
 def train_batch_size(trainer: pl.Trainer) -> int | None:

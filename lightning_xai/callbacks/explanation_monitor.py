@@ -44,7 +44,13 @@ from lightning_xai.callbacks._config import (
     build_config,
 )
 from lightning_xai.callbacks._failures import FailureLog
-from lightning_xai.callbacks._probes import ProbeSetup, check_monitors, check_strategy, train_batch_size
+from lightning_xai.callbacks._probes import (
+    ProbeSetup,
+    check_monitors,
+    check_strategy,
+    train_batch_size,
+    train_samples,
+)
 from lightning_xai.callbacks._reporter import Reporter, drift_text
 from lightning_xai.callbacks._round import DistributedRound, ProbeExplainer, module_device
 from lightning_xai.callbacks._tracker import DriftTracker, lr_event
@@ -395,7 +401,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self._probes.select_for(trainer)
         with muted_logging(pl_module):  # setup's forwards: a self.log() in forward would fail here
             self._probes.validate(pl_module, lambda: train_batch_size(trainer), world_size=trainer.world_size,
-                                  views=self._views)
+                                  views=self._views, train_samples=lambda: train_samples(trainer))
         self._explainer.layer_name = self._probes.layer_name
         self._explainer.layer_reshape = self._probes.layer_reshape
         self._dry_run(trainer, pl_module)
