@@ -179,7 +179,9 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         - ``xai/{method}/timeline`` (image, at the end of fit and on :meth:`write_timelines`): each probe (row)
           across the explained epochs (columns).
         - ``xai/{method}/stability``, ``xai/{method}/topk_overlap``, ``xai/{method}/drift`` (scalars): mean
-          similarity to the previous explained epoch, mean share of the top-k pixels kept, number of probes flagged.
+          similarity to the previous explained epoch, mean share of the top-k pixels kept, number of probes flagged;
+          0.0 (no similarity shown, never NaN, never "stable") when no probe's map can be compared because the maps are
+          flat, e.g. all zero before a zero-initialised head has learnt (``xai/{method}/degenerate`` counts them).
         - the quality measures' keys (see :mod:`lightning_xai.metrics.measures`), e.g.
           ``xai/integrated_gradients/completeness_error`` (median; ``_p90``, ``_max``, and a histogram of all
           probes), ``xai/{method}/pointing_game``, ``xai/agreement/{a}_vs_{b}``, ``xai/{method}/deletion_auc``,
