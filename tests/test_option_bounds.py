@@ -55,6 +55,8 @@ _OTHER = {
     "display['class_names']": [5, [1, 2], ["x" * 1001], "cats"],
     "probe_options['input_key']": [1.5, 2**40, "k" * 1001, [0]],
     "view_options['max_min']['units']": [[-1], ["a"], "01", list(range(65)), [2**31], [True]],
+    "drift['pool_size']": ["x", -1, 1025, 2.5, None, True, NAN],
+    "drift['statistics']": ["lag", [], ["nope"], ["lag", "lag"], 5],
 }
 
 

@@ -33,6 +33,7 @@ from lightning_xai._validation import (
 )
 from lightning_xai.attribution import METHODS, available_methods
 from lightning_xai.drift import DriftDetector
+from lightning_xai.drift._detector import STATISTICS
 from lightning_xai.metrics.registry import available_measures, get_measure
 from lightning_xai.render import COLORMAPS
 from lightning_xai.views import END_OF_FIT, check_view_options
@@ -55,15 +56,23 @@ class DisplayOptions(TypedDict, total=False):
 
 
 class DriftOptions(TypedDict, total=False):
+    size: int
+    topk: float
+    pool_size: int | Literal["auto"]
+    pool_from: Literal["both", "validation", "training"]
     warmup_epochs: int
     window: int
     horizon: int
-    sigmas: float
+    threshold: float
+    slack: float
+    cusum_threshold: float
+    learn_below: float
     min_spread: float
-    mass_drop: float
+    event_factor: float
+    settle: int
+    gap_spread: float
+    statistics: list[str]
     probe_sigmas: float
-    size: int
-    topk: float
 
 
 class ProbeOptions(TypedDict, total=False):
@@ -167,20 +176,42 @@ _DETECTOR_DEFAULTS = {name: p.default for name, p in inspect.signature(DriftDete
 _STABILITY: dict[str, Option] = {
     "size": integer(16, 2, 128, "side of the pooled maps compared and kept; memory grows with its square"),
     "topk": number(0.1, 0.0, 1.0, "share of pixels in the top-k overlap", open_low=True),
+    "pool_size": custom("auto", lambda v: v == "auto" or (is_int(v) and 0 <= v <= 1024),
+                        "'auto' (1/16 of the training set, at most 128) or an int in [0, 1024] (extra samples the "
+                        "drift detector watches with the one-pass methods; 0: the display probes only)"),
+    "pool_from": choice("both", ("both", "validation", "training"), "where the detection pool's samples come from"),
 }
+
+
+def _default(name: str, fallback: Any) -> Any:
+    return _DETECTOR_DEFAULTS.get(name, fallback)
+
+
+def _statistics(v: Any) -> bool:
+    return (isinstance(v, Sequence) and not isinstance(v, str) and 0 < len(v) <= len(STATISTICS)
+            and all(isinstance(s, str) and s in STATISTICS for s in v) and len(set(v)) == len(v))
+
+
 _DRIFT: dict[str, Option] = {
     **_STABILITY,
-    "warmup_epochs": integer(_DETECTOR_DEFAULTS.get("warmup_epochs", 3), 0, 10_000,
-                             "explained epochs that only learn the noise floor"),
-    "window": integer(_DETECTOR_DEFAULTS.get("window", 8), 2, 1000, "normal epochs kept for the noise floor"),
-    "horizon": integer(_DETECTOR_DEFAULTS.get("horizon", 3), 2, 100, "the older frame compared with, in epochs"),
-    "sigmas": number(_DETECTOR_DEFAULTS.get("sigmas", 2.5), 0.0, 1000.0, "evidence that alarms", open_low=True),
-    "min_spread": number(_DETECTOR_DEFAULTS.get("min_spread", 0.02), 0.0, 10.0,
-                         "smallest spread assumed for the noise floor"),
-    "mass_drop": number(_DETECTOR_DEFAULTS.get("mass_drop", 0.25), 0.0, 1.0,
-                        "relative fall of the mass inside the masks that counts", open_low=True),
-    "probe_sigmas": number(_DETECTOR_DEFAULTS.get("probe_sigmas", 3.0), 0.0, 1000.0,
-                           "per-probe flag threshold, in spreads", open_low=True),
+    "warmup_epochs": integer(_default("warmup_epochs", 3), 0, 1000, "explained epochs that only learn"),
+    "window": integer(_default("window", 4), 2, 1000, "quiet epochs kept per stream for its floor"),
+    "horizon": integer(_default("horizon", 3), 1, 100, "explained epochs kept as frames"),
+    "threshold": number(_default("threshold", 5.0), 0.0, 1e6, "z-score of the strongest stream that alarms",
+                        open_low=True),
+    "slack": number(_default("slack", 1.5), 0.0, 1e6, "CUSUM allowance per epoch, in z units"),
+    "cusum_threshold": number(_default("cusum_threshold", 8.0), 0.0, 1e6, "accumulated excess that alarms",
+                              open_low=True),
+    "learn_below": number(_default("learn_below", 0.5), 0.0, 1e6, "an epoch joins a floor only below this z-score",
+                          open_low=True),
+    "min_spread": number(_default("min_spread", 0.35), 0.0, 1e6, "smallest spread of a stream, in log units"),
+    "event_factor": number(_default("event_factor", 2.0), 1.0, 1e6, "threshold multiplier at a known event"),
+    "settle": integer(_default("settle", 1), 0, 1000, "epochs after an event that relearn the floors"),
+    "gap_spread": number(_default("gap_spread", 0.12), 0.0, 1e6, "smallest spread of the train/validation gap"),
+    "statistics": custom(_default("statistics", STATISTICS), _statistics,
+                         f"a non-empty list of distinct statistics from {STATISTICS}"),
+    "probe_sigmas": number(_default("probe_sigmas", 3.0), 0.0, 1e6, "per-probe flag threshold, in spreads",
+                           open_low=True),
 }
 #: The option specs of the `drift` group (the monitor's `size`/`topk`, then DriftDetector's keywords).
 DRIFT_OPTIONS = _DRIFT

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from lightning_xai.callbacks._compat import rank_zero_warn
 from lightning_xai.probes import ProbeSet
-from lightning_xai.render import WARN_COLOR, ProbeRenderer, Timeline
+from lightning_xai.render import WARN_COLOR, ProbeRenderer, Timeline, display_order, id_range
 from lightning_xai.report import custom_scalars_layout, load_run, save_report
 from lightning_xai.writers import BackgroundWrites, MultiSink, SinkError, sinks_for_loggers, write_each
 
@@ -156,7 +156,8 @@ class Reporter:
             labels = captions(probes, results["pred"], results["prob"], class_names, results.get("target"))
             flagged = {m: list((flags or {}).get(m) or [False] * len(probes)) for m in self.methods}
             self._jobs.submit((trainer.current_epoch, step), self._write_overlays, sink, probes.images, maps, labels,
-                              step, trainer.current_epoch, flagged)
+                              step, trainer.current_epoch, flagged, probes.ids.tolist(),
+                              any(v > 0.5 for k, v in scalars.items() if k.startswith("xai/drift/alarm")))
         errors: list[tuple[str, BaseException]] = []
         if layout_keys is not None and not self._layout_written and sink.supports_custom_scalars:
             self._layout_written = True  # once per run, even if a sink refuses it (reported below)
@@ -184,7 +185,8 @@ class Reporter:
             sink.flush()
 
     def _write_overlays(self, sink: MultiSink, images: Tensor, maps: Mapping[str, Tensor], labels: list[list[Any]],
-                        step: int, epoch: int, flagged: Mapping[str, list[bool]]) -> None:
+                        step: int, epoch: int, flagged: Mapping[str, list[bool]], ids: list[int],
+                        alarm: bool = False) -> None:
         began = time.perf_counter()
         if self._renderer is None:  # the probes never change within a fit: de-normalise and size them once
             d = self.display
@@ -193,12 +195,15 @@ class Reporter:
         writes = []
         for m, heatmaps in maps.items():
             # groups of 8 probes: each panel fills TensorBoard's default image card at full size
+            # tiles in ascending probe id, as the titles and timeline rows name them
             panels, tiles = self._renderer.render_groups(heatmaps, labels, title=f"{m} | epoch {epoch}",
-                                                         flagged=flagged[m], caption_lines=2)
-            self.timeline.add(m, epoch, tiles, flagged[m])
+                                                         flagged=flagged[m], caption_lines=2, ids=ids)
+            self.timeline.add(m, epoch, tiles, flagged[m], alarm=alarm)
+            order = display_order(ids, len(ids))
             for group, (panel, start, stop) in enumerate(panels):
                 tag = self.tag(f"xai/{m}/overlay" if group == 0 else f"xai/{m}/overlay/{group + 1}")
-                caption = f"{m}, epoch {epoch}, step {step}, probes {start + 1}-{stop}"
+                shown = id_range([ids[i] for i in order[start:stop]])
+                caption = f"{m}, epoch {epoch}, step {step}, probes {shown}"
                 writes.append((tag, lambda tag=tag, panel=panel, caption=caption:
                                sink.add_image(tag, panel, step, caption=caption)))
         # one image's failure (an upload refused) is not the other images': each is tried, failures raised after
@@ -218,7 +223,7 @@ class Reporter:
         for m in self.timeline.methods:
             tag = f"xai/{m}/timeline"
             writes.append((tag, lambda tag=tag, m=m: sink.add_image(
-                tag, self.timeline.image(m, labels), trainer.global_step,
+                tag, self.timeline.image(m, labels, ids=probes.ids.tolist()), trainer.global_step,
                 caption=f"{m}: each probe across the explained epochs")))
             tags.append(tag)
         write_each([*writes, ("flush", sink.flush)], "timeline images")

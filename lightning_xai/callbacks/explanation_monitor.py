@@ -1,4 +1,4 @@
-"""ExplanationMonitor: explain a fixed probe set at epoch ends, log overlays and stability, flag drift.
+"""ExplanationMonitor: explain a fixed probe set at epoch ends, log overlays and stability, raise drift alarms.
 
 This module is orchestration only: *when* to explain, *which rank* does what, *what* goes into the checkpoint. The
 work is done by named collaborators, each testable without a Trainer:
@@ -44,6 +44,7 @@ from lightning_xai.callbacks._config import (
     build_config,
 )
 from lightning_xai.callbacks._failures import FailureLog
+from lightning_xai.callbacks._pool import DetectionPool
 from lightning_xai.callbacks._probes import (
     ProbeSetup,
     check_monitors,
@@ -53,7 +54,7 @@ from lightning_xai.callbacks._probes import (
 )
 from lightning_xai.callbacks._reporter import Reporter, drift_text
 from lightning_xai.callbacks._round import DistributedRound, ProbeExplainer, module_device
-from lightning_xai.callbacks._tracker import DriftTracker, lr_event
+from lightning_xai.callbacks._tracker import DetectionRows, DriftTracker, lr_event
 from lightning_xai.drift import DriftReport
 from lightning_xai.metrics.registry import (
     MeasureContext,
@@ -107,7 +108,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
 
     **Stability** of a probe under a method is the Spearman rank correlation between its heatmap and the one of the
     previous explained epoch (both average-pooled to ``drift['size']`` squared); 1.0 means unchanged. **Drift**: see
-    :class:`~lightning_xai.drift.DriftDetector`, configured by ``drift``. Each drift event triggers one warning, a
+    :class:`~lightning_xai.drift.DriftDetector`, configured by ``drift``. Each drift alarm triggers one warning, a
     text entry and ``on_drift(report)`` if given.
 
     Args:
@@ -143,7 +144,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         view_options: Options per view, ``{view: {option: value}}``, the keyword arguments of its class in
             :data:`lightning_xai.views.VIEWS` (e.g. ``{"activation_max": {"steps": 32, "every_n_epochs": 2}}``),
             plus ``"pool": {"size": N}``.
-        on_drift: Called as ``on_drift(report)`` on every rank when drift is flagged.
+        on_drift: Called as ``on_drift(report)`` on every rank at every drift alarm.
         on_error: ``"warn"`` skips an epoch whose explanation fails (on every rank, so DDP never hangs);
             ``"raise"`` stops training.
         max_overhead: ``None``, or the largest share of the training wall time the monitor may take, in ``(0, 1)``:
@@ -161,9 +162,12 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             re-initialised from the output side), ``threshold`` (0.5; warn when a method's mean similarity to its
             randomised-model maps exceeds it).
         drift: Drift detection: ``size`` (16, side of the pooled maps compared, at most 128), ``topk`` (0.1, share of
-            pixels in the top-k overlap) and the keyword arguments of :class:`~lightning_xai.drift.DriftDetector`:
-            ``warmup_epochs``, ``window``, ``horizon``, ``sigmas``, ``min_spread``, ``mass_drop``,
-            ``probe_sigmas`` (each key, its bounds and meaning: ``lightning_xai.callbacks._config.DRIFT_OPTIONS``).
+            pixels in the top-k overlap), ``pool_size`` (``"auto"`` or the extra samples the detector watches) and
+            ``pool_from`` (``"both"``, ``"validation"``, ``"training"``), and the keyword arguments of
+            :class:`~lightning_xai.drift.DriftDetector`: ``warmup_epochs``, ``window``, ``horizon``, ``threshold``,
+            ``slack``, ``cusum_threshold``, ``learn_below``, ``min_spread``, ``event_factor``, ``settle``,
+            ``gap_spread``, ``statistics``, ``probe_sigmas`` (each key, its bounds and meaning:
+            ``lightning_xai.callbacks._config.DRIFT_OPTIONS``).
         display: How overlays look: ``mean`` and ``std`` (per-channel normalisation of the inputs, to show probes in
             their real colours), ``class_names`` (``None``: the dataset's ``classes``), ``colormap`` (``"jet"``,
             ``"inferno"``, ``"viridis"``), ``alpha`` (0.5, heatmap opacity).
@@ -244,6 +248,8 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self.config: MonitorConfig = config
         self._probes = ProbeSetup(config)
         self._explainer = ProbeExplainer(config)
+        self._pool = DetectionPool(config)  # the drift detector's extra samples, explained with the cheap methods
+        self._pool_explainer = ProbeExplainer(config)
         self._failures = FailureLog(rank_zero_warn)  # a persistent failure warns once, repeats are summed up
         self._round = DistributedRound(config.on_error, warn=self._failures.warn)
         self._tracker = DriftTracker(config.methods, config.size, config.detector_options, config.drift["topk"])
@@ -407,6 +413,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self._explainer.layer_name = self._probes.layer_name
         self._explainer.layer_reshape = self._probes.layer_reshape
         self._dry_run(trainer, pl_module)
+        self._setup_pool(trainer)
         if self._views:
             self._setup_views(pl_module)
         self._check_restored_probes()
@@ -434,6 +441,32 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         # a callback monitoring a left-out method's key would wait forever: say so now
         check_monitors(trainer.callbacks, self.logged_keys(), config.every_n_epochs,
                        budget=config.max_overhead is not None)
+
+    def _setup_pool(self, trainer: pl.Trainer) -> None:
+        """The drift detection pool (every rank selects the same samples from the same data; no collective)."""
+        self._pool.setup(trainer, self.probe_set, self._probes.source, self.config.methods)
+        self._pool_explainer = ProbeExplainer(self._pool.explainer_config(), self._probes.layer_name)
+        self._pool_explainer.layer_reshape = self._probes.layer_reshape
+        if self._pool.notes:
+            rank_zero_warn("ExplanationMonitor: " + "; ".join(self._pool.notes))
+
+    def _explain_pool(self, trainer: pl.Trainer, model: torch.nn.Module) -> DetectionRows | None:
+        """The pool's rows this round (every rank its shard, gathered); NaN maps (left out) if it failed."""
+        if not self._pool.enabled:
+            return None
+        ok, read = self._round.agreed(trainer, self._pool.samples, what="reading the drift detection pool")
+        results = None
+        if ok and read[0] is not None:
+            with muted_logging(model):
+                results = self._round.explain(trainer, model, read[0], self._pool_explainer)
+        methods, n, origin = self._pool.methods, self._pool.size, self._pool.origin
+        if results is None:
+            h, w = self.probe_set.images.shape[-2:]
+            missing = torch.full((n,), -1, dtype=torch.long)
+            return DetectionRows({m: torch.full((n, 1, h, w), float("nan")) for m in methods}, pred=missing,
+                                 target=missing, origin=origin)
+        return DetectionRows({m: results[f"map/{m}"] for m in methods}, pred=results["pred"],
+                             target=results["target"], origin=read[1], masks=read[0].masks)
 
     def _setup_views(self, model: torch.nn.Module) -> None:
         """The views' layer (the Grad-CAM layer) and pool, on every rank (no collectives, so a bad source fails
@@ -503,6 +536,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loader = trainer.train_dataloader
         self._explainer.train_batch_size = getattr(loader, "batch_size", None) if loader is not None else None
+        self._pool_explainer.train_batch_size = self._explainer.train_batch_size
         # The reference frame: what the model looks at before this fit trains it (skipped on resume).
         if not self._tracker.has_reference:
             start = time.perf_counter()
@@ -548,7 +582,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
 
     def write_timelines(self, trainer: pl.Trainer) -> list[str]:
         """Log each method's timeline now, as ``xai/{method}/timeline`` at the current step: a row per probe, a column
-        per explained epoch (up to 12: the first, the last, those with drift, evenly spread), flagged probes outlined.
+        per explained epoch (up to 12: the first, the last, the alarm epochs, evenly spread), flagged probes outlined.
         Called at the end of fit; call it on rank 0 whenever you want one earlier. Returns the tags written."""
         if not trainer.is_global_zero or self.probe_set is None:
             return []
@@ -610,11 +644,12 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             if not reference:
                 self._publish(trainer, {}, self._epoch_keys())  # skipped: nothing stale stays behind
             return
+        extra = self._explain_pool(trainer, pl_module)
         if reference:
-            self._tracker.take_reference(trainer.current_epoch, results)
+            self._tracker.take_reference(trainer.current_epoch, results, extra)
             self._last_lrs = [float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups if "lr" in g]
             return
-        ok, measured = self._round.agreed(trainer, lambda: self._measure(trainer, results, measures),
+        ok, measured = self._round.agreed(trainer, lambda: self._measure(trainer, results, measures, extra),
                                           what="measuring")
         if not ok:
             self._publish(trainer, {}, self._epoch_keys())
@@ -652,7 +687,8 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             if self.config.on_drift is not None:  # user code: a failure obeys on_error like any other
                 self._round.agreed(trainer, lambda: self.config.on_drift(report), what="on_drift")
 
-    def _measure(self, trainer: pl.Trainer, results: Mapping[str, Tensor], measures: Sequence[Any]
+    def _measure(self, trainer: pl.Trainer, results: Mapping[str, Tensor], measures: Sequence[Any],
+                 extra: DetectionRows | None = None
                  ) -> tuple[dict[str, float], DriftReport, dict[str, Any], dict[str, Tensor]]:
         probes = self.probe_set
         lrs = [float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups if "lr" in g]
@@ -661,7 +697,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         scalars, report, record = self._tracker.update(trainer.current_epoch, trainer.global_step, results,
                                                        masks=probes.masks, labels=probes.labels,
                                                        probe_ids=probes.ids.tolist(), class_names=self.class_names,
-                                                       event=event)
+                                                       event=event, extra=extra)
         for method in undefined_similarity(scalars, {m: results[f"map/{m}"] for m in self.config.methods}):
             self._reporter.warn_once(
                 f"undefined/{method}", f"ExplanationMonitor: at epoch {trainer.current_epoch} no probe's {method} map "
@@ -793,12 +829,16 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                            if trainer.is_global_zero else None, what="writing the sanity check")
         failing = {k.split("/")[1]: v for k, v in scalars.items() if v > options["threshold"]}
         unexpected = {m: v for m, v in failing.items() if m not in INPUT_WEIGHTED}
+        passing = [k.split("/")[1] for k, v in scalars.items() if v <= options["threshold"]]
+        judge = (f"Judge what the model learnt with {' and '.join(passing)}, which "
+                 f"{'pass' if len(passing) > 1 else 'passes'}" if passing else
+                 "No method passed: read every map with care")
         if warn and unexpected:  # a method that should depend on the weights and does not: worth a warning
             rank_zero_warn(
                 "ExplanationMonitor sanity check: the maps of "
                 + ", ".join(f"{m} (similarity {v:.2f})" for m, v in unexpected.items())
                 + " barely change when the model's weights are randomised, so they say little about what this model "
-                "learnt (Adebayo et al. 2018). Prefer the other methods' maps."
+                f"learnt (Adebayo et al. 2018). {judge}."
             )
         expected = {m: v for m, v in failing.items() if m in INPUT_WEIGHTED}
         if warn and expected:  # how the method works, every run: say what it means, once, without alarm
@@ -806,6 +846,6 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                 "ExplanationMonitor sanity check: "
                 + ", ".join(f"{m} maps stay {v:.2f} similar" for m, v in expected.items())
                 + " with randomised weights, as expected for a method weighted by the input (x - baseline): they show "
-                "where the image's evidence is; use grad_cam or saliency to judge what the model learnt."
+                f"where the image's evidence is. {judge}."
             )
         return scalars
