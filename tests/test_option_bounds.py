@@ -137,7 +137,7 @@ def test_a_group_of_the_wrong_type_is_refused_naming_it(group, value):
      r"`view_options\['attention_graphs'\]\['max_patches'\]=5`: must be an int in \[1, grid\*\*2 = 4\]"),
     ({"views": ("activation_max",), "view_options": {"activation_max": {"seed": "x"}}},
      r"`view_options\['activation_max'\]\['seed'\]='x'`"),
-    ({"drift": {"threshold": 2.0}}, r"`drift\['threshold'\]=2.0`: no such option; `drift` takes \["),
+    ({"drift": {"sigmas": 2.0}}, r"`drift\['sigmas'\]=2.0`: no such option; `drift` takes \["),
     ({"methods": ("occlusion",), "method_options": {"occlusion": {"window": 10**6}}},
      r"`method_options\['occlusion'\]\['window'\]=1000000`"),
     ({"methods": ("lime",), "method_options": {"lime": {"n_samples": 10**9}}},
