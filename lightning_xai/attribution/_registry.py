@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor, nn
 
-from lightning_xai._validation import Option, is_int, is_number
+from lightning_xai._validation import SEED_MAX, Option, is_int, is_number
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_xai.attribution._engine import Context, Shared
@@ -60,6 +60,12 @@ def int_at_least(low: int) -> Rule:
     return (lambda v: is_int(v) and v >= low), f"an int >= {low}"
 
 
+def int_in(low: int, high: int) -> Rule:
+    """An int in ``[low, high]``: every size-like option has an upper bound (a size without one is a denial of
+    service: ``n_steps=10**9`` once asked for 18 GB before the first epoch)."""
+    return (lambda v: is_int(v) and low <= v <= high), f"an int in [{low}, {high}]"
+
+
 def optional(rule: Rule) -> Rule:
     ok, allowed = rule
     return (lambda v: v is None or ok(v)), f"None or {allowed}"
@@ -67,8 +73,8 @@ def optional(rule: Rule) -> Rule:
 
 POSITIVE: Rule = (lambda v: is_number(v) and v > 0, "a positive finite number")
 NON_NEGATIVE: Rule = (lambda v: is_number(v) and v >= 0, "a finite number >= 0")
-WINDOW: Rule = (lambda v: (is_int(v) and v >= 1) or (isinstance(v, tuple) and len(v) == 2 and all(
-    is_int(s) and s >= 1 for s in v)), "an int >= 1 or a pair (h, w) of ints >= 1")
+WINDOW: Rule = (lambda v: (is_int(v) and 1 <= v <= 4096) or (isinstance(v, tuple) and len(v) == 2 and all(
+    is_int(s) and 1 <= s <= 4096 for s in v)), "an int in [1, 4096] or a pair (h, w) of such ints")
 
 # Shared spellings of the options several methods have.
 LAYER = Option(None, lambda v: v is None or isinstance(v, (str, nn.Module)),
@@ -76,7 +82,7 @@ LAYER = Option(None, lambda v: v is None or isinstance(v, (str, nn.Module)),
 RESHAPE = Option(None, lambda v: v is None or callable(v), "None or a callable mapping the layer's output to (N, C, h, w)")
 BASELINE = Option(None, lambda v: v is None or is_number(v) or isinstance(v, Tensor),
                   "None (zeros), a number or a tensor shaped like the inputs or one sample")
-SEED = option(0, int_at_least(0))
+SEED = option(0, int_in(0, SEED_MAX))
 
 
 @dataclass
@@ -180,7 +186,7 @@ def check_method_options(name: str, options: Mapping[str, Any] | None = None) ->
         >>> check_method_options("integrated_gradients", {"n_steps": 0})
         Traceback (most recent call last):
         ...
-        ValueError: integrated_gradients option `n_steps` must be an int >= 1, got 0
+        ValueError: integrated_gradients option `n_steps` must be an int in [1, 4096], got 0
     """
     cls = get_method(name)
     if options is None:

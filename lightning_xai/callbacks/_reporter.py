@@ -16,7 +16,7 @@ from lightning_xai.callbacks._compat import rank_zero_warn
 from lightning_xai.probes import ProbeSet
 from lightning_xai.render import WARN_COLOR, ProbeRenderer, Timeline, display_order, id_range
 from lightning_xai.report import custom_scalars_layout, load_run, save_report
-from lightning_xai.writers import BackgroundWrites, MultiSink, SinkError, sinks_for_loggers
+from lightning_xai.writers import BackgroundWrites, MultiSink, SinkError, sinks_for_loggers, write_each
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -173,7 +173,8 @@ class Reporter:
                 write()
             except SinkError as err:  # one item's failure: the others are still written
                 errors.extend(err.failures)
-        if errors:
+        if errors:  # an earlier epoch's overlay failure is named too, never dropped
+            errors += [(f"overlays of epoch {epoch}", err) for (epoch, _), err in earlier]
             raise SinkError(f"epoch {trainer.current_epoch}'s results", errors)
         self._raise_earlier(earlier)
 
@@ -191,6 +192,7 @@ class Reporter:
             d = self.display
             self._renderer = ProbeRenderer(images, alpha=d["alpha"], colormap=d["colormap"], mean=d["mean"],
                                            std=d["std"])
+        writes = []
         for m, heatmaps in maps.items():
             # groups of 8 probes: each panel fills TensorBoard's default image card at full size
             # tiles in ascending probe id, as the titles and timeline rows name them
@@ -201,8 +203,11 @@ class Reporter:
             for group, (panel, start, stop) in enumerate(panels):
                 tag = self.tag(f"xai/{m}/overlay" if group == 0 else f"xai/{m}/overlay/{group + 1}")
                 shown = id_range([ids[i] for i in order[start:stop]])
-                sink.add_image(tag, panel, step, caption=f"{m}, epoch {epoch}, step {step}, probes {shown}")
-        sink.flush()
+                caption = f"{m}, epoch {epoch}, step {step}, probes {shown}"
+                writes.append((tag, lambda tag=tag, panel=panel, caption=caption:
+                               sink.add_image(tag, panel, step, caption=caption)))
+        # one image's failure (an upload refused) is not the other images': each is tried, failures raised after
+        write_each([*writes, ("flush", sink.flush)], "overlay images")
         # it overlaps training but takes a core from it: part of what the monitor costs
         self.background_seconds = time.perf_counter() - began
 
@@ -214,13 +219,14 @@ class Reporter:
         if not sink.supports_images:
             return []
         labels = [label.replace(" ", "\n", 1) for label in probe_labels(probes, class_names)]
-        tags = []
+        tags, writes = [], []
         for m in self.timeline.methods:
             tag = f"xai/{m}/timeline"
-            sink.add_image(tag, self.timeline.image(m, labels, ids=probes.ids.tolist()), trainer.global_step,
-                           caption=f"{m}: each probe across the explained epochs")
+            writes.append((tag, lambda tag=tag, m=m: sink.add_image(
+                tag, self.timeline.image(m, labels, ids=probes.ids.tolist()), trainer.global_step,
+                caption=f"{m}: each probe across the explained epochs")))
             tags.append(tag)
-        sink.flush()
+        write_each([*writes, ("flush", sink.flush)], "timeline images")
         return tags
 
     def write_report(self, trainer: pl.Trainer, *, sanity_threshold: float = 0.5) -> str | None:

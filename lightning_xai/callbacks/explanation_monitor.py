@@ -43,8 +43,15 @@ from lightning_xai.callbacks._config import (
     ProbeOptions,
     build_config,
 )
+from lightning_xai.callbacks._failures import FailureLog
 from lightning_xai.callbacks._pool import DetectionPool
-from lightning_xai.callbacks._probes import ProbeSetup, check_monitors, check_strategy, train_batch_size
+from lightning_xai.callbacks._probes import (
+    ProbeSetup,
+    check_monitors,
+    check_strategy,
+    train_batch_size,
+    train_samples,
+)
 from lightning_xai.callbacks._reporter import Reporter, drift_text
 from lightning_xai.callbacks._round import DistributedRound, ProbeExplainer, module_device
 from lightning_xai.callbacks._tracker import DetectionRows, DriftTracker, lr_event
@@ -65,6 +72,21 @@ if TYPE_CHECKING:  # either package's classes; only for the annotations
 
 _STATE_VERSION = 2
 _OVERHEAD = "xai/overhead"
+
+
+def undefined_similarity(scalars: dict[str, float], maps: Mapping[str, Tensor]) -> list[str]:
+    """Methods whose maps are all finite but no probe had a defined similarity this round (every map, or the one it
+    is compared with, is flat: all zero or constant, e.g. a head initialised to zero): their ``stability`` and
+    ``topk_overlap`` are set to 0.0 in ``scalars`` (no similarity shown, never "stable", never NaN), so a key others
+    monitor exists from the first epoch. A round with non-finite maps measured nothing and logs nothing for them.
+    Returns those methods."""
+    out = []
+    for m, values in maps.items():
+        if f"xai/{m}/stability" not in scalars and bool(torch.isfinite(values).all()):
+            scalars[f"xai/{m}/stability"] = 0.0
+            scalars.setdefault(f"xai/{m}/topk_overlap", 0.0)
+            out.append(m)
+    return out
 
 
 class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Lightning package
@@ -139,9 +161,13 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             ``perturbation`` (``"blur"``, ``"mean"`` or ``"zero"``). ``sanity``: ``layers`` (``None``: all; layers
             re-initialised from the output side), ``threshold`` (0.5; warn when a method's mean similarity to its
             randomised-model maps exceeds it).
-        drift: Drift detection: the keyword arguments of :class:`~lightning_xai.drift.DriftDetector` (e.g.
-            ``threshold``, ``warmup_epochs``, ``window``) plus ``size`` (16, side of the pooled maps compared) and
-            ``topk`` (0.1, share of pixels in the top-k overlap).
+        drift: Drift detection: ``size`` (16, side of the pooled maps compared, at most 128), ``topk`` (0.1, share of
+            pixels in the top-k overlap), ``pool_size`` (``"auto"`` or the extra samples the detector watches) and
+            ``pool_from`` (``"both"``, ``"validation"``, ``"training"``), and the keyword arguments of
+            :class:`~lightning_xai.drift.DriftDetector`: ``warmup_epochs``, ``window``, ``horizon``, ``threshold``,
+            ``slack``, ``cusum_threshold``, ``learn_below``, ``min_spread``, ``event_factor``, ``settle``,
+            ``gap_spread``, ``statistics``, ``probe_sigmas`` (each key, its bounds and meaning:
+            ``lightning_xai.callbacks._config.DRIFT_OPTIONS``).
         display: How overlays look: ``mean`` and ``std`` (per-channel normalisation of the inputs, to show probes in
             their real colours), ``class_names`` (``None``: the dataset's ``classes``), ``colormap`` (``"jet"``,
             ``"inferno"``, ``"viridis"``), ``alpha`` (0.5, heatmap opacity).
@@ -157,7 +183,9 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         - ``xai/{method}/timeline`` (image, at the end of fit and on :meth:`write_timelines`): each probe (row)
           across the explained epochs (columns).
         - ``xai/{method}/stability``, ``xai/{method}/topk_overlap``, ``xai/{method}/drift`` (scalars): mean
-          similarity to the previous explained epoch, mean share of the top-k pixels kept, number of probes flagged.
+          similarity to the previous explained epoch, mean share of the top-k pixels kept, number of probes flagged;
+          0.0 (no similarity shown, never NaN, never "stable") when no probe's map can be compared because the maps are
+          flat, e.g. all zero before a zero-initialised head has learnt (``xai/{method}/degenerate`` counts them).
         - the quality measures' keys (see :mod:`lightning_xai.metrics.measures`), e.g.
           ``xai/integrated_gradients/completeness_error`` (median; ``_p90``, ``_max``, and a histogram of all
           probes), ``xai/{method}/pointing_game``, ``xai/agreement/{a}_vs_{b}``, ``xai/{method}/deletion_auc``,
@@ -222,7 +250,8 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self._explainer = ProbeExplainer(config)
         self._pool = DetectionPool(config)  # the drift detector's extra samples, explained with the cheap methods
         self._pool_explainer = ProbeExplainer(config)
-        self._round = DistributedRound(config.on_error, warn=rank_zero_warn)
+        self._failures = FailureLog(rank_zero_warn)  # a persistent failure warns once, repeats are summed up
+        self._round = DistributedRound(config.on_error, warn=self._failures.warn)
         self._tracker = DriftTracker(config.methods, config.size, config.detector_options, config.drift["topk"])
         self._last_lrs: list[float] | None = None  # learning rates at the last explained round (schedule steps)
         self._reporter = Reporter(config.methods, config.display, config.log_images)
@@ -293,6 +322,12 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
     def logged_keys(self) -> set[str]:
         """Every scalar key this monitor can log (stability and drift, and the chosen measures')."""
         return {self._key(k) for k in self._base_keys()}
+
+    @staticmethod
+    def _layout_keys(trainer: pl.Trainer) -> set[str]:
+        # TensorBoard shows the first custom-scalars layout of a run: each monitor writes every monitor's keys, so
+        # two monitors in one Trainer never hide each other's charts
+        return set().union(*(cb.logged_keys() for cb in trainer.callbacks if isinstance(cb, ExplanationMonitor)))
 
     def _base_keys(self) -> set[str]:
         return self._tracker.keys() | measure_keys(self.config.metrics, self.config.methods) | {_OVERHEAD}
@@ -370,9 +405,11 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self._cost_said, self._spacing_said, self._next_epoch, self._start_cost = False, False, 0, 0.0
         self._tracker.reset()
         self._reporter.reset()
+        self._failures.reset()
         self._probes.select_for(trainer)
         with muted_logging(pl_module):  # setup's forwards: a self.log() in forward would fail here
-            self._probes.validate(pl_module, lambda: train_batch_size(trainer))
+            self._probes.validate(pl_module, lambda: train_batch_size(trainer), world_size=trainer.world_size,
+                                  views=self._views, train_samples=lambda: train_samples(trainer))
         self._explainer.layer_name = self._probes.layer_name
         self._explainer.layer_reshape = self._probes.layer_reshape
         self._dry_run(trainer, pl_module)
@@ -446,8 +483,14 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                                    class_names=self.class_names, input_key=options["input_key"],
                                    label_key=options["label_key"], mask_key=options["mask_key"],
                                    seed=options["seed"])
+            with muted_logging(model):  # a forward: the model's self.log() must not run in setup
+                self._views.check_model(model, layer, probes.images[:1].to(module_device(model)),
+                                        output_transform=self.config.output_transform, owner="ExplanationMonitor",
+                                        budget_bytes=self._probes.budget_bytes(model))
         except (ValueError, TypeError, RuntimeError) as err:
-            raise MisconfigurationException(f"ExplanationMonitor (views={self.config.views}): {err}") from err
+            message = str(err) if str(err).startswith("ExplanationMonitor") else \
+                f"ExplanationMonitor (views={self.config.views}): {err}"
+            raise MisconfigurationException(message) from err
 
     def _run_views(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Rank 0 computes and writes the views (no collectives inside); every rank learns whether that failed."""
@@ -472,7 +515,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                            "the heatmaps were written")
                 if self.config.on_error == "raise":  # raised inside the agreement: every rank stops
                     raise RuntimeError(message) from error
-                rank_zero_warn(f"{message}; training continues (set on_error='raise' to stop instead).")
+                self._failures.warn(f"{message}; training continues (set on_error='raise' to stop instead).")
 
         self._round.agreed(trainer, run, what="views")
 
@@ -527,6 +570,9 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                                       what="writing the timelines and the report")
         if ok and path:
             rank_zero_info(f"ExplanationMonitor: report written to {path}")
+        summary = self._failures.summary()
+        if summary:
+            rank_zero_warn(summary)
 
     def _end_of_fit(self, trainer: pl.Trainer) -> str | None:
         if self.probe_set is None or not self._tracker.history:
@@ -630,7 +676,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             if trainer.is_global_zero:
                 self._reporter.write_epoch(trainer, probes=self.probe_set, results=results, scalars=scalars,
                                            histograms=histograms, text=text, class_names=self.class_names,
-                                           flags=record.get("flags"), layout_keys=self.logged_keys())
+                                           flags=record.get("flags"), layout_keys=self._layout_keys(trainer))
 
         # rank 0 writes; a failure there is still agreed on, so no rank goes on alone to the next collective
         self._round.agreed(trainer, write, what="writing")
@@ -652,6 +698,13 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                                                        masks=probes.masks, labels=probes.labels,
                                                        probe_ids=probes.ids.tolist(), class_names=self.class_names,
                                                        event=event, extra=extra)
+        for method in undefined_similarity(scalars, {m: results[f"map/{m}"] for m in self.config.methods}):
+            self._reporter.warn_once(
+                f"undefined/{method}", f"ExplanationMonitor: at epoch {trainer.current_epoch} no probe's {method} map "
+                "could be compared with the one before (degenerate maps, all zero or constant: e.g. a head "
+                f"initialised to zero, or such maps before training); xai/{method}/stability and topk_overlap are "
+                f"logged as 0.0 (no similarity shown, never 'stable') and xai/{method}/degenerate counts those "
+                "probes. Warned once.")
         measured = run_measures(measures, self._context(results), self.config.metric_options)
         scalars.update(measured.scalars)
         record.update(measured.per_probe)

@@ -17,6 +17,7 @@ from lightning_xai.writers.base import (
     finite_scalars,
     finite_values,
     png_bytes,
+    write_each,
 )
 
 __all__ = ["TensorBoardSink", "TensorBoardWriter", "is_summary_writer"]
@@ -105,12 +106,15 @@ class TensorBoardSink:
 
         Returns:
             The tags whose value was non-finite and therefore not written (also counted in ``skipped_counts``).
+
+        Raises:
+            ItemsError: some tags could not be written; all the others were.
         """
         step = check_step(step)
         kept, skipped = finite_scalars(values)
-        for tag, value in kept.items():
-            self.summary_writer.add_scalar(tag, value, global_step=step)
         self.skipped_counts.update(skipped)
+        write_each([(tag, lambda tag=tag, value=value: self.summary_writer.add_scalar(tag, value, global_step=step))
+                    for tag, value in kept.items()], "scalars")
         return skipped
 
     def add_histogram(self, tag: str, values: Tensor, step: int) -> None:
