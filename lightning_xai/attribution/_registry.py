@@ -48,31 +48,37 @@ _REGISTRY: dict[str, type[Method]] = {}
 
 # ---------------------------------------------------------------------------------------------- option rules
 # A rule is ``(ok, allowed)``: a test of a value and the allowed values in words (the error names option and value).
-Rule = tuple[Callable[[Any], bool], str]
+# An optional third element gives the machine-readable part of the spec (kind, bounds), so the monitor's tests fuzz a
+# method's options from the registry alone and see which sizes lack an upper bound.
+Rule = tuple[Callable[[Any], bool], str] | tuple[Callable[[Any], bool], str, dict[str, Any]]
 
 
 def option(default: Any, rule: Rule) -> Option:
     """An option with ``default`` checked by ``rule`` (the shared :class:`lightning_xai._validation.Option`)."""
-    return Option(default, *rule)
+    ok, allowed, *spec = rule
+    return Option(default, ok, allowed, **(spec[0] if spec else {}))
 
 
 def int_at_least(low: int) -> Rule:
-    return (lambda v: is_int(v) and v >= low), f"an int >= {low}"
+    """An int ``>= low`` without an upper bound: never for a size (use :func:`int_in`)."""
+    return (lambda v: is_int(v) and v >= low), f"an int >= {low}", {"kind": "int", "low": low}
 
 
 def int_in(low: int, high: int) -> Rule:
     """An int in ``[low, high]``: every size-like option has an upper bound (a size without one is a denial of
     service: ``n_steps=10**9`` once asked for 18 GB before the first epoch)."""
-    return (lambda v: is_int(v) and low <= v <= high), f"an int in [{low}, {high}]"
+    return (lambda v: is_int(v) and low <= v <= high), f"an int in [{low}, {high}]", {"kind": "int", "low": low,
+                                                                                       "high": high}
 
 
 def optional(rule: Rule) -> Rule:
-    ok, allowed = rule
-    return (lambda v: v is None or ok(v)), f"None or {allowed}"
+    ok, allowed, *spec = rule
+    return (lambda v: v is None or ok(v)), f"None or {allowed}", {**(spec[0] if spec else {}), "nullable": True}
 
 
-POSITIVE: Rule = (lambda v: is_number(v) and v > 0, "a positive finite number")
-NON_NEGATIVE: Rule = (lambda v: is_number(v) and v >= 0, "a finite number >= 0")
+POSITIVE: Rule = (lambda v: is_number(v) and v > 0, "a positive finite number",
+                  {"kind": "float", "low": 0.0, "open_low": True})
+NON_NEGATIVE: Rule = (lambda v: is_number(v) and v >= 0, "a finite number >= 0", {"kind": "float", "low": 0.0})
 WINDOW: Rule = (lambda v: (is_int(v) and 1 <= v <= 4096) or (isinstance(v, tuple) and len(v) == 2 and all(
     is_int(s) and 1 <= s <= 4096 for s in v)), "an int in [1, 4096] or a pair (h, w) of such ints")
 
