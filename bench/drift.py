@@ -239,7 +239,8 @@ def main(argv: list[str] | None = None) -> None:
         print_curve(runs, options, args.part)
     elif args.command == "pool":
         for pool in args.pool_sizes:
-            summary = rule_summary(runs, stream_values(runs, pool), **options)
+            full = runs[0]["pool_val"] + runs[0]["pool_train"] if runs else 0
+            summary = rule_summary(runs, stream_values(runs, None if pool >= full else pool), **options)
             print_summary(summary, f"{args.part}, pool {pool}")
 
 
