@@ -183,7 +183,7 @@ def test_cli_yaml_parses_into_monitor(tmp_path):
     cli = cli_recipe.main(["--config", str(RECIPES / "cli.yaml"), "--trainer.logger.init_args.save_dir",
                            str(tmp_path), "--trainer.callbacks.target=2",
                            # a nested option overridden with a dotted path keeps the rest of its group
-                           "--trainer.callbacks.drift.window=4"], run=False)
+                           "--trainer.callbacks.drift.window=6"], run=False)
     monitors = [cb for cb in cli.trainer.callbacks if isinstance(cb, ExplanationMonitor)]
     assert len(monitors) == 1
     monitor = monitors[0]
@@ -199,8 +199,8 @@ def test_cli_yaml_parses_into_monitor(tmp_path):
     assert display["colormap"] == init["display"]["colormap"] and display["alpha"] == init["display"]["alpha"]
     drift = monitor.drift
     assert drift["warmup_epochs"] == init["drift"]["warmup_epochs"] == 2
-    assert drift["window"] == 4 and init["drift"]["window"] == 5
-    assert monitor.config.detector_options == {**init["drift"], "window": 4}  # what reaches the drift detector
+    assert drift["window"] == 6 and init["drift"]["window"] == 4
+    assert monitor.config.detector_options == {**init["drift"], "window": 6}  # what reaches the drift detector
     # A class index given on the command line arrives as an int, not the string "2".
     assert monitor.target == 2 and isinstance(monitor.target, int)
     assert cli.trainer.max_epochs == config["trainer"]["max_epochs"]
