@@ -19,7 +19,7 @@ from lightning_xai.callbacks._config import explain_options
 def test_every_method_runs_in_a_real_trainer(tmp_path):
     methods = available_methods()
     monitor = ExplanationMonitor(
-        methods=methods, num_probes=3, metrics=(),
+        methods=methods, num_probes=3, metrics=(), max_overhead=None,  # every method, not only the cheap ones
         method_options={"integrated_gradients": {"n_steps": 4, "tolerance": None},
                         **fast_options(m for m in methods if m != "integrated_gradients")},
     )

@@ -150,7 +150,7 @@ class MonitorConfig:
     view_options: dict[str, dict[str, Any]]
     on_drift: Callable[..., Any] | None
     on_error: str
-    max_overhead: float | None
+    max_overhead: float | Literal["auto"] | None
     output_transform: Callable[[Any], Tensor] | None
     method_options: dict[str, dict[str, Any]]
     metric_options: dict[str, dict[str, Any]]
@@ -199,8 +199,10 @@ def build_config(**args: Any) -> MonitorConfig:
     check(on_drift is None or callable(on_drift), "on_drift", on_drift, "None or a callable(report)")
     check(on_error in ("warn", "raise"), "on_error", on_error, "'warn' or 'raise'")
     budget = args["max_overhead"]
-    check(budget is None or (is_number(budget) and 0.0 < budget < 1.0), "max_overhead", budget,
-          "None (no budget) or a float in (0, 1): the largest share of training time the monitor may take")
+    check(budget is None or budget == "auto" or (is_number(budget) and 0.0 < budget < 1.0), "max_overhead", budget,
+          "'auto' (cheap methods every explained epoch, the others within 5% of the training time), None (no budget: "
+          "every method every explained epoch) or a float in (0, 1): the largest share of training time the monitor "
+          "may take")
     transform = args["output_transform"]
     check(transform is None or callable(transform), "output_transform", transform,
           "None or a callable mapping the model output to logits (N, num_classes)")
@@ -220,7 +222,7 @@ def build_config(**args: Any) -> MonitorConfig:
     return MonitorConfig(
         probes=probes, num_probes=int(num_probes), methods=methods, every_n_epochs=int(every), target=target,
         layer=layer, metrics=metrics, log_images=log_images, views=views, view_options=view_options,
-        on_drift=on_drift, on_error=on_error, max_overhead=None if budget is None else float(budget), output_transform=transform,
+        on_drift=on_drift, on_error=on_error, max_overhead=budget if budget in (None, "auto") else float(budget), output_transform=transform,
         method_options=_method_options(args["method_options"], methods),
         metric_options=_metric_options(args["metric_options"]),
         drift=_drift_options(args["drift"]),

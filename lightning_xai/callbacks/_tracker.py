@@ -67,7 +67,8 @@ class DriftTracker:
         return self.drift.keys(self.methods)
 
     def pooled(self, results: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        return {m: pool(results[f"map/{m}"], self.size) for m in self.methods}
+        """The pooled maps of the methods that ran this round (under a budget the optional ones skip rounds)."""
+        return {m: pool(results[f"map/{m}"], self.size) for m in self.methods if f"map/{m}" in results}
 
     def take_reference(self, epoch: int, results: Mapping[str, Tensor]) -> None:
         """The fit-start round: what the model looks at before this fit trains it (compared with, never judged)."""
@@ -87,7 +88,7 @@ class DriftTracker:
         record: dict[str, Any] = {"epoch": epoch, "step": step, "alarm": report.alarm}
         for key, values in (("stability", report.stability), ("topk_overlap", report.topk_overlap),
                             ("flags", report.flags)):
-            record[key] = {m: values[m].tolist() for m in self.methods}
+            record[key] = {m: values[m].tolist() for m in self.methods if m in values}
         return dict(report.scalars), report, record
 
     def state_dict(self) -> dict[str, Any]:

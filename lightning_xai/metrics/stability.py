@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
 from lightning_xai.metrics._utils import _as_heatmap, _check_size, _flat_rows, _snap
 
 __all__ = ["downsample", "spearman_similarity", "topk_overlap"]
@@ -56,11 +57,17 @@ def _pair(a: Tensor, b: Tensor, size: int) -> tuple[Tensor, Tensor]:
 
 def _degenerate(da: Tensor, db: Tensor, value: Tensor) -> Tensor:
     """Apply the flat-map and non-finite rules to a per-sample ``value``."""
-    flat_a, flat_b = _flat_rows(da), _flat_rows(db)
+    n = da.shape[0]
+    both = torch.cat([da, db])  # one pass over both sides
+    return _rules(_flat_rows(both), torch.isfinite(both).all(dim=1), n, value)
+
+
+def _rules(flat: Tensor, finite: Tensor, n: int, value: Tensor) -> Tensor:
+    """The flat-map and non-finite rules, from ``(2N,)`` flags of ``a``'s rows then ``b``'s."""
+    flat_a, flat_b = flat[:n], flat[n:]
     value = torch.where(flat_a & flat_b, torch.ones_like(value), value)
     value = torch.where(flat_a ^ flat_b, torch.zeros_like(value), value)
-    finite = torch.isfinite(da).all(dim=1) & torch.isfinite(db).all(dim=1)
-    return torch.where(finite, value, torch.full_like(value, float("nan")))
+    return torch.where(finite[:n] & finite[n:], value, torch.full_like(value, float("nan")))
 
 
 def spearman_similarity(a: Tensor, b: Tensor, size: int = 16) -> Tensor:
@@ -93,15 +100,16 @@ def spearman_similarity(a: Tensor, b: Tensor, size: int = 16) -> Tensor:
         tensor([-1.0000])
     """
     da, db = _pair(a, b, size)
-    finite = torch.isfinite(da).all(dim=1) & torch.isfinite(db).all(dim=1)
-    # Ranks of non-finite rows would be meaningless; give them a harmless placeholder and mark NaN afterwards.
-    sa = torch.where(finite[:, None], _snap(da), torch.zeros_like(da))
-    sb = torch.where(finite[:, None], _snap(db), torch.zeros_like(db))
-    if sa.shape[1] == 1:
-        rho = torch.zeros(sa.shape[0], dtype=sa.dtype, device=sa.device)
+    n = da.shape[0]
+    both = torch.cat([da, db])  # a's maps then b's: every per-map step runs once for both
+    finite = torch.isfinite(both).all(dim=1)
+    if both.shape[1] == 1:
+        rho = torch.zeros(n, dtype=both.dtype, device=both.device)
     else:
-        rho = _pearson_rows(_average_ranks(sa), _average_ranks(sb)).to(sa.dtype)
-    return _degenerate(da, db, rho)
+        # Ranks of non-finite rows would be meaningless; give them a harmless placeholder and mark NaN afterwards.
+        ranks = _average_ranks(torch.where(finite[:, None], _snap(both), torch.zeros_like(both)))
+        rho = _pearson_rows(ranks[:n], ranks[n:]).to(both.dtype)
+    return _rules(_flat_rows(both), finite, n, rho)
 
 
 def _average_ranks(x: Tensor) -> Tensor:

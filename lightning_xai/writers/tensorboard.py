@@ -101,15 +101,25 @@ class TensorBoardSink:
         get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
     def add_scalars(self, values: Mapping[str, float], step: int) -> list[str]:
-        """Log each finite value as its own scalar (``add_scalar(tag, value, step)``).
+        """Log each finite value as a scalar: one event holding them all where the writer exposes its file writer
+        (what ``add_scalar`` writes, one value each, without an event per key), else ``add_scalar(tag, value, step)``.
 
         Returns:
             The tags whose value was non-finite and therefore not written (also counted in ``skipped_counts``).
         """
         step = check_step(step)
         kept, skipped = finite_scalars(values)
-        for tag, value in kept.items():
-            self.summary_writer.add_scalar(tag, value, global_step=step)
+        get_file_writer = getattr(self.summary_writer, "_get_file_writer", None)
+        if callable(get_file_writer) and kept:
+            from tensorboard.compat.proto.summary_pb2 import Summary
+
+            for tag in kept:
+                check_tag(tag)
+            get_file_writer().add_summary(
+                Summary(value=[Summary.Value(tag=tag, simple_value=float(v)) for tag, v in kept.items()]), step)
+        else:
+            for tag, value in kept.items():
+                self.summary_writer.add_scalar(tag, value, global_step=step)
         self.skipped_counts.update(skipped)
         return skipped
 
