@@ -274,7 +274,10 @@ class ProbeSetup:
         blockers: list[str] | None = None
         with preserved_state(model):
             targets = explainer.targets(model, images, probes.labels[:1].to(device))
-            options = explain_options(config, images, self.layer_name, None, layer_reshape=self.layer_reshape)
+            # fixed IG steps: whether it works is the question here, not its precision (adaptive IG on one untrained
+            # probe could take max_steps evaluations)
+            options = explain_options(config, images, self.layer_name, None, layer_reshape=self.layer_reshape,
+                                      adaptive=False)
             for method in config.methods:
                 if self.layer_problem is not None and get_method(method).uses_layer:
                     failed[method] = self.layer_problem
