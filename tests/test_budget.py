@@ -129,3 +129,11 @@ def test_no_budget_explains_every_method_at_every_epoch(tmp_path):
     events = read_events(trainer.logger.log_dir)
     for m in ("grad_cam", "saliency", "integrated_gradients"):
         assert [s for s, _ in events["scalars"][f"xai/{m}/stability"]] == [4, 8]
+
+
+def test_views_run_at_the_first_explained_epoch_then_when_paid_for(tmp_path):
+    monitor = ExplanationMonitor(num_probes=4, methods=("grad_cam",), metrics=(), views=("activations",))
+    fit(tmp_path, [Credit(monitor, grant={2}), monitor], max_epochs=4)
+    assert [r["epoch"] for r in monitor.views_history] == [0, 2]
+    assert [r["epoch"] for r in monitor.history] == [0, 1, 2, 3]  # the heatmaps every epoch
+    assert monitor.budget.last("views") is not None
