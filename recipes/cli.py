@@ -37,8 +37,9 @@ class MonitorCLI(LightningCLI):
         for monitor in (cb for cb in trainer.callbacks if isinstance(cb, ExplanationMonitor)):
             print(f"\n{'epoch':>5} | " + " ".join(f"{m:>22}" for m in monitor.methods) + " | probes flagged")
             for record in monitor.history:
-                stability = [_mean(record["stability"][m]) for m in monitor.methods]
-                flagged = sum(sum(record["flags"][m]) for m in monitor.methods)
+                # a method the budget did not run this epoch has no entry (max_overhead: auto): nan
+                stability = [_mean(record["stability"].get(m, [])) for m in monitor.methods]
+                flagged = sum(sum(record["flags"].get(m, [])) for m in monitor.methods)
                 print(f"{record['epoch']:>5} | " + " ".join(f"{v:>22.3f}" for v in stability) + f" | {flagged}")
         if trainer.logger is not None and trainer.logger.log_dir:
             print(f"\nLogs: {os.path.abspath(trainer.logger.log_dir)}")
