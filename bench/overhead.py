@@ -272,6 +272,56 @@ def _report(setting: str, variants: list[str | None], times: dict[str | None, li
                   f"{budget.spent:.2f} s")
 
 
+def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - start)
+    return sorted(runs)[len(runs) // 2]
+
+
+def _per_sample_case(model: torch.nn.Module, size: int, batch: int, repeats: int) -> tuple[float, float]:
+    """(explanation, training) seconds per sample: Grad-CAM + saliency at ``internal_batch_size=batch``, and a
+    forward + backward + Adam step at batch ``batch`` (on a copy of the weights, restored afterwards)."""
+    from lightning_xai.attribution import explain_detailed
+
+    n = 4 * batch
+    x, y = torch.randn(n, 3, size, size), torch.arange(n) % 4
+    explain = _median_seconds(
+        lambda: explain_detailed(model, x, y, ("grad_cam", "saliency"), internal_batch_size=batch), repeats)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def train() -> None:
+        for i in range(0, n, batch):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[i:i + batch]), y[i:i + batch]).backward()
+            optimizer.step()
+
+    train_s = _median_seconds(train, repeats)
+    model.load_state_dict(state)
+    return explain / n, train_s / n
+
+
+def per_sample(repeats: int = 5) -> None:
+    """Seconds per sample of one Grad-CAM + saliency pass (the cheap methods share one forward + input-gradient
+    backward) at the training batch size, against one training image-step (forward, backward, Adam step), for the
+    drift detector's detection pool: the median of ``repeats`` timed calls after a warm-up."""
+    from demo import ShapesCNN
+
+    print("\n== per-sample cost of the cheap methods (Grad-CAM + saliency, one pass), 1 thread; median of "
+          f"{repeats}")
+    for name, model_name, size, batch in (("demo CNN", "demo", 32, 64), ("demo CNN", "demo", 64, 64),
+                                          ("resnet18", "resnet18", 64, BATCH), ("small ViT", "vit", 64, BATCH)):
+        torch.manual_seed(0)
+        model = ShapesCNN(num_classes=4) if model_name == "demo" else _net(model_name)
+        explain, train = _per_sample_case(model, size, batch, repeats)
+        print(f"  {name} at {size} px, batch {batch}: {explain * 1e3:.2f} ms per sample through Grad-CAM + saliency; "
+              f"a training image-step {train * 1e3:.2f} ms (ratio {explain / train:.2f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", default="demo,resnet18_256,vit_256,resnet18_2048",
@@ -280,6 +330,8 @@ def main() -> None:
     parser.add_argument("--variants", default="default",
                         help=f"comma-separated monitor configurations, from {sorted(VARIANTS)}")
     parser.add_argument("--epochs", type=int, default=None, help="override every setting's epochs")
+    parser.add_argument("--per-sample", action="store_true",
+                        help="only the per-sample cost of a Grad-CAM + saliency pass (demo CNN, resnet18, small ViT)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -290,6 +342,9 @@ def main() -> None:
     for name in list(logging.root.manager.loggerDict):
         if name.startswith(("pytorch_lightning", "lightning")):
             logging.getLogger(name).setLevel(logging.ERROR)
+    if args.per_sample:
+        per_sample()
+        return
     variants: list[str | None] = [None, *args.variants.split(",")]
     for setting in args.settings.split(","):
         if args.epochs is not None:
