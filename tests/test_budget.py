@@ -137,3 +137,19 @@ def test_views_run_at_the_first_explained_epoch_then_when_paid_for(tmp_path):
     assert [r["epoch"] for r in monitor.views_history] == [0, 2]
     assert [r["epoch"] for r in monitor.history] == [0, 1, 2, 3]  # the heatmaps every epoch
     assert monitor.budget.last("views") is not None
+
+
+def test_the_budgeted_schedule_changes_nothing_in_training(tmp_path):
+    # the default schedule (a cheap pass, then IG in a pass of its own when granted) is still only an observer
+    import torch
+
+    plain = fit(tmp_path / "a", [], max_epochs=3)
+    rng_a = torch.get_rng_state()
+    monitor = ExplanationMonitor(num_probes=4, method_options=FIXED_IG)
+    watched = fit(tmp_path / "b", [Credit(monitor, grant={1}), monitor], max_epochs=3)
+    assert torch.equal(rng_a, torch.get_rng_state())
+    assert [sorted(r["stability"]) for r in monitor.history][1] == ["grad_cam", "integrated_gradients", "saliency"]
+    state_a, state_b = plain.lightning_module.state_dict(), watched.lightning_module.state_dict()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    opt_a, opt_b = plain.optimizers[0].state_dict()["state"], watched.optimizers[0].state_dict()["state"]
+    assert all(torch.equal(opt_a[i]["momentum_buffer"], opt_b[i]["momentum_buffer"]) for i in opt_a)
