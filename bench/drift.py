@@ -1,27 +1,21 @@
-"""Drift-alarm scenario suite on the embedded shapes data: false alarms on clean runs, delays on planted changes.
+"""Drift-alarm benchmark: a generated scenario suite, split once into a tuning and an evaluation part.
 
-Each run trains the demo-sized CNN (32 px, a few hundred training images per epoch, plain torch loop, one CPU
-thread) and explains 16 fixed probes at every epoch end with Grad-CAM, saliency and Integrated Gradients (16 steps),
-exactly the maps the monitor would pool. The pooled maps (and predictions, labels, shape masks, marker masks) of
-every epoch are cached under ``--cache``; the detector is then *replayed* on the cached series, so tuning or
-re-checking the rule takes seconds, not a re-training.
+Each run (``bench/drift_scenarios.py``) trains the demo CNN or a small ResNet on the shapes data (32 px, 768
+training images per epoch, 14 epochs, change at epoch 7) and keeps, per epoch, what the monitor hands the drift
+detector by default: Grad-CAM and saliency on the detection pool (the 16 display probes + 48 more validation images +
+64 training images as they are at that epoch) and Integrated Gradients (16 steps) on the display probes, pooled to
+16 x 16. Runs are cached under ``--cache``; the detector is then *replayed* on the cached series (seconds).
 
-    python bench/drift.py                      # record missing runs (tens of minutes on 2 cores), then replay
-    python bench/drift.py --replay-only        # the table from the cache
-    python bench/drift.py --scenarios clean marker --seeds 2
+    python bench/drift.py record --jobs 2          # record missing runs (about 40 s per run per core)
+    python bench/drift.py report --part eval       # the default detector on the evaluation part
+    python bench/drift.py report --part tune       # ... on the tuning part (where its constants were chosen)
+    python bench/drift.py curve --part eval        # detection per family vs false-alarm epochs, threshold varied
+    python bench/drift.py pool --part eval         # what the detection pool size buys
 
-Scenarios (change at epoch ``--change`` = 10, 20 epochs, 4 warm-up epochs):
-
-- ``clean``: nothing changes (false alarms counted on every post-warm-up epoch).
-- ``lr_up`` / ``lr_down``: the learning rate steps up 10x (from a tenth of the usual rate) or down 10x at the change
-  (not drift: false alarms).
-- ``marker``: every training image gets its class marker in the class corner (probes carry it).
-- ``edge``: a class-coloured patch at one fixed place (top edge), probes carry it.
-- ``random``: the class-coloured patch at a random free place on every image (no fixed position).
-- ``train_only``: the corner marker in the training images only; the probes are clean validation images.
-- ``gradual``: the marker's share of training images ramps 0.1, 0.2, ... per epoch from ``--change - 2``.
-- ``noise`` / ``blur`` / ``brightness``: a domain shift of the training images at the change.
-- ``reinit``: the model is re-initialised (weights and optimiser) at the change.
+Targets (evaluation part, default detector): at most 1 false-alarm epoch in >= 100 post-warm-up epochs of clean and
+LR-step runs; sudden changes (cue on the probes, domain shift, label swap, re-initialisation, a change at an LR step)
+alarmed at the change epoch in >= 90 % of runs; training-only cues and cues without a fixed position within 2 epochs
+in >= 80 %; ramps before the cue is on half the training images in >= 80 %.
 """
 
 from __future__ import annotations
@@ -31,228 +25,280 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lightning_xai.attribution import explain  # noqa: E402
-from lightning_xai.datasets import ShapesDataset  # noqa: E402
+from drift_scenarios import Scenario, record_run, scenario_from_dict, suite  # noqa: E402
+
 from lightning_xai.drift import DriftDetector  # noqa: E402
-from lightning_xai.metrics.stability import downsample  # noqa: E402
 
-METHODS = ("grad_cam", "saliency", "integrated_gradients")
-SCENARIOS = ("clean", "lr_up", "lr_down", "marker", "edge", "random", "train_only", "gradual", "noise", "blur",
-             "brightness", "reinit")
-NOT_DRIFT = ("clean", "lr_up", "lr_down")
-SEEDS = {"clean": 5, "lr_up": 3, "lr_down": 3}  # others: --seeds
-SIZE = 16  # pooled grid, the monitor's default similarity_size
+CACHE = os.environ.get("DRIFT_BENCH_CACHE", "/tmp/drift_suite_cache")
+SUDDEN = ("cue_sudden", "domain", "label_swap", "reinit", "lr_and_cue")
+TARGETS = {"sudden": 0.9, "cue_unplaced": 0.8, "cue_train_only": 0.8, "ramp": 0.8}
 
 
-class ShapesCNN(nn.Module):
-    """The demo's CNN without Lightning: three conv blocks with BatchNorm, global pooling, linear."""
-
-    def __init__(self, num_classes: int = 4, width: int = 16) -> None:
-        super().__init__()
-        w = width
-
-        def block(cin: int, cout: int, pool: bool) -> list[nn.Module]:
-            layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                                       nn.ReLU(inplace=True)]
-            return layers + ([nn.MaxPool2d(2)] if pool else [])
-
-        self.features = nn.Sequential(*block(3, w, True), *block(w, 2 * w, True), *block(2 * w, 4 * w, False))
-        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2),
-                                        nn.Linear(4 * w, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+# ---------------------------------------------------------------------------------------------------- recording
+def _path(cache: Path, sc: Scenario) -> Path:
+    return cache / f"{sc.name}.pt"
 
 
-def _materialise(ds: ShapesDataset, cache: dict, key: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-    if key not in cache:
-        items = [ds.sample(i) for i in range(len(ds))]
-        cache[key] = (torch.stack([it["image"] for it in items]), torch.tensor([it["label"] for it in items]))
-    return cache[key]
+def _record_one(sc: Scenario, cache: str) -> str:
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    run = record_run(sc)
+    path = _path(Path(cache), sc)
+    tmp = path.with_suffix(".tmp")
+    torch.save(run, tmp)
+    tmp.replace(path)
+    accs = " ".join(f"{e['val_acc']:.2f}" for e in run["epochs"])
+    return f"recorded {sc.name} in {time.perf_counter() - start:.0f} s; val_acc {accs}"
 
 
-def _probe_set(scenario: str, seed: int, num_probes: int, image_size: int) -> dict[str, torch.Tensor]:
-    placement = {"edge": "edge", "random": "random"}.get(scenario, "corner")
-    marker = "none" if scenario == "train_only" else "class"
-    ds = ShapesDataset(num_probes, image_size=image_size, seed=1000 + seed, shortcut_strength=1.0, marker=marker,
-                       placement=placement)
-    items = [ds.sample(i) for i in range(num_probes)]
-    return {"images": torch.stack([it["image"] for it in items]), "labels": torch.tensor([it["label"] for it in items]),
-            "masks": torch.stack([it["mask"] for it in items]),
-            "marker_masks": torch.stack([it["marker_mask"] for it in items])}
+def record(scenarios: Sequence[Scenario], cache: Path, jobs: int) -> None:
+    cache.mkdir(parents=True, exist_ok=True)
+    todo = [sc for sc in scenarios if not _path(cache, sc).exists()]
+    print(f"{len(scenarios) - len(todo)} cached, {len(todo)} to record with {jobs} process(es)", flush=True)
+    if jobs <= 1:
+        for sc in todo:
+            print(_record_one(sc, str(cache)), flush=True)
+        return
+    with ProcessPoolExecutor(jobs) as pool:
+        for line in pool.map(_record_one, todo, [str(cache)] * len(todo)):
+            print(line, flush=True)
 
 
-def record_run(scenario: str, seed: int, args: argparse.Namespace) -> dict:
-    """Train one scenario run and return its per-epoch pooled maps and facts (plain tensors and lists)."""
-    torch.manual_seed(seed)
-    placement = {"edge": "edge", "random": "random"}.get(scenario, "corner")
-    train = ShapesDataset(args.train_size, image_size=args.image_size, seed=10 * seed + 1, placement=placement)
-    val = ShapesDataset(256, image_size=args.image_size, seed=10 * seed + 2, marker="none")
-    probes = _probe_set(scenario, seed, args.num_probes, args.image_size)
-    model = ShapesCNN()
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    cache: dict = {}
-    xv, yv = _materialise(val, {}, ("val",))
-    epochs: list[dict] = []
-    change = args.change
-    for epoch in range(args.epochs):
-        strength = 0.0
-        if scenario in ("marker", "edge", "random", "train_only") and epoch >= change:
-            strength = 1.0
-        if scenario == "gradual":
-            strength = min(1.0, max(0.0, 0.1 * (epoch - (change - 3))))
-        train.set_shortcut(strength)
-        if scenario in ("noise", "blur", "brightness") and epoch >= change:
-            train.set_corruption(scenario, 1.0)
-        if epoch == 0 and scenario == "lr_up":  # a warm-up schedule: 10x lower, then up to the usual rate
-            for group in opt.param_groups:
-                group["lr"] = 0.1 * args.lr
-        if epoch == change and scenario in ("lr_up", "lr_down"):
-            for group in opt.param_groups:
-                group["lr"] = args.lr if scenario == "lr_up" else 0.1 * args.lr
-        if epoch == change and scenario == "reinit":
-            model = ShapesCNN()
-            opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-        x, y = _materialise(train, cache, (strength, train.corruption))
-        model.train()
-        order = torch.randperm(len(x))
-        for start in range(0, len(x), args.batch_size):
-            idx = order[start:start + args.batch_size]
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        model.eval()
-        with torch.no_grad():
-            val_acc = float((model(xv).argmax(1) == yv).float().mean())
-            logits = model(probes["images"])
-        maps = explain(model, probes["images"], probes["labels"], METHODS, n_steps=16)
-        pooled = {m: downsample(v, SIZE).reshape(-1, 1, SIZE, SIZE) for m, v in maps.items()}
-        epochs.append({"epoch": epoch, "maps": pooled, "pred": logits.argmax(1), "val_acc": val_acc,
-                       "strength": strength})
-    return {"scenario": scenario, "seed": seed, "change": change, "epochs": epochs, "labels": probes["labels"],
-            "masks": probes["masks"], "marker_masks": probes["marker_masks"],
-            "marker_strength": [e["strength"] for e in epochs]}
+def load(scenarios: Sequence[Scenario], cache: Path) -> list[dict[str, Any]]:
+    runs = []
+    for sc in scenarios:
+        path = _path(cache, sc)
+        if path.exists():
+            run = torch.load(path, weights_only=False)
+            run["sc"] = scenario_from_dict(run["scenario"])
+            runs.append(run)
+    return runs
 
 
-def replay(run: dict, **detector_kwargs) -> list:
-    """The detector's reports for one cached run, epoch by epoch."""
-    det = DriftDetector(**detector_kwargs)
+# ---------------------------------------------------------------------------------------------------- replay
+def epoch_inputs(run: dict[str, Any], e: dict[str, Any], pool: int | None = None) -> dict[str, Any]:
+    """What the monitor hands the detector at one epoch: the cheap maps on the pool, IG on the display probes."""
+    p = run["num_probes"]
+    n_val, n_train = run["pool_val"], run["pool_train"]
+    if pool is None:
+        idx = torch.arange(n_val + n_train)
+    else:  # a smaller pool: the display probes, then validation and training samples in equal parts
+        extra = max(0, pool - p)
+        idx = torch.cat([torch.arange(p), torch.arange(p, p + min(n_val - p, extra // 2)),
+                         torch.arange(n_val, n_val + min(n_train, extra - extra // 2))])
+    maps = {m: e["maps"][m][idx].float()[:, None] for m in ("grad_cam", "saliency")}
+    origin = (idx >= n_val).long()
+    return {"maps": maps, "probe_maps": {"integrated_gradients": e["maps"]["integrated_gradients"].float()[:, None]},
+            "pred": e["pred"][idx].long(), "labels": e["targets"][idx].long(), "masks": run["masks"][idx].float(),
+            "origin": origin, "num_display": p}
+
+
+def lr_event(run: dict[str, Any], epoch: int) -> str | None:
+    sc: Scenario = run["sc"]
+    if sc.lr is not None and epoch == sc.change:
+        return f"learning rate x{sc.lr:g} since the previous explained epoch"
+    return None
+
+
+def replay(run: dict[str, Any], detector: DriftDetector, pool: int | None = None) -> list[Any]:
     reports = []
     for e in run["epochs"]:
-        # what the monitor does: a learning-rate step between explained epochs is reported as a non-drift event
-        event = "learning rate x10" if run["scenario"] in ("lr_up", "lr_down") and e["epoch"] == run["change"] else None
-        reports.append(det.update(e["epoch"], e["maps"], pred=e["pred"], labels=run["labels"], masks=run["masks"],
-                                  event=event))
+        inp = epoch_inputs(run, e, pool)
+        reports.append(detector.update(e["epoch"], {**inp["maps"], **inp["probe_maps"]}, pred=inp["pred"],
+                                       labels=inp["labels"], masks=inp["masks"], origin=inp["origin"],
+                                       num_display=inp["num_display"], event=lr_event(run, e["epoch"])))
     return reports
 
 
-def _expected(run: dict, warmup: int) -> tuple[int | None, int | None]:
-    """(change epoch, deadline epoch) for a drift scenario; (None, None) for not-drift scenarios."""
-    scenario, change = run["scenario"], run["change"]
-    if scenario in NOT_DRIFT:
-        return None, None
-    if scenario == "gradual":
-        first = next(i for i, s in enumerate(run["marker_strength"]) if s > 0)
-        half = next(i for i, s in enumerate(run["marker_strength"]) if s >= 0.5)
-        return first, half - 1  # before it is on half the training images
-    if scenario in ("train_only", "random"):
-        return change, change + 2  # within 2 explained epochs
-    return change, change  # sudden: at the change epoch
+def score_run(run: dict[str, Any], alarms: list[int], warmup: int) -> dict[str, Any]:
+    sc: Scenario = run["sc"]
+    deadline = sc.deadline()
+    if not sc.is_drift:
+        false = [e for e in alarms if e >= warmup]
+        checked = sum(1 for e in run["epochs"] if e["epoch"] >= warmup)
+        return {"name": sc.name, "family": sc.family, "arch": sc.arch, "false": false, "checked": checked,
+                "first": None, "deadline": None, "ok": not false, "alarms": alarms}
+    change = sc.change
+    false = [e for e in alarms if warmup <= e < change]
+    first = next((e for e in alarms if e >= change), None)
+    return {"name": sc.name, "family": sc.family, "arch": sc.arch, "false": false,
+            "checked": sum(1 for e in run["epochs"] if warmup <= e["epoch"] < change), "first": first,
+            "deadline": deadline, "ok": first is not None and first <= deadline, "alarms": alarms}
 
 
-def evaluate(runs: list[dict], warmup: int, **detector_kwargs) -> tuple[list[dict], dict]:
+def group_of(family: str) -> str:
+    return "sudden" if family in SUDDEN else family
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    quiet = [r for r in rows if r["deadline"] is None]
+    out: dict[str, Any] = {"quiet_epochs": sum(r["checked"] for r in quiet),
+                           "quiet_false": sum(len(r["false"]) for r in quiet),
+                           "pre_change_epochs": sum(r["checked"] for r in rows if r["deadline"] is not None),
+                           "pre_change_false": sum(len(r["false"]) for r in rows if r["deadline"] is not None)}
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["deadline"] is not None:
+            groups.setdefault(group_of(r["family"]), []).append(r)
+    out["groups"] = {g: (sum(r["ok"] for r in rs), len(rs)) for g, rs in groups.items()}
+    return out
+
+
+def evaluate(runs: list[dict[str, Any]], make_detector, pool: int | None = None) -> tuple[list[dict], dict]:
     rows = []
     for run in runs:
-        reports = replay(run, warmup_epochs=warmup, **detector_kwargs)
-        alarms = [r.epoch for r in reports if r.alarm]
-        change, deadline = _expected(run, warmup)
-        if change is None:
-            false = [e for e in alarms if e >= warmup]
-            first = None
-        else:
-            false = [e for e in alarms if warmup <= e < change]
-            first = next((e for e in alarms if e >= change), None)
-        rows.append({"scenario": run["scenario"], "seed": run["seed"], "change": change, "deadline": deadline,
-                     "first_alarm": first, "false": false, "alarms": alarms,
-                     "checked": sum(1 for r in reports if r.epoch >= warmup and (change is None or r.epoch < change)),
-                     "ok": first is not None and first <= deadline if change is not None else not false})
-    clean_epochs = sum(r["checked"] for r in rows if r["scenario"] in NOT_DRIFT)
-    false_epochs = sum(len(r["false"]) for r in rows)
-    drift_rows = [r for r in rows if r["change"] is not None]
-    summary = {"false_alarm_epochs": false_epochs,
-               "checked_epochs": sum(r["checked"] for r in rows), "clean_epochs": clean_epochs,
-               "clean_false": sum(len(r["false"]) for r in rows if r["scenario"] in NOT_DRIFT),
-               "detected_in_time": sum(bool(r["ok"]) for r in drift_rows), "drift_runs": len(drift_rows),
-               "missed": sum(r["first_alarm"] is None for r in drift_rows)}
-    return rows, summary
+        det = make_detector()
+        reports = replay(run, det, pool)
+        rows.append(score_run(run, [r.epoch for r in reports if r.alarm], det.warmup_epochs))
+    return rows, summarise(rows)
 
 
-def print_table(rows: list[dict], summary: dict) -> None:
-    print(f"{'scenario':<11} {'runs':>4} {'change':>6} {'target':>6} | {'first alarm per seed':<24} | "
-          f"{'false-alarm epochs':<20} | in time")
-    for scenario in dict.fromkeys(r["scenario"] for r in rows):
-        rs = [r for r in rows if r["scenario"] == scenario]
-        change = rs[0]["change"]
-        first = " ".join("-" if r["first_alarm"] is None else str(r["first_alarm"]) for r in rs)
-        false = " ".join(",".join(map(str, r["false"])) or "." for r in rs)
-        ok = sum(bool(r["ok"]) for r in rs)
-        print(f"{scenario:<11} {len(rs):>4} {'-' if change is None else change:>6} "
-              f"{'-' if change is None else rs[0]['deadline']:>6} | {first:<24} | {false:<20} | {ok}/{len(rs)}")
-    print(f"summary: {summary['clean_false']} false-alarm epoch(s) in {summary['clean_epochs']} post-warm-up epochs "
-          f"of not-drift runs; {summary['false_alarm_epochs']} false-alarm epoch(s) in all "
-          f"{summary['checked_epochs']} epochs before a change; drift caught in time in "
-          f"{summary['detected_in_time']}/{summary['drift_runs']} runs, missed entirely in {summary['missed']}")
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    print(f"{'run':<58} {'deadline':>8} {'first alarm':>11} {'false alarms':>12}  in time")
+    for r in rows:
+        first = "-" if r["first"] is None else str(r["first"])
+        dl = "-" if r["deadline"] is None else str(r["deadline"])
+        ok = "yes" if r["ok"] else "NO"
+        print(f"{r['name']:<58} {dl:>8} {first:>11} {','.join(map(str, r['false'])) or '.':>12}  {ok}")
+
+
+def print_summary(summary: dict[str, Any], label: str) -> None:
+    print(f"[{label}] false alarms: {summary['quiet_false']} epoch(s) in {summary['quiet_epochs']} post-warm-up epochs "
+          f"of clean and LR-step runs; {summary['pre_change_false']} in {summary['pre_change_epochs']} pre-change "
+          f"epochs of drift runs")
+    for g, (ok, n) in sorted(summary["groups"].items()):
+        target = TARGETS.get(g)
+        met = "met" if target is not None and ok >= target * n else "NOT met"
+        mark = "" if target is None else f" (target >= {100 * target:.0f}%: {met})"
+        print(f"[{label}]   {g:<15} in time {ok}/{n} = {ok / n:.0%}{mark}")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS)
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per drift scenario (clean: 5, lr: 3)")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--change", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=4)
-    parser.add_argument("--train-size", type=int, default=1024)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--num-probes", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--cache", default=os.environ.get("DRIFT_BENCH_CACHE", "/tmp/drift_bench_cache"))
-    parser.add_argument("--replay-only", action="store_true")
-    parser.add_argument("--json", default=None, help="write the rows and summary here")
+    parser.add_argument("command", choices=("record", "report", "curve", "pool", "list", "trace", "tune"))
+    parser.add_argument("--part", choices=("tune", "eval", "all"), default="eval")
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--cache", default=CACHE)
     parser.add_argument("--detector", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="DriftDetector arguments for the replay, e.g. sigmas=2.5 horizon=4")
+                        help="DriftDetector keyword arguments for the replay, e.g. sigmas=3")
+    parser.add_argument("--rows", action="store_true", help="print one line per run")
+    parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    scenarios = [sc for sc in suite() if args.part == "all" or sc.part == args.part]
     cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    runs = []
-    for scenario in args.scenarios:
-        for seed in range(SEEDS.get(scenario, args.seeds)):
-            path = cache / f"{scenario}_{seed}_e{args.epochs}_c{args.change}_n{args.train_size}.pt"
-            if not path.exists():
-                if args.replay_only:
-                    continue
-                start = time.perf_counter()
-                run = record_run(scenario, seed, args)
-                torch.save(run, path)
-                accs = " ".join(f"{e['val_acc']:.2f}" for e in run["epochs"])
-                print(f"recorded {path.name} in {time.perf_counter() - start:.0f} s; val_acc {accs}", flush=True)
-            runs.append(torch.load(path, weights_only=False))
+    if args.command == "list":
+        for sc in scenarios:
+            print(sc.part, sc.name, "cached" if _path(cache, sc).exists() else "")
+        return
+    if args.command == "record":
+        record(scenarios, cache, args.jobs)
+        return
+    runs = load(scenarios, cache)
+    print(f"{len(runs)}/{len(scenarios)} runs of part {args.part!r} cached")
     options = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.detector)}
-    rows, summary = evaluate(runs, args.warmup, **options)
-    print_table(rows, summary)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))
+    if args.command == "report":
+        rows, summary = evaluate(runs, lambda: DriftDetector(**options))
+        if args.rows:
+            print_rows(rows)
+        print_summary(summary, args.part)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))
+    elif args.command == "tune":
+        if args.part != "tune":
+            parser.error("constants are chosen on the tuning part only: --part tune")
+        best = grid_search(runs, max_false=1)
+        for caught, quiet, pre, rule in best[:15]:
+            print(f"caught {caught}, false {quiet} quiet + {pre} pre-change: {rule}")
+    elif args.command == "trace":
+        for run in runs:
+            det = DriftDetector(**options)
+            print(f"{run['name']} (change {run['sc'].change}, deadline {run['sc'].deadline()})")
+            for r in replay(run, det):
+                top = sorted(((m, k, v) for m, sc in r.scores.items() for k, v in sc.items() if k != "score"),
+                             key=lambda t: -t[2])[:3]
+                tops = " ".join(f"{m[:3]}:{k}={v * det.threshold:+.1f}" for m, k, v in top)
+                print(f"  {r.epoch:>2} {'ALARM' if r.alarm else '     '} sudden {r.evidence.get('sudden', 0):.2f} "
+                      f"acc {r.evidence.get('accumulated', 0):.2f} | {tops}")
+    elif args.command == "curve":
+        print_curve(runs, options, args.part)
+    elif args.command == "pool":
+        for pool in (16, 32, 64, 128):
+            _, summary = evaluate(runs, lambda: DriftDetector(**options), pool=pool)
+            print_summary(summary, f"{args.part}, pool {pool}")
+
+
+def print_curve(runs: list[dict[str, Any]], options: dict[str, Any], part: str) -> None:
+    """Detection in time per group and false-alarm epochs as the alarm threshold varies (the operating curve)."""
+    default = DriftDetector(**options).threshold
+    print(f"operating curve on part {part!r} (default threshold {default:g})")
+    header = None
+    for factor in (0.6, 0.7, 0.8, 0.9, 1.0, 1.15, 1.3, 1.5, 2.0):
+        threshold = default * factor
+        _, summary = evaluate(runs, lambda t=threshold: DriftDetector(**{**options, "threshold": t}))
+        groups = sorted(summary["groups"])
+        if header is None:
+            header = groups
+            print(f"{'threshold':>9} {'false/quiet epochs':>18} " + " ".join(f"{g:>15}" for g in groups))
+        cells = " ".join(f"{summary['groups'][g][0]:>7}/{summary['groups'][g][1]:<7}" for g in groups)
+        print(f"{threshold:>9.2f} {summary['quiet_false']:>8}/{summary['quiet_epochs']:<9} {cells}")
 
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+# ---------------------------------------------------------------------------------------------------- tuning
+def stream_values(runs: list[dict[str, Any]], pool: int | None = None) -> list[list[dict[str, float]]]:
+    """Per run, per epoch: every stream's value (they do not depend on the rule's constants)."""
+    return [[r.statistics for r in replay(run, DriftDetector(), pool)] for run in runs]
+
+
+def rule_alarms(run: dict[str, Any], values: list[dict[str, float]], warmup: int, keep, **rule: Any) -> list[int]:
+    """Replay only the alarm rule (drift/_rule.py) on recorded stream values."""
+    from lightning_xai.drift._rule import AlarmRule
+
+    ar = AlarmRule(**rule)
+    alarms = []
+    for i, (e, vals) in enumerate(zip(run["epochs"], values)):
+        d = ar.decide({k: v for k, v in vals.items() if keep(k)}, warmup=i < warmup,
+                      event=lr_event(run, e["epoch"]) is not None)
+        if d.alarm:
+            alarms.append(e["epoch"])
+    return alarms
+
+
+def grid_search(runs: list[dict[str, Any]], max_false: int) -> list[tuple[int, int, int, dict[str, Any]]]:
+    """Every combination of the rule's constants on these runs: (caught in time, quiet false, pre-change false,
+    constants), best first among those with at most ``max_false`` false-alarm epochs on clean and LR-step runs."""
+    import itertools
+
+    values = stream_values(runs)
+    stats_options = {"lag+class+mass": ("lag", "class", "mass"), "lag+class": ("lag", "class"),
+                     "class+mass": ("class", "mass"), "class": ("class",)}
+    results = []
+    grid = itertools.product((3.0, 4.0, 5.0, 6.0), (0.5, 1.0, 1.5), (3.0, 5.0, 8.0), (1.5, 2.5), (0.2, 0.35, 0.5),
+                             (4, 6), (1.5, 2.0), stats_options)
+    for threshold, slack, cusum, learn, spread, window, event_factor, stats in grid:
+        rule = {"window": window, "threshold": threshold, "slack": slack, "cusum_threshold": cusum,
+                "learn_below": learn, "min_spread": spread, "event_factor": event_factor, "settle": 1}
+        allowed = stats_options[stats]
+
+        def keep(key: str, allowed=allowed) -> bool:
+            return key.split("|", 1)[1].split("/")[0] in allowed
+
+        rows = [score_run(run, rule_alarms(run, vals, 3, keep, **rule), 3) for run, vals in zip(runs, values)]
+        s = summarise(rows)
+        caught = sum(ok for ok, _ in s["groups"].values())
+        results.append((caught, s["quiet_false"], s["pre_change_false"], {**rule, "statistics": stats}))
+    ok = [r for r in results if r[1] <= max_false]
+    return sorted(ok, key=lambda r: (-r[0], r[1] + r[2]))

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-__all__ = ["ProbeSet", "agree_on_probes", "select_probes"]
+__all__ = ["read_samples_at", "ProbeSet", "agree_on_probes", "select_probes"]
 
 #: ``select_probes`` reads at most ``MAX_SCAN_FACTOR * num_probes`` samples unless ``max_scan`` says otherwise.
 MAX_SCAN_FACTOR = 50
@@ -475,6 +475,45 @@ def select_probes(
             raise ValueError(f"`source` is empty: no samples to choose probes from ({_describe(source)})")
         chosen = _choose(samples, num_probes)
         return _build(samples, chosen)
+
+
+def read_samples_at(dataset: Any, ids: Sequence[int], *, input_key: Selector = None, label_key: Selector = None,
+                    mask_key: Selector = None, seed: int = 0) -> ProbeSet:
+    """Read the samples ``ids`` of a map-style dataset as they are *now*, as a :class:`ProbeSet` (labels as stored).
+
+    For watching training data that may change between epochs (a planted cue, a new augmentation, relabelled
+    samples): read under the same isolated, seeded RNG every time, so an unchanged dataset with random transforms
+    gives the same tensors at every call, and the caller's RNG streams are untouched.
+
+    Raises:
+        TypeError: ``dataset`` is not map-style.
+    """
+    if not _is_map_style(dataset):
+        raise TypeError(f"`dataset` must be a map-style dataset (with __getitem__ and __len__), got "
+                        f"{type(dataset).__name__}")
+    ids = [int(i) for i in ids]
+    with _isolated_rng(seed), torch.inference_mode(False), torch.no_grad():
+        samples = _read_samples(_Indexed(dataset, ids), len(ids), input_key, label_key, mask_key)
+    samples = [(ids[pos], image, label, mask) for pos, (_, image, label, mask) in enumerate(samples)]
+    return _build(samples, [(pos, label if isinstance(label, int) else None) for pos, (_, _, label, _) in
+                            enumerate(samples)])
+
+
+class _Indexed(Sequence):
+    """``dataset[ids[i]]`` as a sequence (a map-style view of chosen samples)."""
+
+    def __init__(self, dataset: Any, ids: list[int]) -> None:
+        self.dataset, self.ids = dataset, ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: Any) -> Any:
+        if not isinstance(i, int):
+            raise TypeError("index must be an int")
+        if not -len(self.ids) <= i < len(self.ids):
+            raise IndexError(i)
+        return self.dataset[self.ids[i]]
 
 
 def _read_samples(

@@ -112,6 +112,11 @@ _PROBE_OPTIONS = {
 _STABILITY = {
     "size": Option(16, lambda v: is_int(v) and v >= 2, "an int >= 2 (side of the pooled maps compared)"),
     "topk": Option(0.1, lambda v: is_number(v) and 0.0 < v <= 1.0, "a float in (0, 1] (share of pixels in top-k)"),
+    "pool_size": Option("auto", lambda v: v == "auto" or (is_int(v) and 0 <= v <= 1024),
+                        "'auto' (1/16 of the training set, at most 128) or an int in [0, 1024] (extra samples the "
+                        "drift detector watches with the one-pass methods; 0: the display probes only)"),
+    "pool_from": Option("both", lambda v: v in ("both", "validation", "training"),
+                        "'both', 'validation' or 'training' (where the detection pool's samples come from)"),
 }
 
 

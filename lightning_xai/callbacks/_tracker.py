@@ -7,8 +7,10 @@ maps to :class:`lightning_xai.drift.DriftDetector`, which owns the references, t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from lightning_xai.drift import DriftDetector, DriftReport
@@ -20,6 +22,26 @@ _STATE_VERSION = 3
 def pool(maps: Tensor, size: int) -> Tensor:
     """Heatmaps ``(N, 1, H, W)`` -> pooled ``(N, 1, size, size)``: what stability compares and the checkpoint keeps."""
     return downsample(maps, size=size).reshape(maps.shape[0], 1, size, size)
+
+
+@dataclass
+class DetectionRows:
+    """The detection pool's rows beyond the display probes, for one round: the cheap methods' heatmaps
+    ``(n, 1, H, W)`` (NaN where the pool could not be explained: degenerate, left out), predictions, explained
+    classes, origin (0 validation, 1 training) and masks (or None)."""
+
+    heatmaps: dict[str, Tensor]
+    pred: Tensor
+    target: Tensor
+    origin: Tensor
+    masks: Tensor | None = None
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(self.heatmaps)
+
+    def maps(self, method: str, size: int) -> Tensor:
+        return pool(self.heatmaps[method], size)
 
 
 def lr_event(previous: Sequence[float] | None, current: Sequence[float], factor: float = 2.0) -> str | None:
@@ -66,24 +88,40 @@ class DriftTracker:
     def keys(self) -> set[str]:
         return self.drift.keys(self.methods)
 
-    def pooled(self, results: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """The pooled maps of the methods that ran this round (under a budget the optional ones skip rounds)."""
-        return {m: pool(results[f"map/{m}"], self.size) for m in self.methods if f"map/{m}" in results}
+    def pooled(self, results: Mapping[str, Tensor], extra: DetectionRows | None = None) -> dict[str, Tensor]:
+        """Each method's pooled maps: the display probes, then (cheap methods) the detection pool's other rows. Only
+        the methods that ran this round (under a budget the optional ones skip rounds)."""
+        out = {m: pool(results[f"map/{m}"], self.size) for m in self.methods if f"map/{m}" in results}
+        if extra is not None:
+            for m in extra.methods:
+                if m in out:
+                    out[m] = torch.cat([out[m], extra.maps(m, self.size)])
+        return out
 
-    def take_reference(self, epoch: int, results: Mapping[str, Tensor]) -> None:
+    def take_reference(self, epoch: int, results: Mapping[str, Tensor], extra: DetectionRows | None = None) -> None:
         """The fit-start round: what the model looks at before this fit trains it (compared with, never judged)."""
-        self.drift.prime(self.pooled(results), pred=results["pred"])
+        pred = results["pred"] if extra is None else torch.cat([results["pred"], extra.pred])
+        self.drift.prime(self.pooled(results, extra), pred=pred)
         self.has_reference = True
 
     def update(self, epoch: int, step: int, results: Mapping[str, Tensor], *, masks: Tensor | None = None,
                labels: Tensor | None = None, probe_ids: Sequence[Any] | None = None,
-               class_names: Sequence[str] | None = None, event: str | None = None
-               ) -> tuple[dict[str, float], DriftReport, dict[str, Any]]:
+               class_names: Sequence[str] | None = None, event: str | None = None,
+               extra: DetectionRows | None = None) -> tuple[dict[str, float], DriftReport, dict[str, Any]]:
         """Compare this round with the references; returns scalars, the report and the history record to keep."""
         if labels is not None and labels.ndim != 1:
             labels = None  # multi-label probes: no single class per probe for the per-class story
-        report = self.drift.update(epoch, self.pooled(results), pred=results["pred"], labels=labels, masks=masks,
-                                   probe_ids=probe_ids, class_names=class_names, event=event)
+        pred, origin, num_display = results["pred"], None, None
+        if extra is not None:
+            num_display = int(results["pred"].shape[0])
+            pred = torch.cat([pred, extra.pred])
+            origin = torch.cat([torch.zeros(num_display, dtype=torch.long), extra.origin])
+            labels = None if labels is None else torch.cat([labels, extra.target])
+            masks = None if masks is None or extra.masks is None else torch.cat(
+                [masks.float(), extra.masks.float().to(masks.device)])
+        report = self.drift.update(epoch, self.pooled(results, extra), pred=pred, labels=labels, masks=masks,
+                                   origin=origin, num_display=num_display, probe_ids=probe_ids,
+                                   class_names=class_names, event=event)
         self.has_reference = True
         record: dict[str, Any] = {"epoch": epoch, "step": step, "alarm": report.alarm}
         for key, values in (("stability", report.stability), ("topk_overlap", report.topk_overlap),

@@ -44,10 +44,11 @@ from lightning_xai.callbacks._config import (
     ProbeOptions,
     build_config,
 )
+from lightning_xai.callbacks._pool import DetectionPool
 from lightning_xai.callbacks._probes import ProbeSetup, check_monitors, check_strategy, train_batch_size
 from lightning_xai.callbacks._reporter import Reporter, drift_text
 from lightning_xai.callbacks._round import DistributedRound, ProbeExplainer, module_device
-from lightning_xai.callbacks._tracker import DriftTracker, lr_event
+from lightning_xai.callbacks._tracker import DetectionRows, DriftTracker, lr_event
 from lightning_xai.distributed import shard_bounds
 from lightning_xai.drift import DriftDetector, DriftReport
 from lightning_xai.metrics.registry import (
@@ -228,6 +229,8 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self.config: MonitorConfig = config
         self._probes = ProbeSetup(config)
         self._explainer = ProbeExplainer(config)
+        self._pool = DetectionPool(config)  # the drift detector's extra samples, explained with the cheap methods
+        self._pool_explainer = ProbeExplainer(config)
         self._round = DistributedRound(config.on_error, warn=rank_zero_warn)
         self._tracker = DriftTracker(config.methods, config.size, config.detector_options, config.drift["topk"])
         self._last_lrs: list[float] | None = None  # learning rates at the last explained round (schedule steps)
@@ -457,6 +460,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self._explainer.layer_reshape = self._probes.layer_reshape
         self._dry_run(trainer, pl_module)
         self._plan_methods(trainer)
+        self._setup_pool(trainer)
         if self._views:
             self._setup_views(pl_module)
         self._check_restored_probes()
@@ -486,6 +490,32 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         # a callback monitoring a left-out method's key would wait forever: say so now
         check_monitors(trainer.callbacks, self.logged_keys(), config.every_n_epochs,
                        budget=self._spaces_rounds())
+
+    def _setup_pool(self, trainer: pl.Trainer) -> None:
+        """The drift detection pool (every rank selects the same samples from the same data; no collective)."""
+        self._pool.setup(trainer, self.probe_set, self._probes.source, self.config.methods)
+        self._pool_explainer = ProbeExplainer(self._pool.explainer_config(), self._probes.layer_name)
+        self._pool_explainer.layer_reshape = self._probes.layer_reshape
+        if self._pool.notes:
+            rank_zero_warn("ExplanationMonitor: " + "; ".join(self._pool.notes))
+
+    def _explain_pool(self, trainer: pl.Trainer, model: torch.nn.Module) -> DetectionRows | None:
+        """The pool's rows this round (every rank its shard, gathered); NaN maps (left out) if it failed."""
+        if not self._pool.enabled:
+            return None
+        ok, read = self._round.agreed(trainer, self._pool.samples, what="reading the drift detection pool")
+        results = None
+        if ok and read[0] is not None:
+            with muted_logging(model):
+                results = self._round.explain(trainer, model, read[0], self._pool_explainer)
+        methods, n, origin = self._pool.methods, self._pool.size, self._pool.origin
+        if results is None:
+            h, w = self.probe_set.images.shape[-2:]
+            missing = torch.full((n,), -1, dtype=torch.long)
+            return DetectionRows({m: torch.full((n, 1, h, w), float("nan")) for m in methods}, pred=missing,
+                                 target=missing, origin=origin)
+        return DetectionRows({m: results[f"map/{m}"] for m in methods}, pred=results["pred"],
+                             target=results["target"], origin=read[1], masks=read[0].masks)
 
     def _setup_views(self, model: torch.nn.Module) -> None:
         """The views' layer (the Grad-CAM layer) and pool, on every rank (no collectives, so a bad source fails
@@ -549,6 +579,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loader = trainer.train_dataloader
         self._explainer.train_batch_size = getattr(loader, "batch_size", None) if loader is not None else None
+        self._pool_explainer.train_batch_size = self._explainer.train_batch_size
         # The reference frame: what the model looks at before this fit trains it (skipped on resume).
         if not self._tracker.has_reference:
             start = time.perf_counter()
@@ -674,13 +705,14 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             if not reference:
                 self._publish(trainer, {}, self._epoch_keys())  # skipped: nothing stale stays behind
             return
+        extra = self._explain_pool(trainer, pl_module)
         if reference:
-            self._tracker.take_reference(trainer.current_epoch, results)
+            self._tracker.take_reference(trainer.current_epoch, results, extra)
             self._last_lrs = [float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups if "lr" in g]
             # what one probe costs through the cheap methods: the first estimate of everything optional
             self._record_passes(self._round.broadcast(trainer, self._pass_timings()))
             return
-        ok, measured = self._round.agreed(trainer, lambda: self._measure(trainer, results, measures),
+        ok, measured = self._round.agreed(trainer, lambda: self._measure(trainer, results, measures, extra),
                                           what="measuring")
         if not ok:
             self._publish(trainer, {}, self._epoch_keys())
@@ -723,7 +755,8 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             if self.config.on_drift is not None:  # user code: a failure obeys on_error like any other
                 self._round.agreed(trainer, lambda: self.config.on_drift(report), what="on_drift")
 
-    def _measure(self, trainer: pl.Trainer, results: Mapping[str, Tensor], measures: Sequence[Any]
+    def _measure(self, trainer: pl.Trainer, results: Mapping[str, Tensor], measures: Sequence[Any],
+                 extra: DetectionRows | None = None
                  ) -> tuple[dict[str, float], DriftReport, dict[str, Any], dict[str, Tensor]]:
         probes = self.probe_set
         lrs = [float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups if "lr" in g]
@@ -732,7 +765,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         scalars, report, record = self._tracker.update(trainer.current_epoch, trainer.global_step, results,
                                                        masks=probes.masks, labels=probes.labels,
                                                        probe_ids=probes.ids.tolist(), class_names=self.class_names,
-                                                       event=event)
+                                                       event=event, extra=extra)
         measured = run_measures(measures, self._context(results), self.config.metric_options)
         scalars.update(measured.scalars)
         record.update(measured.per_probe)

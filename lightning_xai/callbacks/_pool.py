@@ -1,0 +1,171 @@
+"""The detection pool: more samples for the drift detector than the display probes, explained with cheap methods.
+
+Sixteen display probes are too few to see a change that touches a third of the data, and validation images cannot
+show a cue that lives only in the training data. The pool adds validation samples (fixed, read once) and training
+samples (the same indices, **re-read every round** under a fixed seed: a cue, a corruption or a relabelling that
+appears in the training data is seen directly, while random augmentations repeat exactly). Only the methods that
+cost one forward and backward per sample explain the pool (Grad-CAM, saliency, ...); the expensive ones stay on the
+display probes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_xai.attribution import get_method
+from lightning_xai.callbacks._compat import MisconfigurationException
+from lightning_xai.callbacks._config import MonitorConfig
+from lightning_xai.probes import ProbeSet, _is_map_style, read_samples_at, select_probes
+
+__all__ = ["DetectionPool", "cheap_methods", "resolve_pool_size"]
+
+#: ``drift={"pool_size": "auto"}``: this share of the training set's samples (at most :data:`AUTO_MAX`), so the
+#: pool's cost stays a small share of an epoch's training (one forward + backward per pool sample and cheap method).
+AUTO_SHARE = 1 / 16
+AUTO_MAX = 128
+#: samples read to choose class-balanced pool members (a multiple of the wanted count, not the whole dataset)
+_SCAN_FACTOR = 4
+
+
+def cheap_methods(methods: tuple[str, ...]) -> tuple[str, ...]:
+    """The configured methods that cost one forward and backward per sample (the detection pool's methods)."""
+    out = []
+    for m in methods:
+        try:
+            cost = str(getattr(get_method(m), "cost", ""))
+        except (KeyError, ValueError):
+            continue
+        if cost.startswith("1"):
+            out.append(m)
+    return tuple(out)
+
+
+def resolve_pool_size(option: Any, train_len: int | None) -> int:
+    """Extra samples in the pool: an int as given, or ``"auto"``: 1/16 of the training set, at most 128."""
+    if option != "auto":
+        return int(option)
+    if not train_len:
+        return AUTO_MAX // 2
+    return int(min(AUTO_MAX, train_len * AUTO_SHARE)) // 2 * 2
+
+
+def _training_dataset(trainer: Any) -> Any:
+    """The training DataLoader's map-style dataset, or None (iterable data, no loader)."""
+    try:
+        source = trainer.fit_loop._data_source
+        if not source.is_defined():
+            return None
+        loader = source.dataloader()
+    except Exception:  # a stand-in trainer, a loader that cannot be built here: no training part
+        return None
+    if isinstance(loader, dict):
+        loader = next(iter(loader.values()), None)
+    elif isinstance(loader, (list, tuple)):
+        loader = loader[0] if loader else None
+    dataset = getattr(loader, "dataset", None)
+    return dataset if dataset is not None and _is_map_style(dataset) else None
+
+
+class DetectionPool:
+    """The pool's samples and how to read them each round.
+
+    After :meth:`setup`: ``extra_validation`` (a fixed :class:`ProbeSet`), ``train_ids`` and the training dataset,
+    ``methods`` (the cheap methods), ``notes`` (what to tell the user once). :meth:`samples` returns this round's
+    pool beyond the display probes and the origin of each row (0 validation, 1 training).
+    """
+
+    def __init__(self, config: MonitorConfig) -> None:
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        self.extra_validation: ProbeSet | None = None
+        self.train_ids: list[int] = []
+        self._train_dataset: Any = None
+        self.methods: tuple[str, ...] = ()
+        self.notes: list[str] = []
+        self.size = 0
+        self.origin = torch.zeros(0, dtype=torch.long)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.methods) and self.size > 0
+
+    def setup(self, trainer: Any, display: ProbeSet, display_source: Any, methods: tuple[str, ...]) -> None:
+        """Choose the pool (deterministic, RNG-neutral, identical on every rank that sees the same data)."""
+        self.reset()
+        options, probe = self.config.drift, self.config.probe_options
+        self.methods = cheap_methods(methods)
+        where = options.get("pool_from", "both")
+        train_dataset = _training_dataset(trainer) if where in ("both", "training") else None
+        train_len = len(train_dataset) if train_dataset is not None else None
+        size = resolve_pool_size(options.get("pool_size", "auto"), train_len)
+        if not self.methods or size == 0:
+            return
+        if where == "both" and train_dataset is None:
+            self.notes.append("the training data is not a map-style dataset: the drift detection pool takes "
+                              "validation samples only")
+        n_train = 0 if train_dataset is None else (size // 2 if where == "both" else size)
+        n_val = 0 if where == "training" else size - n_train
+        keys = {"input_key": probe["input_key"], "label_key": probe["label_key"], "mask_key": probe["mask_key"]}
+        seed = int(probe["seed"])
+        try:
+            if n_val > 0 and display_source is not None:
+                wanted = n_val + len(display)
+                chosen = select_probes(display_source, wanted, seed=seed, max_scan=_SCAN_FACTOR * wanted, **keys)
+                keep = ~torch.isin(chosen.ids, display.ids)
+                if chosen.images.shape[1:] == display.images.shape[1:] and bool(keep.any()):
+                    idx = keep.nonzero().flatten()[:n_val]
+                    self.extra_validation = ProbeSet(
+                        images=chosen.images[idx], labels=chosen.labels[idx], ids=chosen.ids[idx],
+                        masks=None if chosen.masks is None else chosen.masks[idx])
+            if n_train > 0 and train_dataset is not None:
+                chosen = select_probes(train_dataset, n_train, seed=seed, max_scan=_SCAN_FACTOR * n_train, **keys)
+                if chosen.images.shape[1:] == display.images.shape[1:]:
+                    self.train_ids = chosen.ids.tolist()
+                    self._train_dataset = train_dataset
+                else:
+                    self.notes.append(f"training images {tuple(chosen.images.shape[1:])} differ in size from the "
+                                      f"validation probes {tuple(display.images.shape[1:])}: the drift detection "
+                                      "pool takes validation samples only")
+        except (TypeError, ValueError) as err:
+            raise MisconfigurationException(
+                f"ExplanationMonitor could not build the drift detection pool: {err} Set drift={{'pool_size': 0}} "
+                "to watch the display probes only, or probe_options={'input_key': ..., 'label_key': ...}.") from err
+        n_val = 0 if self.extra_validation is None else len(self.extra_validation)
+        self.size = n_val + len(self.train_ids)
+        self.origin = torch.cat([torch.zeros(n_val, dtype=torch.long), torch.ones(len(self.train_ids), dtype=torch.long)])
+
+    def samples(self) -> tuple[ProbeSet | None, Tensor]:
+        """This round's pool beyond the display probes (training samples read as they are now) and each row's
+        origin (0 validation, 1 training)."""
+        parts, origin = [], []
+        if self.extra_validation is not None:
+            parts.append(self.extra_validation)
+            origin.append(torch.zeros(len(self.extra_validation), dtype=torch.long))
+        if self.train_ids:
+            probe = self.config.probe_options
+            train = read_samples_at(self._train_dataset, self.train_ids, input_key=probe["input_key"],
+                                    label_key=probe["label_key"], mask_key=probe["mask_key"], seed=int(probe["seed"]))
+            parts.append(train)
+            origin.append(torch.ones(len(train), dtype=torch.long))
+        if not parts:
+            return None, torch.zeros(0, dtype=torch.long)
+        if len(parts) == 1:
+            return parts[0], origin[0]
+        masks = None
+        if all(p.masks is not None for p in parts):
+            masks = torch.cat([p.masks for p in parts])  # type: ignore[misc]
+        images = torch.cat([p.images.to(parts[0].images.dtype) for p in parts])
+        return ProbeSet(images=images, labels=torch.cat([p.labels for p in parts]),
+                        ids=torch.cat([p.ids for p in parts]), masks=masks), torch.cat(origin)
+
+    def explainer_config(self) -> MonitorConfig:
+        """The monitor's configuration reduced to the pool's methods, no measures."""
+        return dataclasses.replace(self.config, methods=self.methods, metrics=(),
+                                   method_options={m: o for m, o in self.config.method_options.items()
+                                                   if m in self.methods})
