@@ -15,7 +15,8 @@ TensorBoardLogger in a temporary directory, no checkpointing, no progress bar):
 - ``resnet18_2048``: resnet18 with 2048 training images per epoch, 2 epochs. Target <= 1.10.
 
 Variants (``--variants``): ``default`` (``max_overhead="auto"``), ``none`` (``max_overhead=None``: every method
-every epoch, the behaviour before issue 21), ``no_images``, ``no_sanity``, ``budget10`` (``max_overhead=0.1``).
+every epoch, the behaviour before issue 21), ``no_pool`` (without the drift detector's detection pool,
+``drift={"pool_size": 0}``), ``none_no_pool``, ``no_images``, ``no_sanity``, ``budget10`` (``max_overhead=0.1``).
 
 Runs are interleaved (without, variant, variant, ... per round) so background load hits all alike; ratios use the
 minimum per configuration, and every run is printed so the spread is visible. In runs with the monitor the time in
@@ -63,6 +64,8 @@ VAL_SIZE, IMAGE_SIZE, BATCH = 128, 64, 32
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "none": {"max_overhead": None},
+    "no_pool": {"drift": {"pool_size": 0}},  # without the drift detector's detection pool
+    "none_no_pool": {"max_overhead": None, "drift": {"pool_size": 0}},
     "no_images": {"log_images": False},
     "no_sanity": {"metrics": ("localisation", "agreement")},
     "budget10": {"max_overhead": 0.1},
