@@ -19,7 +19,9 @@ every epoch, the behaviour before issue 21), ``no_pool`` (without the drift dete
 ``drift={"pool_size": 0}``), ``none_no_pool``, ``no_images``, ``no_sanity``, ``budget10`` (``max_overhead=0.1``).
 
 Runs are interleaved (without, variant, variant, ... per round) so background load hits all alike; ratios use the
-minimum per configuration, and every run is printed so the spread is visible. In runs with the monitor the time in
+minimum per configuration, and every run is printed so the spread is visible. The process's CPU time (all threads)
+is printed too: on a machine shared with other jobs its ratio moves less than the wall time's (an upper bound of the
+idle machine's wall-time ratio, since the overlay thread's CPU counts although it overlaps training). In runs with the monitor the time in
 each part of the callback is recorded (functions wrapped in the callback's module namespace): explanation
 (``explain_detailed`` in the rounds, the reference and the sanity check), setup (probe selection, the one-forward
 validation, the dry run), the end of fit (timelines and the HTML report read back from the event files), the
@@ -219,18 +221,20 @@ def run(setting: str, variant: str | None, seed: int = 0) -> tuple[float, dict[s
                              logger=pl.loggers.TensorBoardLogger(log_dir, name="", version=""),
                              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                              log_every_n_steps=10)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         try:
             trainer.fit(model, datamodule=data)
         finally:
             elapsed = time.perf_counter() - start
+            info["cpu"] = time.process_time() - cpu
             for owner, name, original in reversed(patched):
                 setattr(owner, name, original)
     return elapsed, dict(parts), info
 
 
 def _report(setting: str, variants: list[str | None], times: dict[str | None, list[float]],
-            best: dict[str | None, tuple[dict[str, float], dict[str, Any]]]) -> None:
+            best: dict[str | None, tuple[dict[str, float], dict[str, Any]]],
+            cpu: dict[str | None, list[float]]) -> None:
     spec = SETTINGS[setting]
     base = min(times[None])
     what = ("demo recipe, 2048 training + 512 validation images 32x32, batch 64" if spec["model"] == "demo" else
@@ -241,9 +245,10 @@ def _report(setting: str, variants: list[str | None], times: dict[str | None, li
     for variant in variants:
         t = times[variant]
         label = "without monitor" if variant is None else f"with monitor: {variant}"
-        ratio = "" if variant is None else f"  ratio {min(t) / base:.3f}"
+        ratio = "" if variant is None else (f"  ratio {min(t) / base:.3f}; CPU time ratio "
+                                            f"{min(cpu[variant]) / min(cpu[None]):.3f}")
         print(f"  {label:<28} min {min(t):7.2f} s  (runs {', '.join(f'{v:.2f}' for v in t)}; max/min "
-              f"{max(t) / min(t):.2f}){ratio}")
+              f"{max(t) / min(t):.2f}; CPU {min(cpu[variant]):.2f} s){ratio}")
     for variant in variants:
         if variant is None:
             continue
@@ -360,15 +365,17 @@ def main() -> None:
                 continue
         run(setting, None)  # warm-up (imports, data rendering), not timed
         times: dict[str | None, list[float]] = {v: [] for v in variants}
+        cpu: dict[str | None, list[float]] = {v: [] for v in variants}
         best: dict[str | None, tuple[dict[str, float], dict[str, Any]]] = {}
         for r in range(args.rounds):
             for variant in variants:
                 elapsed, parts, info = run(setting, variant)
                 times[variant].append(elapsed)
+                cpu[variant].append(info["cpu"])
                 if elapsed <= min(times[variant]):
                     best[variant] = (parts, info)
                 print(f"{setting} round {r}: {variant or 'without monitor':<16} {elapsed:7.2f} s", flush=True)
-        _report(setting, variants, times, best)
+        _report(setting, variants, times, best, cpu)
 
 
 if __name__ == "__main__":
