@@ -47,8 +47,9 @@ class MonitorCLI(LightningCLI):
             print(f"\n{'epoch':>5} | " + " ".join(f"{'stability ' + m[:12]:>22}" for m in monitor.methods)
                   + " | probes flagged | alarm")
             for record in monitor.history:
-                stability = [_mean(record["stability"][m]) for m in monitor.methods]
-                flagged = sum(sum(record["flags"][m]) for m in monitor.methods)
+                # a method the budget did not run this epoch has no entry (max_overhead: auto): nan
+                stability = [_mean(record["stability"].get(m, [])) for m in monitor.methods]
+                flagged = sum(sum(record["flags"].get(m, [])) for m in monitor.methods)
                 alarm = "ALARM" if record.get("alarm") else "."
                 print(f"{record['epoch']:>5} | " + " ".join(f"{v:>22.3f}" for v in stability)
                       + f" | {flagged:^14} | {alarm:^5}")

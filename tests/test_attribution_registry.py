@@ -135,3 +135,19 @@ def test_layer_without_gradient_fails_locally(batch):
     out = explain_detailed(Frozen().eval(), x, target, methods=("grad_cam", "hires_cam"), errors="collect",
                            options={"grad_cam": {"layer": "backbone"}, "hires_cam": {"layer": "head.0"}})
     assert list(out.maps) == ["hires_cam"] and "no_grad" in str(out.errors["grad_cam"])
+
+
+def test_passes_per_probe_say_which_methods_are_cheap():
+    # what the monitor's default budget runs at every epoch (one forward + backward per probe) and what it spaces
+    from lightning_xai.attribution import is_cheap, passes
+
+    cheap = {"grad_cam", "saliency", "input_x_gradient", "cam", "grad_cam_plus_plus", "layer_cam", "hires_cam",
+             "guided_backprop", "deconvnet"}
+    assert {m for m in REGISTERED if is_cheap(m)} & set(CONTRACT) == cheap
+    assert passes("integrated_gradients", {"n_steps": 16}) == 16
+    assert passes("smoothgrad", {"n_samples": 4}) == 4
+    assert passes("lime", {"n_samples": 30}) == 10  # forwards count a third
+    assert passes("occlusion", {"window": 4, "stride": 4}, (8, 8)) == 4 / 3  # 2 x 2 positions
+    assert all(passes(m, image_size=(32, 32)) > 0 for m in REGISTERED)
+    with pytest.raises(ValueError, match="n_steps"):
+        passes("integrated_gradients", {"n_steps": 0})

@@ -41,8 +41,10 @@ def fit(tmp_path, callbacks=(), model=None, datamodule=None, seed=7, ckpt_path=N
 
 
 def small_monitor(n_steps=8, ig_tolerance=None, **kwargs) -> ExplanationMonitor:
-    # fixed IG steps by default: fast and predictable; adaptive IG is tested below
+    # fixed IG steps by default: fast and predictable; adaptive IG is tested below. No budget: every method at every
+    # explained epoch (the default max_overhead="auto" runs IG only when the run has paid for it: tests/test_budget.py)
     kwargs.setdefault("num_probes", 6)
+    kwargs.setdefault("max_overhead", None)
     if "integrated_gradients" in kwargs.get("methods", METHODS):
         kwargs.setdefault("method_options", {"integrated_gradients": {"n_steps": n_steps, "tolerance": ig_tolerance}})
     return ExplanationMonitor(**kwargs)

@@ -131,6 +131,7 @@ def ddp_trainer(out_dir: str, monitor: ExplanationMonitor, strategy: str = "ddp_
 
 
 def make_monitor(num_probes: int, **kwargs) -> ExplanationMonitor:
+    kwargs.setdefault("max_overhead", None)  # every method every epoch (the default budget spaces IG)
     return ExplanationMonitor(num_probes=num_probes, method_options={"integrated_gradients": {"n_steps": N_STEPS}}, **kwargs)
 
 

@@ -140,3 +140,16 @@ def test_inference_mode_tensors_are_accepted():
     with torch.inference_mode():
         inside = spearman_similarity(a, b, size=4)
     torch.testing.assert_close(inside, spearman_similarity(a, b, size=4))
+
+
+def test_spearman_equals_torchmetrics_per_sample_on_many_maps():
+    # all samples ranked at once must give what torchmetrics' spearman_corrcoef gives sample by sample, ties included
+    from torchmetrics.functional import spearman_corrcoef
+
+    g = torch.Generator().manual_seed(0)
+    a = (torch.rand(24, 1, 8, 8, generator=g) * 5).round()  # many ties
+    b = (torch.rand(24, 1, 8, 8, generator=g) * 7).round()
+    b[:6] = a[:6].flip(-1)
+    got = spearman_similarity(a, b, size=8)
+    expected = torch.stack([spearman_corrcoef(a[i].flatten(), b[i].flatten()) for i in range(24)])
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)

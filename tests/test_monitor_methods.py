@@ -21,7 +21,7 @@ def test_every_method_runs_in_a_real_trainer(tmp_path):
     # (tests/test_monitor_transformer_methods.py).
     methods = tuple(m for m in available_methods() if get_method(m).requires is None)
     monitor = ExplanationMonitor(
-        methods=methods, num_probes=3, metrics=(),
+        methods=methods, num_probes=3, metrics=(), max_overhead=None,  # every method, not only the cheap ones
         method_options={"integrated_gradients": {"n_steps": 4, "tolerance": None},
                         **fast_options(m for m in methods if m != "integrated_gradients")},
     )

@@ -78,7 +78,7 @@ def test_randomised_weights_change_gradcam_and_saliency_far_beyond_the_noise_flo
 def test_quality_keys_are_logged(tmp_path):
     monitor = ExplanationMonitor(num_probes=4, method_options={"integrated_gradients": {"n_steps": 4, "tolerance": None}},
                                  metrics=("agreement", "faithfulness", "sanity"),
-                                 metric_options={"faithfulness": {"steps": 4}})
+                                 metric_options={"faithfulness": {"steps": 4}}, max_overhead=None)
     pl.seed_everything(0)
     trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=2))
     with warnings.catch_warnings():  # the end-of-fit sanity check may warn about a method; only keys matter here

@@ -194,6 +194,7 @@ def test_cli_yaml_parses_into_monitor(tmp_path):
     ig = monitor.method_options["integrated_gradients"]
     assert ig["n_steps"] == init["method_options"]["integrated_gradients"]["n_steps"] == 16
     assert ig["tolerance"] == 0.02 and ig["max_steps"] == 128
+    assert monitor.max_overhead == init["max_overhead"] == "auto"
     display = monitor.display
     assert display["mean"] == tuple(init["display"]["mean"]) and display["std"] == tuple(init["display"]["std"])
     assert display["colormap"] == init["display"]["colormap"] and display["alpha"] == init["display"]["alpha"]
@@ -225,6 +226,7 @@ def test_cli_fit_fast(tmp_path):
         "--trainer.enable_model_summary", "false", "--trainer.logger.init_args.save_dir", str(tmp_path),
         "--data.train_size", "64", "--data.val_size", "32", "--data.image_size", "32", "--data.batch_size", "16",
         "--trainer.callbacks.method_options.integrated_gradients.n_steps", "4", "--trainer.callbacks.num_probes", "4",
+        "--trainer.callbacks.max_overhead", "null",  # every method every epoch (the default budget spaces IG)
     )
     assert "probes flagged | alarm" in proc.stdout and "tensorboard --logdir" in proc.stdout
     assert proc.stdout.splitlines()[-1].startswith("Report: ")

@@ -188,6 +188,7 @@ def fit_tiny(tmp_path, monitor, **overrides):
 def tiny_monitor(**kwargs):
     from lightning_xai import ExplanationMonitor
 
+    kwargs.setdefault("max_overhead", None)  # every method every epoch (the default budget spaces IG)
     return ExplanationMonitor(num_probes=4, method_options={"integrated_gradients": {"n_steps": 4, "tolerance": None}},
                               **kwargs)
 

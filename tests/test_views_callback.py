@@ -46,6 +46,7 @@ def fit(tmp_path, callbacks=(), **overrides):
 def monitor(**kwargs) -> ExplanationMonitor:
     kwargs.setdefault("views", ALL)
     kwargs.setdefault("view_options", FAST)
+    kwargs.setdefault("max_overhead", None)  # views every explained epoch (the default budget spaces them)
     return ExplanationMonitor(num_probes=4, methods=("grad_cam",), metrics=(), **kwargs)
 
 

@@ -35,6 +35,8 @@ from lightning_xai.attribution._registry import (
     available_methods,
     check_method_options,
     get_method,
+    is_cheap,
+    passes,
     register,
 )
 from lightning_xai.attribution._state import preserved_state
@@ -58,7 +60,9 @@ __all__ = [
     "gradient_blockers",
     "grad_cam",
     "integrated_gradients",
+    "is_cheap",
     "method_options",
+    "passes",
     "preserved_state",
     "register",
     "resolve_layer",

@@ -36,6 +36,8 @@ __all__ = [
     "available_methods",
     "check_method_options",
     "get_method",
+    "is_cheap",
+    "passes",
     "register",
 ]
 
@@ -124,6 +126,13 @@ class Method:
     def request(self) -> Request:
         return Request()
 
+    def passes(self, image_size: tuple[int, int]) -> float:
+        """Model evaluations per probe for cost estimates, in forward + input-gradient backward units (a forward
+        alone counts 1/3), for images of ``image_size``. 1 (the default): a single pass, shared with the other
+        single-pass methods; such a method is *cheap* (:func:`is_cheap`) and the monitor's default budget runs it
+        at every explained epoch."""
+        return 1.0
+
     def compute(self, ctx: Context, shared: Shared) -> Tensor:
         raise NotImplementedError
 
@@ -168,6 +177,24 @@ def get_method(name: Any) -> type[Method]:
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"unknown attribution method {name!r}; available: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
+
+
+def is_cheap(name: str, options: Mapping[str, Any] | None = None, image_size: tuple[int, int] = (224, 224)) -> bool:
+    """Whether method ``name`` with ``options`` costs at most one forward + backward pass per probe
+    (:meth:`Method.passes`): Grad-CAM and its family, saliency, input x gradient, guided backprop, deconvnet.
+
+    Example::
+
+        >>> is_cheap("grad_cam"), is_cheap("integrated_gradients")
+        (True, False)
+    """
+    return passes(name, options, image_size) <= 1.0
+
+
+def passes(name: str, options: Mapping[str, Any] | None = None, image_size: tuple[int, int] = (224, 224)) -> float:
+    """Model evaluations per probe of method ``name`` with ``options`` (checked) on images of ``image_size``, in
+    forward + backward units (see :meth:`Method.passes`)."""
+    return float(get_method(name)(check_method_options(name, options)).passes(tuple(image_size)))
 
 
 def check_method_options(name: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -107,8 +107,10 @@ _TOP: dict[str, Option] = {
     "log_images": flag(True, "log overlay panels and timelines"),
     "on_drift": custom(None, lambda v: v is None or callable(v), "None or a callable(report)"),
     "on_error": choice("warn", ("warn", "raise")),
-    "max_overhead": number(None, 0.0, 1.0, "the largest share of training time the monitor may take",
-                           open_low=True, open_high=True, none="no budget"),
+    "max_overhead": custom("auto", lambda v: v is None or (isinstance(v, str) and v == "auto") or (is_number(v) and 0.0 < v < 1.0),
+                           "'auto' (cheap methods every explained epoch, the others within 5% of the training "
+                           "time), None (no budget: every method every explained epoch) or a float in (0, 1): the "
+                           "largest share of training time the monitor may take"),
     "output_transform": custom(None, lambda v: v is None or callable(v),
                                "None or a callable mapping the model output to logits (N, num_classes)"),
 }
@@ -244,7 +246,7 @@ class MonitorConfig:
     view_options: dict[str, dict[str, Any]]
     on_drift: Callable[..., Any] | None
     on_error: str
-    max_overhead: float | None
+    max_overhead: float | Literal["auto"] | None
     output_transform: Callable[[Any], Tensor] | None
     method_options: dict[str, dict[str, Any]]
     metric_options: dict[str, dict[str, Any]]
@@ -289,7 +291,7 @@ def build_config(**args: Any) -> MonitorConfig:
         probes=probes, num_probes=int(top["num_probes"]), methods=methods, every_n_epochs=int(top["every_n_epochs"]),
         target=top["target"], layer=top["layer"], metrics=metrics, log_images=top["log_images"], views=views,
         view_options=view_options, on_drift=top["on_drift"], on_error=top["on_error"],
-        max_overhead=None if budget is None else float(budget), output_transform=top["output_transform"],
+        max_overhead=budget if budget in (None, "auto") else float(budget), output_transform=top["output_transform"],
         method_options=_method_options(args["method_options"], methods),
         metric_options=_metric_options(args["metric_options"]),
         drift=_drift_options(args["drift"]),

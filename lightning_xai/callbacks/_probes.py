@@ -398,7 +398,12 @@ class ProbeSetup:
         blockers: list[str] | None = None
         with preserved_state(model):
             targets = explainer.targets(model, images, probes.labels[:1].to(device))
-            options = explain_options(config, images, self.layer_name, None, layer_reshape=self.layer_reshape)
+            # Integrated Gradients on its two end nodes: whether it works (raises, or is cut by a no_grad region) is
+            # the question here, not its precision (adaptive IG on one untrained probe could take max_steps passes)
+            options = explain_options(config, images, self.layer_name, None, layer_reshape=self.layer_reshape,
+                                      adaptive=False)
+            if "n_steps" in options:
+                options["n_steps"] = 2
             for method in config.methods:
                 if self.layer_problem is not None and get_method(method).uses_layer:
                     failed[method] = self.layer_problem

@@ -149,15 +149,7 @@ class Reporter:
         earlier = self._jobs.collect()
         sink = self.sink(trainer)
         step = trainer.global_step
-        if self.log_images and sink.supports_images:
-            # Rendering and PNG encoding overlap with training on a background thread (rank 0 only, no collectives);
-            # the inputs are this epoch's own tensors, never modified afterwards.
-            maps = {m: results[f"map/{m}"] for m in self.methods}
-            labels = captions(probes, results["pred"], results["prob"], class_names, results.get("target"))
-            flagged = {m: list((flags or {}).get(m) or [False] * len(probes)) for m in self.methods}
-            self._jobs.submit((trainer.current_epoch, step), self._write_overlays, sink, probes.images, maps, labels,
-                              step, trainer.current_epoch, flagged, probes.ids.tolist(),
-                              any(v > 0.5 for k, v in scalars.items() if k.startswith("xai/drift/alarm")))
+        overlays = self.log_images and sink.supports_images
         errors: list[tuple[str, BaseException]] = []
         if layout_keys is not None and not self._layout_written and sink.supports_custom_scalars:
             self._layout_written = True  # once per run, even if a sink refuses it (reported below)
@@ -168,11 +160,23 @@ class Reporter:
         for write in (lambda: sink.add_scalars(dict(scalars), step),
                       *(lambda t=t, v=v: sink.add_histogram(self.tag(t), v, step) for t, v in histograms.items()),
                       lambda: sink.add_text(self.tag(self.text_tag), text, step),
-                      sink.flush):
+                      # with overlays, their job flushes after them, off this thread: no wait here for the writer
+                      # thread (which may be busy with the previous images)
+                      *(() if overlays else (sink.flush,))):
             try:
                 write()
             except SinkError as err:  # one item's failure: the others are still written
                 errors.extend(err.failures)
+        if overlays:
+            # Rendering and PNG encoding overlap with training on a background thread (rank 0 only, no collectives);
+            # the inputs are this epoch's own tensors, never modified afterwards. Submitted after this epoch's
+            # scalars and text, so the job's final flush writes them too.
+            maps = {m: results[f"map/{m}"] for m in self.methods if f"map/{m}" in results}  # the methods that ran
+            labels = captions(probes, results["pred"], results["prob"], class_names, results.get("target"))
+            flagged = {m: list((flags or {}).get(m) or [False] * len(probes)) for m in maps}
+            self._jobs.submit((trainer.current_epoch, step), self._write_overlays, sink, probes.images, maps, labels,
+                              step, trainer.current_epoch, flagged, probes.ids.tolist(),
+                              any(v > 0.5 for k, v in scalars.items() if k.startswith("xai/drift/alarm")))
         if errors:  # an earlier epoch's overlay failure is named too, never dropped
             errors += [(f"overlays of epoch {epoch}", err) for (epoch, _), err in earlier]
             raise SinkError(f"epoch {trainer.current_epoch}'s results", errors)

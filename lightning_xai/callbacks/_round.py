@@ -8,8 +8,10 @@ object with ``world_size``, ``global_rank``, ``current_epoch`` and a ``strategy`
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,12 +33,24 @@ def module_device(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+@dataclass(frozen=True)
+class PassTiming:
+    """One ``explain_detailed`` call of a round on this rank: its methods, wall seconds and rows (forward +
+    input-gradient backward evaluations of one sample: the probes, or Integrated Gradients' path points)."""
+
+    methods: tuple[str, ...]
+    seconds: float
+    rows: int
+
+
 class ProbeExplainer:
     """Explains probes with the configured methods; results are ``(n, ...)`` CPU tensors keyed by name.
 
-    Keys: ``map/{method}`` ``(n, 1, H, W)`` heatmaps, ``pred``, ``prob`` (softmax probability of ``pred``; for
-    multi-label probes the sigmoid score of ``target``), ``target``, ``ig_error`` (with Integrated Gradients) and the
-    outputs of the given measures' ``shard`` functions.
+    Keys: ``map/{method}`` ``(n, 1, H, W)`` heatmaps of the methods that ran, ``pred``, ``prob`` (softmax probability
+    of ``pred``; for multi-label probes the sigmoid score of ``target``), ``target``, ``ig_error`` (when Integrated
+    Gradients ran) and the outputs of the given measures' ``shard`` functions.
+
+    ``timings`` (after :meth:`explain`): one :class:`PassTiming` per ``explain_detailed`` call, for the budget.
     """
 
     def __init__(self, config: MonitorConfig, layer_name: str | None = None) -> None:
@@ -45,6 +59,7 @@ class ProbeExplainer:
         self.layer_reshape: Any = None  # the Grad-CAM layer's reshape to (N, C, h, w), found with it at setup
         self.errors: dict[str, str] = {}  # methods that failed in the last call, with the cause
         self.train_batch_size: int | None = None
+        self.timings: list[PassTiming] = []
 
     def targets(self, model: torch.nn.Module, images: Tensor, labels: Tensor) -> Tensor:
         """The class explained for each probe: the fixed index, the label (prediction where unknown) or the pred."""
@@ -60,48 +75,74 @@ class ProbeExplainer:
         pred = logits.argmax(dim=1)
         return pred if target == "pred" else torch.where(labels >= 0, labels, pred)
 
-    def empty(self, probes: ProbeSet, measures: Sequence[Measure]) -> dict[str, Tensor]:
+    def empty(self, probes: ProbeSet, measures: Sequence[Measure],
+              methods: Sequence[str] | None = None) -> dict[str, Tensor]:
         """The results of zero probes (a rank with an empty shard still takes part in every gather)."""
+        methods = self.config.methods if methods is None else tuple(methods)
         h, w = probes.images.shape[-2:]
         out = {"pred": torch.zeros(0, dtype=torch.long), "prob": torch.zeros(0),
                "target": torch.zeros(0, dtype=torch.long)}
-        if "integrated_gradients" in self.config.methods:
+        if "integrated_gradients" in methods:
             out["ig_error"] = torch.zeros(0)
-        for m in self.config.methods:
+        for m in methods:
             out[f"map/{m}"] = torch.zeros(0, 1, h, w)
         for measure in measures:
-            for key in measure.shard_keys(self.config.methods):
+            for key in measure.shard_keys(methods):
                 out[key] = torch.zeros(0)
         return out
 
     def explain(self, model: torch.nn.Module, probes: ProbeSet, *, targets: Tensor | None = None,
-                measures: Sequence[Measure] = (), adaptive: bool = True) -> dict[str, Tensor]:
+                measures: Sequence[Measure] = (), adaptive: bool = True,
+                groups: Sequence[Sequence[str]] | None = None) -> dict[str, Tensor]:
         """Explain ``probes`` (a shard) on ``model``; ``targets`` overrides the target rule (the sanity round);
-        ``adaptive=False``: no adaptive refinement of Integrated Gradients (see :func:`explain_options`)."""
-        out = self.empty(probes, measures)
+        ``adaptive=False``: no adaptive refinement of Integrated Gradients (see :func:`explain_options`).
+
+        ``groups``: the methods to run, as groups of one ``explain_detailed`` call each (methods in one call share
+        its passes; separate calls are timed separately, for the budget). ``None``: every configured method in one
+        call.
+        """
+        config = self.config
+        groups = [tuple(config.methods)] if groups is None else [tuple(g) for g in groups if g]
+        methods = tuple(m for g in groups for m in g)
+        out = self.empty(probes, measures, methods)
+        self.timings = []
         if len(probes) == 0:
             return out
-        config = self.config
         device = module_device(model)
         images = probes.images.to(device)
         with preserved_state(model):  # eval mode, grads on; RNG, flags and every buffer restored on exit
             targets = self.targets(model, images, probes.labels.to(device)) if targets is None else targets.to(device)
+            found: dict[str, Tensor] = {}
+            errors: dict[str, BaseException] = {}
+            logits: Tensor | None = None
+            ig_error: Tensor | None = None
+            # (a method's options reach only that method, so one set of keywords serves every group)
             options = explain_options(config, images, self.layer_name, self.train_batch_size,
                                       layer_reshape=self.layer_reshape, adaptive=adaptive)
-            # A method that fails is reported and its maps are NaN (left out of every metric, never logged as a
-            # number); the other methods' maps still count.
-            explanation = explain_detailed(model, images, targets, config.methods, errors="collect", **options)
-            self.errors = {m: f"{type(e).__name__}: {e}" for m, e in explanation.errors.items()}
-            if len(self.errors) == len(config.methods):  # nothing left to show: the round fails (agreed on)
+            for group in groups:
+                began = time.perf_counter()
+                # A method that fails is reported and its maps are NaN (left out of every metric, never logged as a
+                # number); the other methods' maps still count.
+                explanation = explain_detailed(model, images, targets, group, errors="collect", **options)
+                rows = int(explanation.ig_evals.sum()) if explanation.ig_evals is not None else images.shape[0]
+                self.timings.append(PassTiming(group, time.perf_counter() - began, rows))
+                found.update(explanation.maps)
+                errors.update(explanation.errors)
+                logits = explanation.logits if logits is None else logits
+                if explanation.ig_relative_error is not None:
+                    ig_error = explanation.ig_relative_error
+            self.errors = {m: f"{type(e).__name__}: {e}" for m, e in errors.items()}
+            if len(self.errors) == len(methods):  # nothing left to show: the round fails (agreed on)
                 raise RuntimeError("every method failed: " + "; ".join(f"{m}: {e}" for m, e in self.errors.items()))
             h, w = images.shape[-2:]
-            maps = {m: to_heatmap(explanation.maps[m]).float() if m in explanation.maps
-                    else torch.full((images.shape[0], 1, h, w), float("nan"), device=device) for m in config.methods}
+            maps = {m: to_heatmap(found[m]).float() if m in found
+                    else torch.full((images.shape[0], 1, h, w), float("nan"), device=device) for m in methods}
             for measure in measures:
                 if measure.shard is not None:
                     out.update(measure.shard(model, images, targets, maps, config.metric_options.get(measure.name, {}),
                                              config.output_transform))
-        logits = explanation.logits.float()
+        assert logits is not None
+        logits = logits.float()
         pred = logits.argmax(dim=1)
         if probes.multi_label:
             # Independent sigmoid scores (a BCE-trained head): the explained class's own score, not a softmax share.
@@ -110,9 +151,9 @@ class ProbeExplainer:
             out["prob"] = logits.softmax(dim=1).gather(1, pred[:, None])[:, 0].cpu()
         out["pred"] = pred.cpu()
         out["target"] = targets.cpu()
-        if explanation.ig_relative_error is not None:
-            out["ig_error"] = explanation.ig_relative_error.float().cpu()
-        for m in config.methods:
+        if ig_error is not None:
+            out["ig_error"] = ig_error.float().cpu()
+        for m in methods:
             out[f"map/{m}"] = maps[m].cpu()
         return out
 
@@ -158,7 +199,7 @@ class DistributedRound:
 
     def explain(self, trainer: Any, model: torch.nn.Module, probes: ProbeSet, explainer: ProbeExplainer, *,
                 targets: Tensor | None = None, measures: Sequence[Measure] = (),
-                adaptive: bool = True) -> dict[str, Tensor] | None:
+                adaptive: bool = True, groups: Sequence[Sequence[str]] | None = None) -> dict[str, Tensor] | None:
         """Every rank explains its shard (with rank 0's BatchNorm buffers); all agree; gather in probe order.
 
         Returns ``None`` when the round was skipped (already warned on every rank).
@@ -169,7 +210,7 @@ class DistributedRound:
             with rank_zero_buffers(model):
                 shard_targets = None if targets is None else targets[start:stop]
                 return explainer.explain(model, probes.subset(start, stop), targets=shard_targets, measures=measures,
-                                         adaptive=adaptive)
+                                         adaptive=adaptive, groups=groups)
 
         ok, local = self.agreed(trainer, explain_shard, what="explaining")
         if not ok:

@@ -89,8 +89,9 @@ class DriftTracker:
         return self.drift.keys(self.methods)
 
     def pooled(self, results: Mapping[str, Tensor], extra: DetectionRows | None = None) -> dict[str, Tensor]:
-        """Each method's pooled maps: the display probes, then (cheap methods) the detection pool's other rows."""
-        out = {m: pool(results[f"map/{m}"], self.size) for m in self.methods}
+        """Each method's pooled maps: the display probes, then (cheap methods) the detection pool's other rows. Only
+        the methods that ran this round (under a budget the optional ones skip rounds)."""
+        out = {m: pool(results[f"map/{m}"], self.size) for m in self.methods if f"map/{m}" in results}
         if extra is not None:
             for m in extra.methods:
                 if m in out:
@@ -125,7 +126,7 @@ class DriftTracker:
         record: dict[str, Any] = {"epoch": epoch, "step": step, "alarm": report.alarm}
         for key, values in (("stability", report.stability), ("topk_overlap", report.topk_overlap),
                             ("flags", report.flags)):
-            record[key] = {m: values[m].tolist() for m in self.methods}
+            record[key] = {m: values[m].tolist() for m in self.methods if m in values}
         return dict(report.scalars), report, record
 
     def state_dict(self) -> dict[str, Any]:

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor
 
-from lightning_xai.attribution import find_gradcam_layer, resolve_layer
+from lightning_xai.attribution import find_gradcam_layer, get_method, passes, resolve_layer
+from lightning_xai.callbacks._budget import AUTO_SHARE, CostBudget
 from lightning_xai.callbacks._compat import (
     CALLBACK_BASES,
     EARLY_STOPPING,
@@ -55,7 +56,8 @@ from lightning_xai.callbacks._probes import (
 from lightning_xai.callbacks._reporter import Reporter, drift_text
 from lightning_xai.callbacks._round import DistributedRound, ProbeExplainer, module_device
 from lightning_xai.callbacks._tracker import DetectionRows, DriftTracker, lr_event
-from lightning_xai.drift import DriftReport
+from lightning_xai.distributed import shard_bounds
+from lightning_xai.drift import DriftDetector, DriftReport
 from lightning_xai.metrics.registry import (
     MeasureContext,
     active_measures,
@@ -147,9 +149,16 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         on_drift: Called as ``on_drift(report)`` on every rank at every drift alarm.
         on_error: ``"warn"`` skips an epoch whose explanation fails (on every rank, so DDP never hangs);
             ``"raise"`` stops training.
-        max_overhead: ``None``, or the largest share of the training wall time the monitor may take, in ``(0, 1)``:
-            after each round it measures the round's cost against the epoch's training time and skips epochs so
-            that ``cost / (spacing * training + cost)`` stays within it (said once in the log).
+        max_overhead: What the monitor may cost, measured on the run (rank 0's clock). ``"auto"`` (default): the
+            *cheap* methods (one forward + backward per probe: Grad-CAM and its family, saliency, input x gradient,
+            guided backprop, deconvnet) run at every explained epoch, so their keys exist from the first one; each
+            other method (Integrated Gradients, occlusion, LIME, SmoothGrad, I-GOS) and the views run only when
+            the run has earned their measured cost within 5% of its training time (a token bucket: every training
+            second earns 0.05 s, everything the monitor does spends), so a short run on a small dataset may never
+            run them; a method whose key another callback ``monitor``\ s runs every explained epoch. A float ``b``
+            in ``(0, 1)``: the same within ``b``, and when even the cheap round costs more than ``b``, whole rounds
+            are skipped so that ``cost / (spacing * training + cost)`` stays within it (said once in the log).
+            ``None``: no budget, every method at every explained epoch and in the fit-start reference.
         output_transform: Maps the model's output to logits ``(N, num_classes)``, for tuple/dict outputs.
         method_options: Options per method, ``{method: {option: value}}``. ``integrated_gradients``: ``n_steps``
             (16; path nodes, trapezoid rule, both ends; the start with ``tolerance``), ``tolerance`` (0.02; adaptive
@@ -229,7 +238,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         view_options: dict[str, dict[str, Any]] | None = None,
         on_drift: Callable[[Any], Any] | None = None,
         on_error: Literal["warn", "raise"] = "warn",
-        max_overhead: float | None = None,
+        max_overhead: float | Literal["auto"] | None = "auto",
         output_transform: Callable[[Any], Tensor] | None = None,
         method_options: dict[str, dict[str, Any]] | None = None,
         metric_options: dict[str, dict[str, Any]] | None = None,
@@ -268,6 +277,15 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self._cost_said = False
         self._next_epoch = 0
         self._spacing_said = False
+        # the budget (max_overhead): credit earned by training, spent by the monitor; which methods always run
+        self._budget = CostBudget(self._share(config.max_overhead))
+        self._pinned: tuple[str, ...] = config.methods  # run at every explained epoch (and in the reference)
+        self._optional: tuple[str, ...] = ()  # run when the budget allows, each in its own timed pass
+        self._period_start: float | None = None  # the budget's clock: since the last accounting
+        self._period_spent = 0.0
+        self._views_seconds: float | None = None  # rank 0's last views run, broadcast with the next round
+        self._views_ran = False
+        self._world_size = 1
         # As constructed: the setup dry run may leave methods out, the checkpoint key must not change with it.
         self._state_key = self._generate_state_key(methods=config.methods, num_probes=config.num_probes,
                                                    layer=config.layer, every_n_epochs=config.every_n_epochs,
@@ -300,6 +318,13 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         return self._tracker.history
 
     @property
+    def budget(self) -> CostBudget:
+        """The :class:`~lightning_xai.callbacks._budget.CostBudget` of ``max_overhead``: the credit training has
+        earned, the measured costs (``budget.row_seconds``: one sample through the cheap methods), and
+        ``budget.allow(kind, seconds)`` for optional work. Identical on every rank (fed with rank 0's clock)."""
+        return self._budget
+
+    @property
     def drift_detector(self) -> Any:
         """The :class:`~lightning_xai.drift.DriftDetector` (e.g. ``accept()`` a new behaviour after an alarm)."""
         return self._tracker.drift
@@ -312,12 +337,66 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             return None
         results = self._latest["results"]
         return {"epoch": self._latest["epoch"], "step": self._latest["step"], "pred": results["pred"],
-                "prob": results["prob"], "maps": {m: results[f"map/{m}"] for m in self.config.methods}}
+                "prob": results["prob"], "maps": {m: results[f"map/{m}"] for m in self._ran(results)}}
 
     @property
     def views_history(self) -> list[dict[str, Any]]:
         """One record per explained epoch with views: ``{"epoch", "step", "scalars": {tag: value}}`` (rank 0)."""
         return self._views.history
+
+    @staticmethod
+    def _share(max_overhead: Any) -> float | None:
+        return AUTO_SHARE if max_overhead == "auto" else max_overhead
+
+    def _spaces_rounds(self) -> bool:
+        """Whether whole rounds may be skipped (an explicit ``max_overhead=b``; ``"auto"`` never skips a round)."""
+        return isinstance(self.config.max_overhead, float)
+
+    def _plan_methods(self, trainer: pl.Trainer) -> None:
+        """Which methods run at every explained epoch (the cheap ones, and any whose key another callback
+        monitors) and which when the budget allows (each in its own timed pass)."""
+        c = self.config
+        if c.max_overhead is None:
+            self._pinned, self._optional = c.methods, ()
+            return
+        size = tuple(self.probe_set.images.shape[-2:]) if self.probe_set is not None else (224, 224)
+
+        def cheap(m: str) -> bool:
+            declared = get_method(m).options  # the monitor's own options (internal_batch_size) are not the method's
+            return passes(m, {k: v for k, v in c.method_options.get(m, {}).items() if k in declared}, size) <= 1.0
+
+        watched = {cb.monitor for cb in trainer.callbacks if isinstance(getattr(cb, "monitor", None), str)}
+        every = self._keys_for(c.methods)
+        pinned = tuple(m for m in c.methods if cheap(m) or watched & (every - self._keys_for(
+            tuple(x for x in c.methods if x != m))))
+        if not pinned:  # nothing cheap to keep the stability keys going: every method runs every explained epoch
+            pinned = c.methods
+        self._pinned = pinned
+        self._optional = tuple(m for m in c.methods if m not in pinned)
+
+    def _keys_for(self, methods: Sequence[str]) -> set[str]:
+        return {self._key(k) for k in DriftDetector.keys(methods) | measure_keys(self.config.metrics, methods)}
+
+    def _round_groups(self, *, reference: bool) -> list[tuple[str, ...]]:
+        """This round's passes: the pinned methods in one, then each optional method the budget allows now."""
+        if reference or not self._optional:
+            return [self._pinned]
+        allowed = [m for m in self._optional if self._budget.allow(m, self._estimate(m))]
+        return [self._pinned, *((m,) for m in allowed)]
+
+    def _estimate(self, method: str) -> float | None:
+        """Seconds ``method`` takes on rank 0's shard: its last measured pass, else its passes per probe times the
+        measured cost of one probe through the cheap methods."""
+        last = self._budget.last(method)
+        if last is not None:
+            return last
+        probes = self.probe_set
+        if probes is None:
+            return None
+        start, stop = shard_bounds(len(probes), max(1, self._world_size), 0)
+        declared = get_method(method).options
+        options = {k: v for k, v in self.config.method_options.get(method, {}).items() if k in declared}
+        return self._budget.estimate_rows((stop - start) * passes(method, options, tuple(probes.images.shape[-2:])))
 
     def logged_keys(self) -> set[str]:
         """Every scalar key this monitor can log (stability and drift, and the chosen measures')."""
@@ -394,15 +473,19 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        began = time.perf_counter()
         check_strategy(trainer.strategy)
         self._name_tags(trainer)
         check_monitors(trainer.callbacks, self.logged_keys(), self.config.every_n_epochs,
-                       budget=self.config.max_overhead is not None)
+                       budget=self._spaces_rounds())
         # Each fit starts its own history: new probes from this fit's data, a new reference, a fresh drift state.
         # A resumed fit restores the checkpoint's in load_state_dict, which Lightning calls after setup.
         self._last_explained_epoch = None
         self._latest = None
         self._cost_said, self._spacing_said, self._next_epoch, self._start_cost = False, False, 0, 0.0
+        self._budget.reset()
+        self._world_size = int(getattr(trainer, "world_size", 1) or 1)
+        self._views_seconds, self._views_ran = None, False
         self._tracker.reset()
         self._reporter.reset()
         self._failures.reset()
@@ -413,10 +496,13 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self._explainer.layer_name = self._probes.layer_name
         self._explainer.layer_reshape = self._probes.layer_reshape
         self._dry_run(trainer, pl_module)
+        self._plan_methods(trainer)
         self._setup_pool(trainer)
         if self._views:
             self._setup_views(pl_module)
         self._check_restored_probes()
+        # the budget's clock starts here: setup's own work counts as the monitor's
+        self._period_start, self._period_spent = began, time.perf_counter() - began
 
     def _dry_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """One probe through every method: what cannot work fails now, once, with its cause (not every epoch)."""
@@ -440,7 +526,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self._tracker.methods = self._reporter.methods = working
         # a callback monitoring a left-out method's key would wait forever: say so now
         check_monitors(trainer.callbacks, self.logged_keys(), config.every_n_epochs,
-                       budget=config.max_overhead is not None)
+                       budget=self._spaces_rounds())
 
     def _setup_pool(self, trainer: pl.Trainer) -> None:
         """The drift detection pool (every rank selects the same samples from the same data; no collective)."""
@@ -564,7 +650,11 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             self._run_attention_graphs(trainer, pl_module)
         if "sanity" in self.config.metrics:  # the trained model: now the check is meaningful, so warn
             latest = self._latest["results"] if self._latest and self._latest["step"] == trainer.global_step else None
-            self.check_sanity(trainer, pl_module, warn=True, reference=latest)
+            # the methods of the last round (reused as the reference), else the pinned ones: one more cheap round
+            began = time.perf_counter()
+            self.check_sanity(trainer, pl_module, warn=True, reference=latest,
+                              methods=None if self.config.max_overhead is None or latest is not None else self._pinned)
+            self._budget.record("sanity", time.perf_counter() - began)
         # Rank 0 writes the timelines and the report (read back from the logs); a failure obeys on_error.
         ok, path = self._round.agreed(trainer, lambda: self._end_of_fit(trainer) if trainer.is_global_zero else None,
                                       what="writing the timelines and the report")
@@ -603,43 +693,60 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             return
         self._last_explained_epoch = epoch
         self._run(trainer, pl_module, reference=False)
-        if self._views.views:  # independent of the heatmaps: they run even if this epoch's explanation was skipped
-            self._run_views(trainer, pl_module)
+        # independent of the heatmaps: they run even if this epoch's explanation was skipped; within the budget after
+        # the first time (their measured cost, broadcast with the round, so every rank decides alike)
+        if self._views.views and (not self._views_ran or self._budget.allow("views", self._budget.last("views"))):
+            self._views_ran = True
+            began = time.perf_counter()
+            try:
+                self._run_views(trainer, pl_module)
+            finally:
+                self._views_seconds = time.perf_counter() - began
+                self._period_spent += self._views_seconds
 
     # ------------------------------------------------------------------ one explanation round, on every rank
     def _explain(self, trainer: pl.Trainer, model: torch.nn.Module, *, targets: Tensor | None = None,
-                 measures: Sequence[Any] = (), adaptive: bool = True) -> dict[str, Tensor] | None:
-        """Every rank explains its shard; all agree on success before gathering. ``None``: skipped (warned)."""
+                 measures: Sequence[Any] = (), adaptive: bool = True,
+                 groups: Sequence[Sequence[str]] | None = None) -> dict[str, Tensor] | None:
+        """Every rank explains its shard; all agree on success before gathering. ``None``: skipped (warned).
+        ``groups``: the methods, one ``explain_detailed`` call per group (``None``: every method in one call)."""
         assert self.probe_set is not None, "setup() selects the probes"
         with muted_logging(model):  # the model's own self.log() in forward must not log the monitor's forwards
             results = self._round.explain(trainer, model, self.probe_set, self._explainer, targets=targets,
-                                          measures=measures, adaptive=adaptive)
+                                          measures=measures, adaptive=adaptive, groups=groups)
         for method, error in self._explainer.errors.items():
             self._reporter.warn_once(
                 f"failed/{method}", f"ExplanationMonitor: {method} failed at epoch {trainer.current_epoch} ({error}); "
                 "its maps are left out of the metrics while the other methods go on. Warned once.")
         if results is not None and not all(bool(torch.isfinite(results[f"map/{m}"]).all())
-                                           for m in self.config.methods if m not in self._explainer.errors):
+                                           for m in self._ran(results) if m not in self._explainer.errors):
             self._reporter.warn_once(
                 "nonfinite", "ExplanationMonitor: the model produced non-finite attributions (NaN/inf) at epoch "
                 f"{trainer.current_epoch}; those probes are shown as flat maps and left out of the stability metrics. "
                 "No NaN is logged.")
         return results
 
+    def _ran(self, results: Mapping[str, Tensor]) -> tuple[str, ...]:
+        """The methods with maps in ``results`` (this round's), in the configured order."""
+        return tuple(m for m in self.config.methods if f"map/{m}" in results)
+
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, reference: bool) -> None:
         start = time.perf_counter()
         try:
             self._round_once(trainer, pl_module, reference=reference, start=start)
         finally:
-            self._spent += time.perf_counter() - start
+            took = time.perf_counter() - start
+            self._spent += took
+            self._period_spent += took
 
     def _round_once(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, reference: bool,
                     start: float) -> None:
         measures = [] if reference else active_measures(self.config.metrics, stage="epoch")
         # The fit-start reference: fixed IG steps (an untrained model would refine most probes up to the cap), and
         # no sanity check (randomised vs untrained says nothing; it runs at the end of fit): at most one round.
+        groups = self._round_groups(reference=reference)
         results = self._explain(trainer, pl_module, measures=[m for m in measures if m.shard is not None],
-                                adaptive=not reference)
+                                adaptive=not reference, groups=groups)
         if results is None:
             if not reference:
                 self._publish(trainer, {}, self._epoch_keys())  # skipped: nothing stale stays behind
@@ -648,6 +755,8 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         if reference:
             self._tracker.take_reference(trainer.current_epoch, results, extra)
             self._last_lrs = [float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups if "lr" in g]
+            # what one probe costs through the cheap methods: the first estimate of everything optional
+            self._record_passes(self._round.broadcast(trainer, self._pass_timings()))
             return
         ok, measured = self._round.agreed(trainer, lambda: self._measure(trainer, results, measures, extra),
                                           what="measuring")
@@ -658,10 +767,15 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         # this epoch's time in the monitor, plus the last overlay job's (on a background thread: it overlaps
         # training but takes CPU from it); rank 0's clock decides
         background = self._reporter.background_seconds if self.config.log_images else 0.0
-        timing = (self._spent + now - start, background, None if self._epoch_start is None else now - self._epoch_start)
+        timing = {"spent": self._spent + now - start, "background": background,
+                  "elapsed": None if self._epoch_start is None else now - self._epoch_start,
+                  # the budget's period: since the last accounting (epochs not explained included)
+                  "period": None if self._period_start is None else now - self._period_start,
+                  "period_spent": self._period_spent + now - start,
+                  "passes": self._pass_timings(), "views": self._views_seconds}
         # Identical decisions and monitored values on every rank, decided by rank 0 (no float drift between ranks).
-        (scalars, report, record, histograms), (spent, background, elapsed) = self._round.broadcast(
-            trainer, (measured, timing))
+        (scalars, report, record, histograms), timing = self._round.broadcast(trainer, (measured, timing))
+        spent, background, elapsed = timing["spent"], timing["background"], timing["elapsed"]
         if elapsed is not None and elapsed > 0:
             # counted as if the background work did not overlap training: an upper bound of the share
             scalars[_OVERHEAD] = (spent + background) / (elapsed + background)
@@ -669,8 +783,8 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self._tracker.history.append(record)
         self._latest = {"results": results, "step": trainer.global_step, "epoch": trainer.current_epoch}
         self._publish(trainer, scalars, self._epoch_keys())
-        self._account(trainer, spent, background, elapsed)
-        text = drift_text(trainer.current_epoch, trainer.global_step, self.config.methods, scalars, report.details())
+        self._account(trainer, timing)
+        text = drift_text(trainer.current_epoch, trainer.global_step, self._ran(results), scalars, report.details())
 
         def write() -> None:
             if trainer.is_global_zero:
@@ -712,7 +826,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         return scalars, report, record, measured.histograms
 
     def _context(self, results: Mapping[str, Tensor], extras: Mapping[str, Tensor] | None = None) -> MeasureContext:
-        methods = self.config.methods
+        methods = self._ran(results)
         return MeasureContext(
             methods=methods, maps={m: results[f"map/{m}"] for m in methods}, pred=results["pred"],
             target=results["target"], masks=self.probe_set.masks,
@@ -725,8 +839,32 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         keys = self._tracker.keys().union(*(m.keys(methods) for m in active_measures(self.config.metrics)))
         return {self._key(k) for k in keys | {_OVERHEAD}}
 
-    def _account(self, trainer: pl.Trainer, spent: float, background: float, elapsed: float | None) -> None:
-        """Say once what the monitor costs; with ``max_overhead``, space the rounds to stay within it."""
+    def _pass_timings(self) -> list[tuple[tuple[str, ...], float, int]]:
+        return [(t.methods, t.seconds, t.rows) for t in self._explainer.timings]
+
+    def _record_passes(self, timings: Sequence[tuple[tuple[str, ...], float, int]]) -> float:
+        """Rank 0's pass timings into the budget (the pinned pass as ``"cheap"``, per probe; each optional method
+        under its name); returns the optional methods' seconds."""
+        optional = 0.0
+        for methods, seconds, rows in timings:
+            if tuple(methods) == self._pinned:
+                self._budget.record("cheap", seconds, rows)
+            else:
+                optional += seconds
+                for m in methods:
+                    self._budget.record(m, seconds)
+        return optional
+
+    def _account(self, trainer: pl.Trainer, timing: Mapping[str, Any]) -> None:
+        """Feed the budget (rank 0's broadcast clock: identical on every rank); say once what the monitor costs;
+        with an explicit ``max_overhead=b``, space the rounds to stay within it."""
+        spent, background, elapsed = timing["spent"], timing["background"], timing["elapsed"]
+        optional = self._record_passes(timing["passes"])
+        if timing["views"] is not None:
+            self._budget.record("views", timing["views"])
+        if timing["period"] is not None:
+            self._budget.account(timing["period"] - timing["period_spent"], timing["period_spent"] + background)
+        self._period_start, self._period_spent = time.perf_counter(), 0.0
         if elapsed is None or elapsed <= 0:
             return
         epoch, c = trainer.current_epoch, self.config
@@ -736,19 +874,23 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         if not self._cost_said:
             self._cost_said = True
             every = max(c.every_n_epochs, math.ceil(cost * 0.9 / (0.1 * train)))
+            ran = [m for m in c.methods if m in self._pinned or self._budget.last(m) is not None]
             rank_zero_info(
-                f"ExplanationMonitor: one explanation round ({len(self.probe_set)} probes, {', '.join(c.methods)}) "
+                f"ExplanationMonitor: one explanation round ({len(self.probe_set)} probes, {', '.join(ran)}) "
                 f"took {cost:.2f} s{' (+ overlays drawn in the background)' if c.log_images and not background else ''}"
                 f", {cost / elapsed:.0%} of epoch {epoch} ({elapsed:.1f} s)"
                 + (f"; the reference round before training took {self._start_cost:.2f} s" if self._start_cost else "")
+                + self._optional_note()
                 + (". To lower it, explain less often "  # only advise a spacing that actually changes something
                    f"(every_n_epochs={every} keeps it near 10%) or " if every > c.every_n_epochs else
                    ". To lower it, explain ")
                 + f"fewer probes (num_probes={max(1, len(self.probe_set) // 2)}"
-                "); max_overhead=0.1 spaces the rounds automatically. `xai/overhead` logs the share every round."
+                + ("); max_overhead=0.1 spaces the rounds automatically." if not self._spaces_rounds() else ").")
+                + " `xai/overhead` logs the share every round."
             )
-        if c.max_overhead is not None:
+        if self._spaces_rounds():
             b = c.max_overhead
+            cost -= optional  # the optional methods live within the budget's credit; the pinned round decides
             spacing = max(1, math.ceil(cost * (1.0 - b) / (b * train)))  # cost / (spacing * train + cost) <= b
             self._next_epoch = epoch + spacing
             if spacing > c.every_n_epochs and not self._spacing_said:
@@ -758,6 +900,19 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                     f"stay within max_overhead={b} it explains every {spacing} epochs from now on (the spacing "
                     "follows the measured costs)."
                 )
+
+    def _optional_note(self) -> str:
+        """What the budget does with the optional methods, for the one cost line."""
+        if not self._optional:
+            return ""
+        share = self._budget.share
+        parts = []
+        for m in self._optional:
+            estimate = self._estimate(m)
+            parts.append(f"{m} (about {estimate:.2f} s a round)" if estimate is not None else m)
+        return (f". {', '.join(parts)} run{'s' if len(parts) == 1 else ''} only when the training time has paid for "
+                f"{'it' if len(parts) == 1 else 'them'} within max_overhead={self.config.max_overhead!r} "
+                f"({share:.0%} of the training time; max_overhead=None runs every method every epoch)")
 
     def _sanity_keys(self) -> set[str]:
         measures = active_measures(self.config.metrics, stage="sanity") or [get_measure("sanity")]
@@ -791,7 +946,8 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                     "(an epoch without improvement). EarlyStopping(..., strict=False) skips such epochs instead.")
 
     def check_sanity(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, warn: bool = True,
-                     reference: Mapping[str, Tensor] | None = None) -> dict[str, float] | None:
+                     reference: Mapping[str, Tensor] | None = None,
+                     methods: Sequence[str] | None = None) -> dict[str, float] | None:
         """Model-randomisation sanity check (Adebayo et al. 2018), on every rank; call it on demand too.
 
         Explains a copy of the model whose weights are re-initialised (``metric_options['sanity']['layers']``
@@ -800,11 +956,15 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         similarity exceeds ``metric_options['sanity']['threshold']``. The real model is never modified. Logs
         ``xai/{method}/sanity_similarity``.
 
+        ``reference``: the real model's results of this step (their methods are checked), else it explains
+        ``methods`` (``None``: every method) on the real model first. Integrated Gradients runs at exactly
+        ``n_steps`` on the randomised copy (adaptive refinement would chase the random model's kinks).
+
         Cost: one deep copy of the model and one explanation round on it (plus one on the real model without
         ``reference``).
         """
         if reference is None:
-            reference = self._explain(trainer, pl_module)
+            reference = self._explain(trainer, pl_module, groups=None if methods is None else [tuple(methods)])
             if reference is None:
                 self._publish(trainer, {}, self._sanity_keys())
                 return None
@@ -815,12 +975,14 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         if not ok:
             self._publish(trainer, {}, self._sanity_keys())
             return None
-        random_maps = self._explain(trainer, randomized, targets=reference["target"])
+        checked = self._ran(reference)
+        random_maps = self._explain(trainer, randomized, targets=reference["target"], adaptive=False,
+                                    groups=[checked])
         del randomized
         if random_maps is None:
             self._publish(trainer, {}, self._sanity_keys())
             return None
-        extras = {f"random/{m}": random_maps[f"map/{m}"] for m in self.config.methods}
+        extras = {f"random/{m}": random_maps[f"map/{m}"] for m in checked}
         measures = active_measures(self.config.metrics, stage="sanity") or [get_measure("sanity")]
         scalars = run_measures(measures, self._context(reference, extras), self.config.metric_options).scalars
         scalars = {self._key(k): v for k, v in self._round.broadcast(trainer, scalars).items()}

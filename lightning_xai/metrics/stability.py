@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.functional import spearman_corrcoef
 
 from lightning_xai.metrics._utils import _as_heatmap, _check_size, _flat_rows, _snap
 
@@ -58,11 +57,17 @@ def _pair(a: Tensor, b: Tensor, size: int) -> tuple[Tensor, Tensor]:
 
 def _degenerate(da: Tensor, db: Tensor, value: Tensor) -> Tensor:
     """Apply the flat-map and non-finite rules to a per-sample ``value``."""
-    flat_a, flat_b = _flat_rows(da), _flat_rows(db)
+    n = da.shape[0]
+    both = torch.cat([da, db])  # one pass over both sides
+    return _rules(_flat_rows(both), torch.isfinite(both).all(dim=1), n, value)
+
+
+def _rules(flat: Tensor, finite: Tensor, n: int, value: Tensor) -> Tensor:
+    """The flat-map and non-finite rules, from ``(2N,)`` flags of ``a``'s rows then ``b``'s."""
+    flat_a, flat_b = flat[:n], flat[n:]
     value = torch.where(flat_a & flat_b, torch.ones_like(value), value)
     value = torch.where(flat_a ^ flat_b, torch.zeros_like(value), value)
-    finite = torch.isfinite(da).all(dim=1) & torch.isfinite(db).all(dim=1)
-    return torch.where(finite, value, torch.full_like(value, float("nan")))
+    return torch.where(finite[:n] & finite[n:], value, torch.full_like(value, float("nan")))
 
 
 def spearman_similarity(a: Tensor, b: Tensor, size: int = 16) -> Tensor:
@@ -85,8 +90,8 @@ def spearman_similarity(a: Tensor, b: Tensor, size: int = 16) -> Tensor:
         - a, b: ``(N, C, H, W)``
         - output: ``(N,)``
 
-    Cost: pooling plus one sort per sample of ``size**2`` values (torchmetrics ranks sample by sample), negligible
-    next to any model forward pass.
+    Cost: pooling plus one batched sort of the ``size**2`` values of every sample, negligible next to any model
+    forward pass.
 
     Example::
 
@@ -95,16 +100,40 @@ def spearman_similarity(a: Tensor, b: Tensor, size: int = 16) -> Tensor:
         tensor([-1.0000])
     """
     da, db = _pair(a, b, size)
-    finite = torch.isfinite(da).all(dim=1) & torch.isfinite(db).all(dim=1)
-    # Ranks of non-finite rows would be meaningless; give them a harmless placeholder and mark NaN afterwards.
-    sa = torch.where(finite[:, None], _snap(da), torch.zeros_like(da))
-    sb = torch.where(finite[:, None], _snap(db), torch.zeros_like(db))
-    if sa.shape[1] == 1:
-        rho = torch.zeros(sa.shape[0], dtype=sa.dtype, device=sa.device)
+    n = da.shape[0]
+    both = torch.cat([da, db])  # a's maps then b's: every per-map step runs once for both
+    finite = torch.isfinite(both).all(dim=1)
+    if both.shape[1] == 1:
+        rho = torch.zeros(n, dtype=both.dtype, device=both.device)
     else:
-        # torchmetrics correlates columns: (D, N) gives one coefficient per sample.
-        rho = spearman_corrcoef(sa.T.contiguous(), sb.T.contiguous()).reshape(-1).to(sa.dtype)
-    return _degenerate(da, db, rho)
+        # Ranks of non-finite rows would be meaningless; give them a harmless placeholder and mark NaN afterwards.
+        ranks = _average_ranks(torch.where(finite[:, None], _snap(both), torch.zeros_like(both)))
+        rho = _pearson_rows(ranks[:n], ranks[n:]).to(both.dtype)
+    return _rules(_flat_rows(both), finite, n, rho)
+
+
+def _average_ranks(x: Tensor) -> Tensor:
+    """Ranks ``1..D`` of each row of ``x`` ``(N, D)``, ties given their mean rank, as float32 (the ranks of
+    ``torchmetrics.functional.spearman_corrcoef``), for all rows at once: one sort, no loop over samples."""
+    n, d = x.shape
+    values, order = x.sort(dim=1)
+    starts = torch.ones_like(values, dtype=torch.bool)
+    starts[:, 1:] = values[:, 1:] != values[:, :-1]
+    group = starts.long().cumsum(dim=1) - 1  # tie group of each sorted position
+    position = torch.arange(1, d + 1, dtype=torch.float32, device=x.device).expand(n, d)
+    sums = torch.zeros(n, d, dtype=torch.float32, device=x.device).scatter_add_(1, group, position)
+    counts = torch.zeros(n, d, dtype=torch.float32, device=x.device).scatter_add_(1, group, torch.ones_like(position))
+    mean_rank = (sums / counts.clamp_min(1.0)).gather(1, group)
+    return torch.empty_like(mean_rank).scatter_(1, order, mean_rank)
+
+
+def _pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:
+    """Per-row Pearson correlation of ``(N, D)`` tensors, clamped to ``[-1, 1]`` (torchmetrics' formula, ``eps``
+    included, so flat rows give 0 rather than NaN)."""
+    da = a - a.mean(dim=1, keepdim=True)
+    db = b - b.mean(dim=1, keepdim=True)
+    cov = (da * db).mean(dim=1)
+    return (cov / ((da * da).mean(dim=1).sqrt() * (db * db).mean(dim=1).sqrt() + eps)).clamp(-1.0, 1.0)
 
 
 def topk_overlap(a: Tensor, b: Tensor, k: float = 0.1, size: int = 16) -> Tensor:

@@ -102,7 +102,8 @@ class TensorBoardSink:
         get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
     def add_scalars(self, values: Mapping[str, float], step: int) -> list[str]:
-        """Log each finite value as its own scalar (``add_scalar(tag, value, step)``).
+        """Log each finite value as a scalar: one event holding them all where the writer exposes its file writer
+        (what ``add_scalar`` writes, one value each, without an event per key), else ``add_scalar(tag, value, step)``.
 
         Returns:
             The tags whose value was non-finite and therefore not written (also counted in ``skipped_counts``).
@@ -113,6 +114,18 @@ class TensorBoardSink:
         step = check_step(step)
         kept, skipped = finite_scalars(values)
         self.skipped_counts.update(skipped)
+        get_file_writer = getattr(self.summary_writer, "_get_file_writer", None)
+        if callable(get_file_writer) and kept:
+            try:  # one event for all of them (cheap); any failure: key by key below, so one bad key costs only itself
+                from tensorboard.compat.proto.summary_pb2 import Summary
+
+                for tag in kept:
+                    check_tag(tag)
+                get_file_writer().add_summary(
+                    Summary(value=[Summary.Value(tag=tag, simple_value=float(v)) for tag, v in kept.items()]), step)
+                return skipped
+            except Exception:  # noqa: BLE001 - isolated per key next
+                pass
         write_each([(tag, lambda tag=tag, value=value: self.summary_writer.add_scalar(tag, value, global_step=step))
                     for tag, value in kept.items()], "scalars")
         return skipped

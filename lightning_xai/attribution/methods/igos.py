@@ -60,6 +60,10 @@ class IGOS(Method):
         "baseline": BASELINE,
     }
 
+    def passes(self, image_size: tuple[int, int]) -> float:
+        o = self.opts  # per iteration: the integrated gradient along the mask, then the line search's forwards
+        return o["iterations"] * (o["ig_steps"] + (o["line_search"] + 1) / 3) + 2 / 3
+
     def compute(self, ctx: Context, shared: Shared) -> Tensor:
         x, n, tgt = ctx.x, ctx.n, ctx.target
         size = tuple(x.shape[-2:])

@@ -49,6 +49,9 @@ class IntegratedGradients(Method):
                 raise ValueError(f"integrated_gradients option `max_steps` must be an int >= n_steps "
                                  f"({opts['n_steps']}), got {opts['max_steps']!r}")
 
+    def passes(self, image_size: tuple[int, int]) -> float:
+        return float(self.opts["n_steps"])  # the start of adaptive IG; ig_evals reports what it took
+
     def request(self) -> Request:
         return Request(path={k: self.opts[k] for k in ("baseline", "n_steps", "tolerance", "max_steps")})
 

@@ -80,6 +80,9 @@ class Lime(Method):
         "seed": SEED,
     }
 
+    def passes(self, image_size: tuple[int, int]) -> float:
+        return self.opts["n_samples"] / 3  # forwards only
+
     def compute(self, ctx: Context, shared: Shared) -> Tensor:
         x, n = ctx.x, ctx.n
         segments = grid_segments(tuple(x.shape[-2:]), self.opts["grid"], x.device)

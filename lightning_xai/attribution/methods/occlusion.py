@@ -72,6 +72,13 @@ class Occlusion(Method):
             raise ValueError(f"occlusion option `stride` must not exceed the window {opts['window']} (pixels would be "
                              f"skipped), got {opts['stride']!r}")
 
+    def passes(self, image_size: tuple[int, int]) -> float:
+        window, stride = _pair(self.opts["window"]), _pair(self.opts["stride"] or self.opts["window"])
+        positions = 1
+        for side, k, s in zip(image_size, window, stride):
+            positions *= max(1, -(-(side - k) // s) + 1)
+        return positions / 3  # forwards only
+
     def compute(self, ctx: Context, shared: Shared) -> Tensor:
         x, n = ctx.x, ctx.n
         masks = window_masks(tuple(x.shape[-2:]), _pair(self.opts["window"]), _pair(self.opts["stride"]), x.device)

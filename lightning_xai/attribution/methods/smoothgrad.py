@@ -54,6 +54,10 @@ class SmoothGrad(Method):
     def check(opts: dict[str, Any]) -> None:
         check_method_options(opts["base"], opts["base_options"])
 
+    def passes(self, image_size: tuple[int, int]) -> float:
+        base = get_method(self.opts["base"])(check_method_options(self.opts["base"], self.opts["base_options"]))
+        return self.opts["n_samples"] * base.passes(image_size)
+
     @staticmethod
     def route(opts: dict[str, Any], routed: dict[str, Any]) -> dict[str, Any]:
         base = get_method(opts["base"])

@@ -1,0 +1,155 @@
+"""The default budget (issue 21): cheap methods every explained epoch, the expensive ones when the run has paid for
+them. The budget's arithmetic is tested with made-up seconds; in Trainer runs the credit is set by a test callback
+(no test depends on how fast this machine is)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import pytorch_lightning as pl
+from lit_models import TinyCNN, TinyDataModule, trainer_kwargs
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from tb_events import read_events
+
+from lightning_xai import ExplanationMonitor
+from lightning_xai.callbacks._budget import AUTO_SHARE, CostBudget
+
+FIXED_IG = {"integrated_gradients": {"n_steps": 4, "tolerance": None}}
+
+
+# ------------------------------------------------------------------------------------------- the budget alone
+def test_credit_is_earned_by_training_and_spent_by_the_monitor():
+    budget = CostBudget(0.1)
+    assert budget.available() == 0.0 and not budget.allow("integrated_gradients", 0.01)
+    budget.account(train_seconds=10.0, spent_seconds=0.4)
+    assert budget.available() == pytest.approx(0.6)
+    assert not budget.allow("integrated_gradients", 0.7)
+    assert budget.allow("pool", 0.5)  # reserved until the next account(): a second ask cannot spend it again
+    assert budget.available() == pytest.approx(0.1) and not budget.allow("views", 0.2)
+    budget.account(train_seconds=10.0, spent_seconds=0.9)  # what the pool really cost replaces its estimate
+    assert budget.available() == pytest.approx(0.7)
+    assert budget.allowed == {"pool": 1} and budget.denied == {"integrated_gradients": 2, "views": 1}
+    budget.reset()
+    assert budget.available() == 0.0 and budget.last("pool") is None and not budget.allowed
+
+
+def test_estimates_come_from_measured_passes():
+    budget = CostBudget(AUTO_SHARE)
+    assert budget.row_seconds is None and budget.estimate_rows(32) is None
+    assert not budget.allow("integrated_gradients", None)  # nothing measured: nothing optional yet
+    budget.record("cheap", 0.08, rows=16)  # 16 probes through Grad-CAM + saliency
+    assert budget.row_seconds == pytest.approx(0.005)
+    assert budget.estimate_rows(64) == pytest.approx(0.32)  # e.g. 64 extra samples through the cheap methods
+    budget.record("integrated_gradients", 1.2)
+    assert budget.last("integrated_gradients") == 1.2 and budget.row_seconds == pytest.approx(0.005)
+    budget.record("views", float("nan"))  # never a non-finite estimate
+    assert budget.last("views") is None
+
+
+def test_no_share_allows_everything():
+    budget = CostBudget(None)
+    assert budget.available() == math.inf and budget.allow("integrated_gradients", None)
+    with pytest.raises(ValueError, match="share"):
+        CostBudget(1.5)
+
+
+@pytest.mark.parametrize("value", ["fast", 0.0, 1.0, -0.1])
+def test_max_overhead_is_checked(value):
+    with pytest.raises(ValueError, match="max_overhead.*'auto'"):
+        ExplanationMonitor(max_overhead=value)
+
+
+# ------------------------------------------------------------------------------------------- in a Trainer
+class Credit(Callback):
+    """Before the monitor's round (listed first), gives the budget plenty of credit at the epochs in ``grant`` and
+    none at the others: the schedule then depends on the test, not on this machine's speed."""
+
+    def __init__(self, monitor: ExplanationMonitor, grant: set[int]) -> None:
+        self.monitor, self.grant = monitor, grant
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        budget = self.monitor.budget
+        if budget.share is None:  # no budget: nothing to give or take
+            return
+        if trainer.current_epoch in self.grant:  # 1e6 s of credit, whatever was spent before
+            budget.account(train_seconds=(budget.spent + 1e6) / budget.share - budget.trained, spent_seconds=0.0)
+        else:  # 1e6 s in debt
+            budget.account(train_seconds=0.0, spent_seconds=budget.share * budget.trained - budget.spent + 1e6)
+
+
+def fit(tmp_path, callbacks, max_epochs, **overrides):
+    pl.seed_everything(0)
+    trainer = pl.Trainer(callbacks=list(callbacks), **trainer_kwargs(tmp_path, max_epochs=max_epochs, **overrides))
+    trainer.fit(TinyCNN(), datamodule=TinyDataModule())
+    return trainer
+
+
+def test_auto_explains_the_cheap_methods_every_epoch_and_integrated_gradients_when_paid_for(tmp_path):
+    monitor = ExplanationMonitor(num_probes=4, method_options=FIXED_IG)  # max_overhead="auto", the default
+    trainer = fit(tmp_path, [Credit(monitor, grant={1, 2}), monitor], max_epochs=4)
+    events = read_events(trainer.logger.log_dir)
+    steps = [4, 8, 12, 16]
+    for m in ("grad_cam", "saliency"):  # the contract: their keys from the first explained epoch on
+        assert [s for s, _ in events["scalars"][f"xai/{m}/stability"]] == steps
+        assert [s for s, *_ in events["images"][f"xai/{m}/overlay"]] == steps
+    ig = "integrated_gradients"
+    assert [s for s, *_ in events["images"][f"xai/{ig}/overlay"]] == [8, 12]  # only when the budget allowed it
+    assert [s for s, _ in events["scalars"][f"xai/{ig}/completeness_error"]] == [8, 12]
+    # stability compares with IG's previous frame: none before training (the reference is cheap), so from its 2nd run
+    assert [s for s, _ in events["scalars"][f"xai/{ig}/stability"]] == [12]
+    assert [sorted(r["stability"]) for r in monitor.history] == [
+        ["grad_cam", "saliency"], ["grad_cam", "integrated_gradients", "saliency"],
+        ["grad_cam", "integrated_gradients", "saliency"], ["grad_cam", "saliency"]]
+    assert monitor.budget.allowed[ig] == 2 and monitor.budget.denied[ig] == 2
+    assert sorted(monitor.latest["maps"]) == ["grad_cam", "saliency"]
+    # what the lead's detection pool sizes itself with: one sample through the cheap methods, measured
+    assert monitor.budget.row_seconds is not None and monitor.budget.row_seconds > 0
+    assert monitor.budget.last(ig) is not None and monitor.budget.last(ig) > 0
+    # the sanity check at the end explains what the last round explained
+    assert f"xai/{ig}/sanity_similarity" not in events["scalars"]
+    assert "xai/grad_cam/sanity_similarity" in events["scalars"]
+
+
+def test_a_method_another_callback_watches_runs_every_explained_epoch(tmp_path):
+    monitor = ExplanationMonitor(num_probes=4, method_options=FIXED_IG, metrics=())
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), monitor="xai/integrated_gradients/stability", mode="max")
+    trainer = fit(tmp_path, [Credit(monitor, grant=set()), monitor, ckpt], max_epochs=2, enable_checkpointing=True)
+    events = read_events(trainer.logger.log_dir)
+    # in the reference round too, so its stability exists from the first explained epoch, however short the credit
+    assert [s for s, _ in events["scalars"]["xai/integrated_gradients/stability"]] == [4, 8]
+    assert not monitor.budget.denied
+
+
+def test_no_budget_explains_every_method_at_every_epoch(tmp_path):
+    monitor = ExplanationMonitor(num_probes=4, method_options=FIXED_IG, metrics=(), max_overhead=None)
+    trainer = fit(tmp_path, [Credit(monitor, grant=set()), monitor], max_epochs=2)
+    events = read_events(trainer.logger.log_dir)
+    for m in ("grad_cam", "saliency", "integrated_gradients"):
+        assert [s for s, _ in events["scalars"][f"xai/{m}/stability"]] == [4, 8]
+
+
+def test_views_run_at_the_first_explained_epoch_then_when_paid_for(tmp_path):
+    monitor = ExplanationMonitor(num_probes=4, methods=("grad_cam",), metrics=(), views=("activations",))
+    fit(tmp_path, [Credit(monitor, grant={2}), monitor], max_epochs=4)
+    assert [r["epoch"] for r in monitor.views_history] == [0, 2]
+    assert [r["epoch"] for r in monitor.history] == [0, 1, 2, 3]  # the heatmaps every epoch
+    assert monitor.budget.last("views") is not None
+
+
+def test_the_budgeted_schedule_changes_nothing_in_training(tmp_path):
+    # the default schedule (a cheap pass, then IG in a pass of its own when granted) is still only an observer
+    import torch
+
+    plain = fit(tmp_path / "a", [], max_epochs=3)
+    rng_a = torch.get_rng_state()
+    monitor = ExplanationMonitor(num_probes=4, method_options=FIXED_IG)
+    watched = fit(tmp_path / "b", [Credit(monitor, grant={1}), monitor], max_epochs=3)
+    assert torch.equal(rng_a, torch.get_rng_state())
+    assert [sorted(r["stability"]) for r in monitor.history][1] == ["grad_cam", "integrated_gradients", "saliency"]
+    state_a, state_b = plain.lightning_module.state_dict(), watched.lightning_module.state_dict()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    opt_a, opt_b = plain.optimizers[0].state_dict()["state"], watched.optimizers[0].state_dict()["state"]
+    assert all(torch.equal(opt_a[i]["momentum_buffer"], opt_b[i]["momentum_buffer"]) for i in opt_a)
