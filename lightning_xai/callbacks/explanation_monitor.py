@@ -812,7 +812,8 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                                                        masks=probes.masks, labels=probes.labels,
                                                        probe_ids=probes.ids.tolist(), class_names=self.class_names,
                                                        event=event, extra=extra)
-        for method in undefined_similarity(scalars, {m: results[f"map/{m}"] for m in self.config.methods}):
+        compared = [m for m in self._ran(results) if report.compared.get(m, True)]  # a first frame: nothing to compare
+        for method in undefined_similarity(scalars, {m: results[f"map/{m}"] for m in compared}):
             self._reporter.warn_once(
                 f"undefined/{method}", f"ExplanationMonitor: at epoch {trainer.current_epoch} no probe's {method} map "
                 "could be compared with the one before (degenerate maps, all zero or constant: e.g. a head "

@@ -101,6 +101,7 @@ class DriftReport:
     event: str | None = None
     pool_size: int = 0
     statistics: dict[str, float] = field(default_factory=dict)
+    compared: dict[str, bool] = field(default_factory=dict)  # method -> had a previous frame to compare with
 
     @property
     def any(self) -> bool:
@@ -227,6 +228,8 @@ class _Method:
         self.ref_epoch = -1
         self.updates = 0
         self.probe_lag: list[list[float]] = []  # per display probe lag-1 dissimilarity on quiet epochs (NaN kept)
+        self.missed = False  # not explained at the last update (skipped by a cost budget)
+        self.gap = False  # this update's previous frame is older than one explained epoch
 
     def state(self) -> dict[str, Any]:
         return {"frames": [f.clone() for f in self.frames], "ref": self.ref, "ref_epoch": self.ref_epoch,
@@ -490,15 +493,21 @@ class DriftDetector:
                              class_names=None if class_names is None else list(class_names),
                              labels=None if labels_t is None else labels_t[:display], event=event, pool_size=n)
         # ---- measure every stream
+        for name, state in self.methods.items():
+            state.gap = name not in pooled or state.missed
+            state.missed = name not in pooled
         values: dict[str, float] = {}
         per_method: dict[str, dict[str, Any]] = {}
         for name, current in pooled.items():
             state = self.methods.setdefault(name, _Method())
             rows = current.shape[0]
+            report.compared[name] = state.prev is not None
             mm = self._measure(state, current, display)
             per_method[name] = mm
-            if state.updates == 0 or state.prev is None:
-                continue  # the first comparison is with the maps before training: never a stream value
+            if state.updates == 0 or state.prev is None or state.gap:
+                # the first comparison is with the maps before training, and a method that skipped rounds (a cost
+                # budget) would compare over several epochs: neither is a stream value of one epoch's change
+                continue
             lab = None if labels_t is None else labels_t[:rows]
             for part, code in (("validation", 0), ("training", 1)):
                 in_part = origin_t[:rows] == code
