@@ -831,9 +831,11 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                 + (". To lower it, explain less often "  # only advise a spacing that actually changes something
                    f"(every_n_epochs={every} keeps it near 10%) or " if every > c.every_n_epochs else
                    ". To lower it, explain ")
-                + f"fewer probes (num_probes={max(1, len(self.probe_set) // 2)}"
-                + ("); max_overhead=0.1 spaces the rounds automatically." if not self._spaces_rounds() else ").")
-                + " `xai/overhead` logs the share every round."
+                + f"fewer probes (num_probes={max(1, len(self.probe_set) // 2)})"
+                # the cheap round alone above 10%: a number for max_overhead spaces the rounds themselves
+                + ("; max_overhead=0.1 spaces the rounds automatically" if not self._spaces_rounds()
+                   and cost - optional > 0.1 * elapsed else "")
+                + ". `xai/overhead` logs the share every round."
             )
         if self._spaces_rounds():
             b = c.max_overhead
