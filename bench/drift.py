@@ -41,6 +41,7 @@ from lightning_xai.drift import DriftDetector  # noqa: E402
 
 CACHE = os.environ.get("DRIFT_BENCH_CACHE", "/tmp/drift_suite_cache")
 SUDDEN = ("cue_sudden", "domain", "label_swap", "reinit", "lr_and_cue")
+NO_MASKS = False  # --no-masks: replay as for a dataset without object masks (no "mass" streams)
 TARGETS = {"sudden": 0.9, "cue_unplaced": 0.8, "cue_train_only": 0.8, "ramp": 0.8}
 
 
@@ -99,7 +100,8 @@ def epoch_inputs(run: dict[str, Any], e: dict[str, Any], pool: int | None = None
     maps = {m: e["maps"][m][idx].float()[:, None] for m in ("grad_cam", "saliency")}
     origin = (idx >= n_val).long()
     return {"maps": maps, "probe_maps": {"integrated_gradients": e["maps"]["integrated_gradients"].float()[:, None]},
-            "pred": e["pred"][idx].long(), "labels": e["targets"][idx].long(), "masks": run["masks"][idx].float(),
+            "pred": e["pred"][idx].long(), "labels": e["targets"][idx].long(),
+            "masks": None if NO_MASKS else run["masks"][idx].float(),
             "origin": origin, "num_display": p}
 
 
@@ -188,12 +190,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("command", choices=("record", "report", "curve", "pool", "list", "trace", "tune"))
     parser.add_argument("--part", choices=("tune", "eval", "all"), default="eval")
     parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument("--cache", default=CACHE)
+    parser.add_argument("--cache", default=os.environ.get("DRIFT_BENCH_CACHE", "/tmp/drift_suite_cache"))
     parser.add_argument("--detector", nargs="*", default=[], metavar="KEY=VALUE",
                         help="DriftDetector keyword arguments for the replay, e.g. sigmas=3")
     parser.add_argument("--rows", action="store_true", help="print one line per run")
+    parser.add_argument("--no-masks", action="store_true", help="replay without object masks (no mass streams)")
+    parser.add_argument("--pool-sizes", type=int, nargs="+", default=[16, 32, 64, 128],
+                        help="pool: detection pool sizes to compare (16: the display probes only)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    global NO_MASKS, CACHE
+    NO_MASKS, CACHE = args.no_masks, args.cache
     scenarios = [sc for sc in suite() if args.part == "all" or sc.part == args.part]
     cache = Path(args.cache)
     if args.command == "list":
@@ -216,8 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "tune":
         if args.part != "tune":
             parser.error("constants are chosen on the tuning part only: --part tune")
-        best = grid_search(runs, max_false=1)
-        for caught, quiet, pre, rule in best[:15]:
+        for caught, quiet, pre, rule in grid_search(runs, max_false=3)[:25]:
             print(f"caught {caught}, false {quiet} quiet + {pre} pre-change: {rule}")
     elif args.command == "trace":
         for run in runs:
@@ -232,35 +238,67 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "curve":
         print_curve(runs, options, args.part)
     elif args.command == "pool":
-        for pool in (16, 32, 64, 128):
-            _, summary = evaluate(runs, lambda: DriftDetector(**options), pool=pool)
+        for pool in args.pool_sizes:
+            full = runs[0]["pool_val"] + runs[0]["pool_train"] if runs else 0
+            summary = rule_summary(runs, stream_values(runs, None if pool >= full else pool), **options)
             print_summary(summary, f"{args.part}, pool {pool}")
 
 
+def default_rule(**overrides: Any) -> tuple[dict[str, Any], Any]:
+    """The default detector's rule constants and its stream filter (what DriftDetector() decides with)."""
+    det = DriftDetector()
+    rule = {k: getattr(det, k) for k in ("window", "threshold", "slack", "cusum_threshold", "learn_below",
+                                         "min_spread", "event_factor", "settle", "gap_spread")}
+    rule.update(overrides)
+    stats = det.statistics
+    return rule, (lambda key: key.split("|", 1)[1].split("/")[0] in stats)
+
+
+def rule_summary(runs: list[dict[str, Any]], values: list[list[dict[str, float]]], **overrides: Any) -> dict:
+    rule, keep = default_rule(**overrides)
+    warmup = DriftDetector().warmup_epochs
+    rows = [score_run(run, rule_alarms(run, vals, warmup, keep, **rule), warmup) for run, vals in zip(runs, values)]
+    return summarise(rows)
+
+
 def print_curve(runs: list[dict[str, Any]], options: dict[str, Any], part: str) -> None:
-    """Detection in time per group and false-alarm epochs as the alarm threshold varies (the operating curve)."""
-    default = DriftDetector(**options).threshold
-    print(f"operating curve on part {part!r} (default threshold {default:g})")
+    """Detection in time per group and false-alarm epochs as the alarm thresholds vary (the operating curve): both
+    the sudden threshold and the CUSUM threshold are scaled by the same factor."""
+    values = stream_values(runs)
+    rule, _ = default_rule(**options)
+    print(f"operating curve on part {part!r} (default: threshold {rule['threshold']:g}, "
+          f"cusum_threshold {rule['cusum_threshold']:g}; factor 1.00)")
     header = None
-    for factor in (0.6, 0.7, 0.8, 0.9, 1.0, 1.15, 1.3, 1.5, 2.0):
-        threshold = default * factor
-        _, summary = evaluate(runs, lambda t=threshold: DriftDetector(**{**options, "threshold": t}))
+    for factor in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2, 1.4, 1.7, 2.0):
+        summary = rule_summary(runs, values, **{**options, "threshold": rule["threshold"] * factor,
+                                                "cusum_threshold": rule["cusum_threshold"] * factor})
         groups = sorted(summary["groups"])
         if header is None:
             header = groups
-            print(f"{'threshold':>9} {'false/quiet epochs':>18} " + " ".join(f"{g:>15}" for g in groups))
+            print(f"{'factor':>6} {'false/quiet':>12} {'false/pre':>10} " + " ".join(f"{g:>15}" for g in groups))
         cells = " ".join(f"{summary['groups'][g][0]:>7}/{summary['groups'][g][1]:<7}" for g in groups)
-        print(f"{threshold:>9.2f} {summary['quiet_false']:>8}/{summary['quiet_epochs']:<9} {cells}")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+        print(f"{factor:>6.2f} {summary['quiet_false']:>5}/{summary['quiet_epochs']:<6} "
+              f"{summary['pre_change_false']:>4}/{summary['pre_change_epochs']:<5} {cells}")
 
 
 # ---------------------------------------------------------------------------------------------------- tuning
 def stream_values(runs: list[dict[str, Any]], pool: int | None = None) -> list[list[dict[str, float]]]:
-    """Per run, per epoch: every stream's value (they do not depend on the rule's constants)."""
-    return [[r.statistics for r in replay(run, DriftDetector(), pool)] for run in runs]
+    """Per run, per epoch: every stream's value (they do not depend on the rule's constants). Cached next to the
+    runs, keyed by the measuring code (drift/_detector.py, drift/_stats.py), so a grid search starts in seconds."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1] / "lightning_xai" / "drift"
+    code = hashlib.sha256(b"".join((root / f).read_bytes() for f in ("_detector.py", "_stats.py"))).hexdigest()[:12]
+    out = []
+    for run in runs:
+        path = Path(CACHE) / f"values_{run['name']}_p{pool}_m{int(not NO_MASKS)}_{code}.json"
+        if path.exists():
+            out.append(json.loads(path.read_text()))
+            continue
+        values = [r.statistics for r in replay(run, DriftDetector(), pool)]
+        path.write_text(json.dumps(values))
+        out.append(values)
+    return out
 
 
 def rule_alarms(run: dict[str, Any], values: list[dict[str, float]], warmup: int, keep, **rule: Any) -> list[int]:
@@ -283,14 +321,15 @@ def grid_search(runs: list[dict[str, Any]], max_false: int) -> list[tuple[int, i
     import itertools
 
     values = stream_values(runs)
-    stats_options = {"lag+class+mass": ("lag", "class", "mass"), "lag+class": ("lag", "class"),
-                     "class+mass": ("class", "mass"), "class": ("class",)}
+    stats_options = {"all": ("lag", "class", "mass", "gap"), "lag+class+gap": ("lag", "class", "gap"),
+                     "class+mass+gap": ("class", "mass", "gap"), "lag+class+mass": ("lag", "class", "mass")}
     results = []
-    grid = itertools.product((3.0, 4.0, 5.0, 6.0), (0.5, 1.0, 1.5), (3.0, 5.0, 8.0), (1.5, 2.5), (0.2, 0.35, 0.5),
-                             (4, 6), (1.5, 2.0), stats_options)
-    for threshold, slack, cusum, learn, spread, window, event_factor, stats in grid:
-        rule = {"window": window, "threshold": threshold, "slack": slack, "cusum_threshold": cusum,
-                "learn_below": learn, "min_spread": spread, "event_factor": event_factor, "settle": 1}
+    grid = itertools.product((4.0, 5.0, 6.0), (1.0, 1.5), (5.0, 8.0), (0.5, 1.0), (0.35, 0.5), (0.05, 0.08, 0.12),
+                             stats_options)
+    for threshold, slack, cusum, learn, spread, gap_spread, stats in grid:
+        rule = {"window": 4, "threshold": threshold, "slack": slack, "cusum_threshold": cusum,
+                "learn_below": learn, "min_spread": spread, "event_factor": 2.0, "settle": 1,
+                "gap_spread": gap_spread}
         allowed = stats_options[stats]
 
         def keep(key: str, allowed=allowed) -> bool:
@@ -302,3 +341,7 @@ def grid_search(runs: list[dict[str, Any]], max_false: int) -> list[tuple[int, i
         results.append((caught, s["quiet_false"], s["pre_change_false"], {**rule, "statistics": stats}))
     ok = [r for r in results if r[1] <= max_false]
     return sorted(ok, key=lambda r: (-r[0], r[1] + r[2]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

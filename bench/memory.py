@@ -20,10 +20,18 @@ What is measured, and why (no GPU here, and ``tracemalloc`` does not see torch's
    ``ru_maxrss`` after the operation minus the RSS just before it. It includes allocator slack and one-off
    allocations (kernels' workspaces, the first Adam step's state is excluded by timing the second step).
 
+3. **RSS over a long run** (``--long``, issue 20): a tiny CNN trained for 300 epochs in a fresh process, with the
+   default monitor (16 probes, Grad-CAM + saliency + adaptive IG, overlays, timelines) and without it (control);
+   RSS after every epoch, and the slope of a least-squares line over the epochs after the warm-up (the first 50:
+   the bounded buffers fill: 16 epochs of timeline tiles, 256 cached lines of caption text), in KiB per epoch with
+   its standard error. Flat means the monitor's slope is within noise of the control's. Before the fix the monitor
+   grew ~0.5 MB per epoch (text caches of 4096 lines, 48 epochs of tiles), found with ``tracemalloc``.
+
 Usage::
 
-    python bench/memory.py              # both measurements
+    python bench/memory.py              # the first two measurements
     python bench/memory.py --no-rss     # only the deterministic one
+    python bench/memory.py --long       # only the 300-epoch RSS slopes (about 6 minutes on 2 cores)
 """
 
 from __future__ import annotations
@@ -187,14 +195,111 @@ def rss_figures(repeats: int) -> dict[str, list[int]]:
     return out
 
 
+def long_child(which: str, epochs: int) -> None:
+    """A tiny CNN trained ``epochs`` epochs (with or without the monitor); prints the RSS after every epoch."""
+    import warnings
+
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
+    class Tiny(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                     nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                     nn.Linear(8, 3))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+            return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+        def validation_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+            self.log("val_loss", nn.functional.cross_entropy(self(batch[0]), batch[1]))
+
+        def configure_optimizers(self):  # type: ignore[no-untyped-def]
+            return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(96) % 3
+    images = 0.3 * torch.randn(96, 3, 16, 16, generator=g)
+    for i, k in enumerate(labels.tolist()):
+        images[i, :, 2:14, 5 * k : 5 * k + 5] += 1.5
+    train = DataLoader(TensorDataset(images[:64], labels[:64]), batch_size=16)
+    val = DataLoader(TensorDataset(images[64:], labels[64:]), batch_size=16)
+    rss: list[float] = []
+
+    class Record(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):  # type: ignore[no-untyped-def]
+            rss.append(_rss_bytes() / 2**10)
+
+    callbacks: list = [Record()]
+    if which == "monitor":
+        from lightning_xai import ExplanationMonitor
+
+        callbacks.insert(0, ExplanationMonitor(num_probes=16))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as root:
+        trainer = pl.Trainer(max_epochs=epochs, callbacks=callbacks, default_root_dir=root, accelerator="cpu",
+                             logger=pl.loggers.TensorBoardLogger(root), enable_progress_bar=False,
+                             enable_model_summary=False, enable_checkpointing=False)
+        trainer.fit(Tiny(), train, val)
+    print(json.dumps(rss))
+
+
+def slope(values: list[float], start: int) -> tuple[float, float]:
+    """Least-squares slope of ``values[start:]`` per step and its standard error."""
+    y = torch.tensor(values[start:], dtype=torch.float64)
+    x = torch.arange(len(y), dtype=torch.float64)
+    xc, yc = x - x.mean(), y - y.mean()
+    b = float((xc * yc).sum() / (xc * xc).sum())
+    resid = yc - b * xc
+    se = float((resid.pow(2).sum() / max(len(y) - 2, 1) / (xc * xc).sum()).sqrt())
+    return b, se
+
+
+def long_figures(epochs: int, warm: int) -> None:
+    out = {}
+    for which in ("control", "monitor"):
+        proc = subprocess.run([sys.executable, __file__, "--child", "long", "--which", which, "--epochs", str(epochs)],
+                              capture_output=True, text=True, check=True)
+        out[which] = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"RSS over {epochs} epochs of a tiny CNN (16x16 images, 4 training batches/epoch), slope after epoch {warm}:")
+    slopes = {}
+    for which, rss in out.items():
+        b, se = slope(rss, warm)
+        slopes[which] = b
+        print(f"  {which:8s}: RSS {rss[0] / 1024:.0f} -> {rss[warm] / 1024:.0f} (epoch {warm}) -> {rss[-1] / 1024:.0f} MiB;"
+              f" slope {b:+.2f} +- {se:.2f} KiB/epoch ({b * 100 / 1024:+.2f} MiB per 100 epochs)")
+    ratio = slopes["monitor"] / slopes["control"] if abs(slopes["control"]) > 1e-9 else float("inf")
+    print(f"  slope ratio monitor / control: {ratio:.2f}; difference {slopes['monitor'] - slopes['control']:+.2f} "
+          "KiB/epoch")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-rss", action="store_true", help="skip the subprocess peak-RSS cross-check")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--child", choices=("train", "explain"), help=argparse.SUPPRESS)
+    parser.add_argument("--long", action="store_true", help="only the 300-epoch RSS slopes with and without monitor")
+    parser.add_argument("--epochs", type=int, default=300)
+    parser.add_argument("--warm", type=int, default=50)
+    parser.add_argument("--child", choices=("train", "explain", "long"), help=argparse.SUPPRESS)
+    parser.add_argument("--which", choices=("control", "monitor"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child == "long":
+        long_child(args.which, args.epochs)
+        return
     if args.child:
         rss_child(args.child)
+        return
+    if args.long:
+        long_figures(args.epochs, args.warm)
         return
     mib = 1 / 2**20
     f = saved_bytes_figures()

@@ -3,7 +3,7 @@
 For the first epochs the training images are clean: the only evidence for a class is the shape. From
 ``--shortcut-epoch`` on, every training image also carries a small coloured marker in a corner that encodes its
 class -- a shortcut the model learns quickly. Accuracy stays high, so a loss curve shows nothing; the
-``ExplanationMonitor`` sees the evidence move from the shape to the corner and flags drift.
+``ExplanationMonitor`` sees the evidence move from the shape to the corner and raises a drift alarm.
 
 The probes carry the class marker from the start (it is simply ignored by a model that never learnt it), and their
 ground-truth shape masks let the demo report how much of each map falls on the shape and how much on the marker.
@@ -11,7 +11,9 @@ ground-truth shape masks let the demo report how much of each map falls on the s
     python recipes/demo.py                 # 46 s on 2 idle CPU cores (14 min when shared at load 14-18)
     python recipes/demo.py --fast          # 20-50 s: what the tests run
     tensorboard --logdir runs/demo --samples_per_plugin images=1000
-    python -m lightning_xai.report runs/demo   # rebuild the HTML report of the newest run
+    python -m lightning_xai.report runs/demo   # rebuild the HTML report of the newest run (next to the monitor's)
+
+The last printed line is the path of the run's HTML report, ``xai_report.html``.
 """
 
 from __future__ import annotations
@@ -27,10 +29,15 @@ from pytorch_lightning.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lightning_xai import ExplanationMonitor
-from lightning_xai.attribution import METHODS
-from lightning_xai.datasets import SHAPES_MEAN, SHAPES_STD, ShapesDataset
-from lightning_xai.metrics import relevance_mass
+# `python recipes/demo.py` puts recipes/ on sys.path; the explicit insert also covers imports by path (tests, cli.py)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from console import around_monitor, print_table_legend, quiet_third_party  # noqa: E402
+
+from lightning_xai import ExplanationMonitor  # noqa: E402
+from lightning_xai.attribution import METHODS  # noqa: E402
+from lightning_xai.datasets import SHAPES_MEAN, SHAPES_STD, ShapesDataset  # noqa: E402
+from lightning_xai.metrics import relevance_mass  # noqa: E402
+from lightning_xai.report import REPORT_FILE  # noqa: E402
 
 #: What the network learned, per epoch (lightning_xai.views); attention graphs once at the end.
 VIEWS = ("activations", "max_min", "projector", "activation_max", "dissection", "attention_graphs")
@@ -196,6 +203,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     if args.fast:
         args.epochs, args.shortcut_epoch, args.image_size, args.train_size, args.num_probes = 3, 2, 24, 96, 4
+    quiet_third_party()
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     pl.seed_everything(args.seed, workers=True)
@@ -222,7 +230,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         max_epochs=args.epochs,
         accelerator="cpu",
         logger=logger,
-        callbacks=[monitor, PlantShortcut(args.shortcut_epoch), report],
+        callbacks=[*around_monitor(monitor), PlantShortcut(args.shortcut_epoch), report],
         enable_checkpointing=False,
         enable_progress_bar=True,
         enable_model_summary=False,
@@ -232,10 +240,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     trainer.fit(model, datamodule=data)
     elapsed = time.perf_counter() - start
     rows = print_table(monitor, report, args.shortcut_epoch)
+    print_table_legend()
     print_views_table(monitor, args.shortcut_epoch)
-    print(f"\nTrained {args.epochs} epochs in {elapsed:.0f} s; shortcut planted at epoch {args.shortcut_epoch}.")
+    alarms = [r["epoch"] for r in rows if r["alarm"]]
+    print(f"\nTrained {args.epochs} epochs in {elapsed:.0f} s; shortcut planted at epoch {args.shortcut_epoch}; "
+          + (f"drift alarm at epoch {', '.join(map(str, alarms))}." if alarms else "no drift alarm."))
     print(f"TensorBoard logs: {os.path.abspath(logger.log_dir)}")
     print(f"Open them with:  tensorboard --logdir {args.out} --samples_per_plugin images=1000")
+    report_file = os.path.join(os.path.abspath(logger.log_dir), REPORT_FILE)
+    if os.path.isfile(report_file):
+        print(f"Report: {report_file}")  # the last line: open it in a browser
     return rows
 
 

@@ -10,10 +10,12 @@ import pytorch_lightning as pl
 
 
 class FlakyWriter:
-    """Wraps a ``SummaryWriter``: ``xai/`` images at ``fail_image_steps`` fail, or every ``xai/`` write if ``broken``."""
+    """Wraps a ``SummaryWriter``: ``xai/`` images at ``fail_image_steps`` fail, every write of a tag in ``fail_tags``
+    fails (a key a logger refuses), or every ``xai/`` write if ``broken``."""
 
-    def __init__(self, real, fail_image_steps=(), broken: bool = False) -> None:
+    def __init__(self, real, fail_image_steps=(), broken: bool = False, fail_tags=()) -> None:
         self.real, self.fail_image_steps, self.broken = real, set(fail_image_steps), broken
+        self.fail_tags = set(fail_tags)
 
     def __getattr__(self, name):
         return getattr(self.real, name)
@@ -24,6 +26,8 @@ class FlakyWriter:
     def _check(self, tag, step, image=False):
         if tag.startswith("xai/") and (self.broken or (image and step in self.fail_image_steps)):
             raise OSError(f"No space left on device ({tag} at step {step})")
+        if tag in self.fail_tags:
+            raise ValueError(f"tag {tag!r} refused by the logger")
 
     def add_image(self, tag, img, global_step=None, dataformats="CHW"):
         self._check(tag, global_step, image=True)
@@ -55,9 +59,10 @@ class _FlakyFileWriter:
 
 
 class _Flaky:
-    def __init__(self, *args, fail_image_steps=(), broken: bool = False, **kwargs) -> None:
+    def __init__(self, *args, fail_image_steps=(), broken: bool = False, fail_tags=(), **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._flaky_options = {"fail_image_steps": tuple(fail_image_steps), "broken": broken}
+        self._flaky_options = {"fail_image_steps": tuple(fail_image_steps), "broken": broken,
+                               "fail_tags": tuple(fail_tags)}
         self._flaky = None
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from attribution_helpers import FAST_OPTIONS, fast_options, tiny_cnn
+from vit_reference import torchvision_vit
 
 from lightning_xai.attribution import (
     METHODS,
@@ -44,7 +45,10 @@ def test_registry_lists_the_contract_methods():
 def test_every_method_gives_maps_of_the_input_size(batch, name):
     x, target = batch
     layer = "features.3" if get_method(name).uses_layer else None
-    out = explain_detailed(tiny_cnn(), x, target, methods=(name,), layer=layer, options=fast_options([name]))
+    model = tiny_cnn()
+    if get_method(name).requires is not None:  # only for vision transformers: a tiny ViT (square input)
+        model, x = torchvision_vit(image_size=12, patch_size=4), torch.nn.functional.pad(x, (1, 1))  # 12x12
+    out = explain_detailed(model, x, target, methods=(name,), layer=layer, options=fast_options([name]))
     m = out.maps[name]
     assert m.shape[0] == 3 and m.shape[1] in (1, 3) and m.shape[2:] == x.shape[2:]
     assert m.dtype == x.dtype and not m.requires_grad and torch.isfinite(m).all()
@@ -58,7 +62,7 @@ def test_every_method_gives_maps_of_the_input_size(batch, name):
 def test_check_method_options_without_a_model():
     full = check_method_options("integrated_gradients", {"n_steps": 8})
     assert full == {"baseline": None, "n_steps": 8, "tolerance": None, "max_steps": 256}
-    with pytest.raises(ValueError, match=r"integrated_gradients option `n_steps` must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"integrated_gradients option `n_steps` must be an int in \[1, 4096\], got 0"):
         check_method_options("integrated_gradients", {"n_steps": 0})
     with pytest.raises(ValueError, match=r"integrated_gradients has no option 'window'; its options: baseline"):
         check_method_options("integrated_gradients", {"window": 3})

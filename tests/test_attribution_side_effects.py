@@ -9,10 +9,12 @@ from torch import nn
 
 from lightning_xai.attribution import (
     METHODS,
+    NotApplicable,
     available_methods,
     explain,
     explain_detailed,
     find_gradcam_layer,
+    get_method,
     grad_cam,
     integrated_gradients,
     preserved_state,
@@ -28,10 +30,26 @@ CALLS = {
     "integrated_gradients": lambda net, x, t: integrated_gradients(net, x, t, n_steps=3, internal_batch_size=2),
     "find_gradcam_layer": lambda net, x, t: find_gradcam_layer(net, x),
 }
+
+
+def _refused(net, x, t, name):
+    # A method for another kind of model (e.g. vision transformers) must refuse this CNN clearly and leave no trace;
+    # its side effects on the models it serves are tested in its own test file.
+    try:
+        explain(net, x, t, methods=(name,), options=fast_options([name]))
+    except NotApplicable as err:  # anything else (e.g. an error of the model's forward) propagates
+        assert "applies only to" in str(err)
+    else:
+        raise AssertionError(f"{name} (requires a {get_method(name).requires}) accepted a CNN")
+
+
 # Every registered method on its own (its own passes, hooks and modified backward included).
 for _name in available_methods():
-    CALLS[f"method:{_name}"] = lambda net, x, t, name=_name: explain(net, x, t, methods=(name,),
-                                                                     options=fast_options([name]))
+    if get_method(_name).requires is None:
+        CALLS[f"method:{_name}"] = lambda net, x, t, name=_name: explain(net, x, t, methods=(name,),
+                                                                         options=fast_options([name]))
+    else:
+        CALLS[f"method:{_name}"] = lambda net, x, t, name=_name: _refused(net, x, t, name)
 
 
 def _hook_count(model: nn.Module) -> int:

@@ -301,6 +301,7 @@ def test_planted_drift_is_flagged_and_unchanged_weights_are_not(tmp_path):
 def test_drift_alarm_scalars_one_line_warning_text_and_accept(tmp_path):
     # the same planted move, read back from the event file: xai/drift/alarm at every explained epoch, 1 only at the
     # move; the episode stays active until on_drift accepts the new behaviour
+    torch.manual_seed(0)  # the models are built before fit() seeds: independent of the tests run before
     moved = MaskedCNN(lr=0.0)
     moved.band.zero_()
     moved.band[..., :, 11:16] = 1.0
@@ -316,7 +317,7 @@ def test_drift_alarm_scalars_one_line_warning_text_and_accept(tmp_path):
                          max_epochs=6)
     drift_warnings = [str(w.message) for w in caught if "explanation drift at" in str(w.message)]
     assert len(drift_warnings) == 1 and "\n" not in drift_warnings[0]
-    assert "gained mass" in drift_warnings[0] and "right" in drift_warnings[0]  # the band moved to the right side
+    assert ("gained mass" in drift_warnings[0] or "converged" in drift_warnings[0]) and "right" in drift_warnings[0]  # the band moved to the right side
     events = read_events(tb_dir(trainer))
     alarm = [v for _, v in events["scalars"]["xai/drift/alarm"]]
     assert alarm == [0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
@@ -390,10 +391,9 @@ def test_flat_memory_and_event_size_over_20_epochs(tmp_path):
             sizes.append(sum(os.path.getsize(os.path.join(trainer.logger.log_dir, f))
                              for f in os.listdir(trainer.logger.log_dir) if "tfevents" in f))
             gc.collect()
-            # the timeline's tiles are a bounded buffer by design (checked below), not a leak: counted apart
-            timeline = monitor._reporter.timeline
-            held.append(timeline.nbytes)
-            tensors.append(sum(t.numel() for t in gc.get_objects() if isinstance(t, torch.Tensor)) - timeline.nbytes)
+            # the timeline's tiles (NumPy, not tensors) are a bounded buffer by design, checked below
+            held.append(monitor._reporter.timeline.nbytes)
+            tensors.append(sum(t.numel() for t in gc.get_objects() if isinstance(t, torch.Tensor)))
 
     monitor = small_monitor(methods=("grad_cam", "saliency"))
     fit(tmp_path, callbacks=[monitor, Measure()], max_epochs=20, limit_train_batches=1, limit_val_batches=1)
@@ -427,7 +427,7 @@ def test_flat_memory_and_event_size_over_20_epochs(tmp_path):
         ({"display": {"mean": (0.5, 0.5, 0.5)}}, r"display\['mean'\]/display\['std'\]"),
         ({"display": {"colormap": "rainbow"}}, r"display\['colormap'\]='rainbow'"),
         ({"probes": "images/"}, "probes"),
-        ({"drift": {"threshold": 2.0}}, r"drift\['threshold'\]"),
+        ({"drift": {"sigmas": 2.0}}, r"drift\['sigmas'\]"),
         ({"drift": {"windw": 3}}, r"drift\['windw'\]"),
         ({"metrics": ("faithfulnes",)}, "metrics"),
         ({"metric_options": {"faithfulness": {"steps": 0}}}, r"metric_options\['faithfulness'\]\['steps'\]=0"),

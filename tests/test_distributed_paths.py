@@ -77,11 +77,11 @@ def test_rank_split_probes_and_failing_writes_under_ddp(tmp_path):
     assert r0["fingerprint"] == r1["fingerprint"] and r0["probe_ids"] == r1["probe_ids"] and len(r0["probe_ids"]) == 6
     assert r0["history"] == r1["history"] == [0, 1] and r0["stability"] == r1["stability"]
     assert any("the probe set differs across ranks (rank(s) [1]" in w for w in r0["warnings"]), r0["warnings"]
-    # path 3: the writes of every epoch (and of the end-of-fit sanity check) failed on rank 0, each one warned, none
-    # stopped it
+    # path 3: the writes of every epoch (and of the end-of-fit sanity check) failed on rank 0, none stopped it; the
+    # cause (a full disk) was warned once (the repeats are summed up at the end of fit, after this witness)
     assert any("failed at epoch 0 (writing) on rank 0: SinkError" in w and "No space left" in w
                for w in r0["warnings"]), r0["warnings"]
-    assert any("failed at epoch 1 (writing) on rank 0" in w for w in r0["warnings"]), r0["warnings"]
+    assert sum("No space left" in w for w in r0["warnings"]) == 1, r0["warnings"]  # not one per epoch
     assert not r1["warnings"]  # rank-zero warnings only
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,13 +76,23 @@ def test_demo_fast(tmp_path):
     assert len(events["scalars"]["xai/dissection/units/marker"]) == 3
     assert len(events["images"]["xai/attention_graphs/probes"]) == 1
     assert (out / "fast" / "version_0" / "projector_config.pbtxt").is_file()
+    # the console: the report's path last; the monitor's lines without a source-file prefix; no third-party noise
+    report = out / "fast" / "version_0" / "xai_report.html"
+    assert lines[-1] == f"Report: {report}" and report.is_file()
+    assert "flagged: probes whose map moved beyond their own noise floor" in proc.stdout
+    console = proc.stdout + proc.stderr
+    assert "explaining 4 probes with grad_cam, saliency, integrated_gradients on the untrained model" in console
+    assert "Tip:" not in console and "LeafSpec" not in console, console[-3000:]
+    prefixed = [line for line in console.splitlines() if "ExplanationMonitor" in line
+                and re.search(r"\.py:\d+:", line.split("ExplanationMonitor")[0])]
+    assert prefixed == []
 
 
 # ---------------------------------------------------------------------- folder
 def test_folder_fast(tmp_path):
     folder = _load_recipe("folder")
     data = tmp_path / "shapes"
-    assert folder.main(["--make-demo-folder", str(data), "--fast", "--image-size", "32"]) == 0
+    assert folder.main(["--make-demo-folder", str(data), "--fast"]) == 0
     classes = sorted(p.name for p in data.iterdir())
     assert classes == ["circle", "cross", "square", "triangle"]
     assert sum(len(list((data / c).glob("*.png"))) for c in classes) == 64
@@ -90,6 +101,9 @@ def test_folder_fast(tmp_path):
     proc = _run("recipes/folder.py", "--data", str(data), "--model", "resnet18", "--fast", "--out", str(out))
     assert "4 classes: circle, cross, square, triangle" in proc.stdout
     assert "stab grad_cam" in proc.stdout and "TensorBoard logs:" in proc.stdout
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("epoch"))
+    assert "flagged gc/sal/ig" in header and header.endswith("| alarm") and "drifted" not in proc.stdout
+    assert proc.stdout.splitlines()[-1].startswith("Report: ")
     _assert_explained(out, epochs=2)
 
 
@@ -169,7 +183,7 @@ def test_cli_yaml_parses_into_monitor(tmp_path):
     cli = cli_recipe.main(["--config", str(RECIPES / "cli.yaml"), "--trainer.logger.init_args.save_dir",
                            str(tmp_path), "--trainer.callbacks.target=2",
                            # a nested option overridden with a dotted path keeps the rest of its group
-                           "--trainer.callbacks.drift.window=4"], run=False)
+                           "--trainer.callbacks.drift.window=6"], run=False)
     monitors = [cb for cb in cli.trainer.callbacks if isinstance(cb, ExplanationMonitor)]
     assert len(monitors) == 1
     monitor = monitors[0]
@@ -186,8 +200,10 @@ def test_cli_yaml_parses_into_monitor(tmp_path):
     assert display["colormap"] == init["display"]["colormap"] and display["alpha"] == init["display"]["alpha"]
     drift = monitor.drift
     assert drift["warmup_epochs"] == init["drift"]["warmup_epochs"] == 2
-    assert drift["window"] == 4 and init["drift"]["window"] == 5
-    assert monitor.config.detector_options == {**init["drift"], "window": 4}  # what reaches the drift detector
+    assert drift["window"] == 6 and init["drift"]["window"] == 4
+    own = ("pool_size", "pool_from")  # the monitor's own drift options (the detection pool), not the detector's
+    expected = {k: v for k, v in {**init["drift"], "window": 6}.items() if k not in own}
+    assert monitor.config.detector_options == expected  # what reaches the drift detector
     # A class index given on the command line arrives as an int, not the string "2".
     assert monitor.target == 2 and isinstance(monitor.target, int)
     assert cli.trainer.max_epochs == config["trainer"]["max_epochs"]
@@ -212,7 +228,8 @@ def test_cli_fit_fast(tmp_path):
         "--trainer.callbacks.method_options.integrated_gradients.n_steps", "4", "--trainer.callbacks.num_probes", "4",
         "--trainer.callbacks.max_overhead", "null",  # every method every epoch (the default budget spaces IG)
     )
-    assert "probes flagged" in proc.stdout and "tensorboard --logdir" in proc.stdout
+    assert "probes flagged | alarm" in proc.stdout and "tensorboard --logdir" in proc.stdout
+    assert proc.stdout.splitlines()[-1].startswith("Report: ")
     _assert_explained(tmp_path, epochs=2)
     saved = list(tmp_path.rglob("config.yaml"))
     assert len(saved) == 1
@@ -220,3 +237,14 @@ def test_cli_fit_fast(tmp_path):
     assert callbacks[0]["class_path"] == "lightning_xai.ExplanationMonitor"
     init = callbacks[0]["init_args"]
     assert init["num_probes"] == 4 and init["method_options"]["integrated_gradients"]["n_steps"] == 4
+
+
+def test_folder_help_shows_defaults_and_demo_folder_progress(tmp_path, capsys):
+    folder = _load_recipe("folder")
+    with pytest.raises(SystemExit):
+        folder.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal's width
+    assert "(default: 224)" in text and "(default: resnet18)" in text and "(default: 5)" in text
+    assert folder.main(["--make-demo-folder", str(tmp_path / "d"), "--fast"]) == 0
+    out = capsys.readouterr().out
+    assert "Writing 64 shape images (32x32)" in out and "images written: 64/64" in out

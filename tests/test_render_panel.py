@@ -14,7 +14,9 @@ from lightning_xai.render import (
     ProbeRenderer,
     Timeline,
     compose_panel,
+    display_order,
     encode_png,
+    id_range,
     overlay,
     overlay_panel,
     overlay_tiles,
@@ -180,3 +182,53 @@ def test_render_groups_of_eight_fill_the_card_and_keep_all_tiles():
     outline = (hwc.reshape(-1, 3) == torch.tensor(FLAG_COLOR, dtype=torch.uint8)).all(-1).sum()
     assert outline > 4 * 64 and not (first.permute(1, 2, 0).reshape(-1, 3) == torch.tensor(
         FLAG_COLOR, dtype=torch.uint8)).all(-1).any()
+
+
+def test_panels_and_timeline_follow_probe_ids_and_titles_name_them():
+    images = torch.rand(11, 3, 16, 16)
+    renderer = ProbeRenderer(images, tile=32)
+    ids = [5, 1, 2, 3, 0, 10, 9, 8, 7, 6, 4]
+    maps = torch.rand(11, 1, 4, 4)
+    captions = [[f"#{i} a", "p=b .5"] for i in ids]
+    panels, tiles = renderer.render_groups(maps, captions, title="grad_cam | epoch 2", caption_lines=2, ids=ids)
+    assert display_order(ids, 11) == [4, 1, 2, 3, 10, 0, 9, 8, 7, 6, 5]
+    assert [(start, stop) for _, start, stop in panels] == [(0, 8), (8, 11)]
+    assert torch.equal(tiles, renderer.tiles(maps)[0])  # the probes' own order, for the timeline
+    # the first panel holds ids 0-7 in order: it is the panel of those tiles, titled with their ids
+    expected = compose_panel(tiles[[4, 1, 2, 3, 10, 0, 9, 8]], [captions[i] for i in [4, 1, 2, 3, 10, 0, 9, 8]],
+                             title="grad_cam | epoch 2 | #0-#7 of 11", caption_lines=2)
+    assert torch.equal(panels[0][0], expected)
+    assert id_range([8, 9, 10]) == "#8-#10" and id_range([4]) == "#4"
+
+    timeline = Timeline()
+    timeline.add("grad_cam", 0, tiles)
+    sorted_rows = timeline.image("grad_cam", [f"#{i}" for i in ids], ids=ids)
+    timeline_sorted = Timeline()
+    timeline_sorted.add("grad_cam", 0, tiles[display_order(ids, 11)])
+    assert torch.equal(sorted_rows, timeline_sorted.image("grad_cam", [f"#{i}" for i in sorted(ids)]))
+
+
+def test_caption_lines_fit_their_tile():
+    from lightning_xai.render.text import _fit_line
+
+    assert _fit_line("p=triangle .98", 64, 10) == ("p=triangle .98", 9)  # one size smaller, all of it
+    assert _fit_line("p=circle .87", 64, 10) == ("p=circle .87", 10)
+    text, size = _fit_line("p=hexagon_large .98", 64, 10)
+    assert text.endswith("\u2026 .98") and size == 10  # the score stays readable
+    assert _fit_line("a rather long title | with | flagged", 64, 10)[0].endswith("\u2026")
+
+
+def test_timeline_marks_alarm_epochs_not_flagged_ones():
+    renderer = ProbeRenderer(torch.rand(2, 3, 16, 16), tile=64)
+    timeline = Timeline(max_columns=3)
+    tiles, _ = renderer.tiles(hot_corner_maps(2))
+    for epoch in range(6):  # flags at epoch 1 (evidence), an alarm at epoch 4
+        timeline.add("grad_cam", epoch, tiles, flagged=[epoch in (1, 4), False], alarm=epoch == 4)
+    assert timeline.epochs("grad_cam") == list(range(6))
+    img = timeline.image("grad_cam").permute(1, 2, 0)
+    title_h = line_height(11) + 2 * CAPTION_PADDING
+    header = img[title_h : title_h + line_height(10)]
+    label_w = 64
+    columns = [header[:, label_w + c * (64 + GAP) + GAP : label_w + (c + 1) * (64 + GAP)] for c in range(3)]
+    orange = [bool((col.reshape(-1, 3).int() - torch.tensor(FLAG_COLOR)).abs().sum(-1).lt(30).any()) for col in columns]
+    assert orange == [False, True, False]  # columns 0, 4 (the alarm, chosen before the flagged epoch), 5

@@ -25,6 +25,7 @@ from lightning_xai.report import (
     write_report,
 )
 from lightning_xai.report.__main__ import main as cli_main
+from lightning_xai.report.layout import ALARM_CHART, FLAGGED_CHART, describe
 from lightning_xai.writers import FileWriter, TensorBoardWriter
 
 METHODS = ("grad_cam", "saliency", "integrated_gradients")
@@ -36,16 +37,20 @@ KEYS = [f"xai/{m}/{k}" for m in METHODS for k in ("stability", "topk_overlap", "
 def test_layout_groups_keys_into_few_charts():
     layout = custom_scalars_layout([*KEYS, "val_acc", "epoch"])
     charts = layout[CATEGORY]
-    assert list(charts)[:2] == ["stability (1 = same map as the previous epoch)", "drift: probes flagged, alarm"]
+    assert list(charts)[:3] == [ALARM_CHART, "stability (1 = same map as the previous epoch)", FLAGGED_CHART]
     kind, patterns = charts["stability (1 = same map as the previous epoch)"]
     assert kind == "Multiline" and len(patterns) == 3
-    drift = charts["drift: probes flagged, alarm"][1]
-    assert "^xai/drift/alarm$" in drift and len(drift) == 4
+    assert charts[ALARM_CHART][1] == ["^xai/drift/alarm$"] and len(charts[FLAGGED_CHART][1]) == 3
     assert all(re.fullmatch(p, k) for p in patterns for k in [p[1:-1].replace("\\", "")])
     every = [p for _, ps in charts.values() for p in ps]
-    assert len(every) == len(KEYS) and len(charts) < len(KEYS) / 2  # each key once, in a few charts
+    # each key once, in a few charts; the sanity check (one value per method, at the end of fit) in none
+    assert len(every) == len(KEYS) - 3 and len(charts) < len(KEYS) / 2
+    assert not any("sanity" in p for p in every)
     assert custom_scalars_layout(["val_acc"]) == {}
     assert chart_of("xai/grad_cam/some_new_metric") == "other: some_new_metric"
+    assert describe("xai/grad_cam/drift").startswith("probes whose map moved beyond their own noise floor")
+    assert describe("xai/agreement/grad_cam_vs_saliency") == "mean rank correlation between the maps of grad_cam and " \
+                                                             "saliency"
     with pytest.raises(TypeError, match="keys"):
         custom_scalars_layout("xai/grad_cam/stability")
 
@@ -60,8 +65,8 @@ def test_layout_written_and_read_back_from_events(tmp_path):
     category = data.layout["category"][0]
     assert category["title"] == CATEGORY
     titles = [c["title"] for c in category["chart"]]
-    assert titles[0].startswith("stability")
-    assert category["chart"][0]["multiline"]["tag"] == [f"^xai/{m}/stability$" for m in sorted(METHODS)]
+    assert titles[:2] == [ALARM_CHART, "stability (1 = same map as the previous epoch)"]
+    assert category["chart"][1]["multiline"]["tag"] == [f"^xai/{m}/stability$" for m in sorted(METHODS)]
 
 
 def test_line_chart_svg():
@@ -98,11 +103,13 @@ def write_run(writer, n_probes: int = 4):
 def check_report(html: str):
     assert html.startswith("<!DOCTYPE html>")
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
-    assert len(images) == 3 * 3  # per method: the timeline, the overlay at the drift, the last overlay
+    assert len(images) == 3 * 4  # per method: the timeline, the overlays before the alarm, at it and the last
     assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
-    assert "Drift flagged" in html and "epoch 3 (step 40): Grad-CAM 3" in html
-    assert "0.50 before the first drift, 0.10 at it, 0.10 at the end (the evidence moved off the object)" in html
+    assert "1 drift alarm" in html and "Alarm at epoch 3 (step 40)" in html and "Drift flagged" not in html
+    assert "probes flagged Grad-CAM 3, saliency 0, Integrated Gradients 0" in html
+    assert "0.50 before the alarm, 0.10 at it, 0.10 at the end (the evidence moved off the object)" in html
     assert "Integrated Gradients</b>: similarity to a randomised model 0.70 (above 0.50), as expected" in html
+    assert "judge what the model learnt with Grad-CAM, which passes" in html
     assert "the maps depend on the trained weights" in html  # Grad-CAM passes
     assert "<table>" in html and "<td>grad_cam</td>" in html  # the drift text's Markdown table, rendered
     assert html.count("<svg") >= 4 and "http://" not in html.replace("http://www.w3.org/2000/svg", "")
@@ -137,6 +144,9 @@ def test_cli_newest_run_output_and_errors(tmp_path, capsys):
     assert (tmp_path / "logs" / "version_1" / REPORT_FILE).is_file()
     assert "2 runs" in capsys.readouterr().out
     out = tmp_path / "elsewhere" / "r.html"
+    assert cli_main([str(tmp_path / "logs" / "version_0"), "-o", str(out)]) == 2  # no directory made by a typo
+    assert "does not exist" in capsys.readouterr().err
+    out.parent.mkdir()
     assert cli_main([str(tmp_path / "logs" / "version_0"), "-o", str(out)]) == 0 and out.is_file()
     (tmp_path / "empty").mkdir()
     assert cli_main([str(tmp_path / "empty")]) == 2
@@ -150,12 +160,12 @@ def test_cli_as_module(tmp_path):
     result = subprocess.run([sys.executable, "-m", "lightning_xai.report", str(tmp_path), "-o", str(tmp_path / "x.html")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "x.html").read_text(encoding="utf-8").count("data:image/png;base64,") == 9
+    assert (tmp_path / "x.html").read_text(encoding="utf-8").count("data:image/png;base64,") == 12
 
 
 @pytest.mark.parametrize("name", ["lightning_xai.render.panel", "lightning_xai.render.png",
                                   "lightning_xai.render.timeline", "lightning_xai.report.layout",
-                                  "lightning_xai.report.svg"])
+                                  "lightning_xai.report.markup", "lightning_xai.report.svg"])
 def test_doctests(name):
     import doctest
     import importlib
@@ -200,8 +210,8 @@ def test_trainer_run_logs_timelines_layout_and_report(tmp_path):
     data = load_run(log_dir)  # the custom-scalars layout, read back from the run's own event file
     charts = {c["title"]: c["multiline"]["tag"] for c in data.layout["category"][0]["chart"]}
     assert charts["stability (1 = same map as the previous epoch)"] == [f"^xai/{m}/stability$" for m in sorted(METHODS)]
-    drift = charts["drift: probes flagged, alarm"]
-    assert all(f"^xai/{m}/drift$" in drift for m in METHODS)  # with the detector's xai/drift/* keys, if it logs any
+    assert charts[FLAGGED_CHART] == [f"^xai/{m}/drift$" for m in sorted(METHODS)]
+    assert charts[ALARM_CHART] == ["^xai/drift/active$", "^xai/drift/alarm$", "^xai/drift/score$"]
     report = Path(log_dir) / REPORT_FILE
     html = report.read_text(encoding="utf-8")
     assert html.count("data:image/png;base64,") >= 2 * 3  # per method: its timeline and its last overlays

@@ -8,12 +8,13 @@ import warnings
 import pytest
 import pytorch_lightning as pl
 import torch
-from lit_models import TinyCNN, trainer_kwargs
+from lit_models import TinyCNN, make_images, trainer_kwargs
 from tb_events import read_events
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_xai import ExplanationMonitor
 from lightning_xai.datasets import ShapesDataset
+from lightning_xai.views import MaxMinView
 
 ALL = ("activations", "max_min", "projector", "activation_max", "dissection", "attention_graphs")
 FAST = {"activation_max": {"steps": 4}, "attention_graphs": {"num_probes": 2, "grid": 2}}
@@ -87,14 +88,28 @@ def test_views_logged_from_a_real_fit_without_changing_training(tmp_path):
     assert state["views"]["max_min"]["previous"]
 
 
-def test_a_failing_view_warns_and_the_rest_is_written(tmp_path):
-    # unit 99 does not exist in an 8-channel layer: max_min fails at every epoch
-    mon = monitor(views=("max_min", "dissection"), view_options={"max_min": {"units": (99,)}})
+def _explode(self, ctx):
+    raise RuntimeError("max_min exploded on this model")
+
+
+class ExplodingMaxMin(MaxMinView):
+    """A view that fails at every round (option problems are caught at setup, so a failure is injected)."""
+
+    __call__ = _explode
+
+
+def test_a_failing_view_warns_once_and_the_rest_is_written(tmp_path, monkeypatch):
+    # a view that fails at every epoch (injected: every option problem is caught at setup now): one warning, not one
+    # per epoch, the other views and the heatmaps written, and a summary with the count at the end of fit
+    monkeypatch.setattr(MaxMinView, "__call__", _explode)
+    mon = monitor(views=("max_min", "dissection"), view_options={})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer, _ = fit(tmp_path, callbacks=[mon])
     messages = [str(w.message) for w in caught if "view(s) max_min failed" in str(w.message)]
-    assert len(messages) == 3 and "out of range" in messages[0]
+    assert len(messages) == 2, messages  # the first occurrence, then the end-of-fit summary
+    assert "exploded" in messages[0] and "Warned once" in messages[0]
+    assert "3 times (epochs 0, 1, 2)" in messages[1]
     events = read_events(trainer.logger.log_dir)
     assert "xai/max_min/grid" not in events["images"]
     assert len(events["scalars"]["xai/dissection/units/marker"]) == 3
@@ -102,17 +117,45 @@ def test_a_failing_view_warns_and_the_rest_is_written(tmp_path):
     assert trainer.current_epoch == 3  # trained to the end
 
 
-def test_a_failing_view_raises_with_on_error_raise(tmp_path):
-    mon = monitor(views=("max_min",), view_options={"max_min": {"units": (99,)}}, on_error="raise")
+def test_a_failing_view_raises_with_on_error_raise(tmp_path, monkeypatch):
+    monkeypatch.setattr(MaxMinView, "__call__", _explode)
+    mon = monitor(views=("max_min",), view_options={}, on_error="raise")
     with pytest.raises(RuntimeError, match="view\\(s\\) max_min failed"):
         fit(tmp_path, callbacks=[mon])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"views": ("max_min",), "view_options": {"max_min": {"units": (99,)}}},
+     r"`view_options\['max_min'\]\['units'\]=\[99\]`: must be channel indices of the views' layer 'features', which "
+     r"has 8 channels"),
+    ({"views": ("dissection",), "view_options": {}, "datamodule": "plain"}, "needs concept masks"),
+])
+def test_view_options_that_depend_on_the_model_fail_at_setup(tmp_path, kwargs, match):
+    kwargs = dict(kwargs)
+    plain = kwargs.pop("datamodule", None) == "plain"
+    mon = monitor(**kwargs)
+    started = []
+
+    class Started(pl.Callback):
+        def on_train_batch_start(self, *args):
+            started.append(1)
+
+    with pytest.raises(Exception, match=match) as info:
+        if plain:  # images and labels only: no masks, no concept_masks()
+            pl.seed_everything(3, workers=True)
+            images, labels = make_images(24, seed=1)
+            loader = DataLoader(TensorDataset(images, labels), batch_size=8)
+            pl.Trainer(callbacks=[mon, Started()], **trainer_kwargs(tmp_path)).fit(TinyCNN(), loader, loader)
+        else:
+            fit(tmp_path, callbacks=[mon, Started()])
+    assert type(info.value).__name__ == "MisconfigurationException" and not started
 
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"views": ("activation",)}, "views"),
     ({"views": ("activation_max",), "view_options": {"activation_max": {"steps": 0}}},
      "view_options\\['activation_max'\\].*steps"),
-    ({"views": ("max_min",), "view_options": {"dissection": {}}}, "not in `views`"),
+    ({"views": ("max_min",), "view_options": {"dissection": {}}}, "a view named in `views`"),
     ({"views": ("dissection",), "view_options": {"pool": {"size": 0}}}, "view_options\\['pool'\\]\\['size'\\]"),
 ])
 def test_bad_view_arguments_fail_at_init(kwargs, match):
@@ -134,7 +177,8 @@ class Done(pl.Callback):
 @pytest.mark.timeout(300)  # spawns two processes; generous on a busy machine
 def test_ddp_views_on_rank_zero_and_a_rank_zero_failure_never_leaves_a_rank_waiting(tmp_path):
     # max_min fails on rank 0 (the only rank computing views); the ranks agree, warn, and train on together
-    mon = monitor(views=("max_min", "dissection", "projector"), view_options={"max_min": {"units": (99,)}})
+    mon = monitor(views=("max_min", "dissection", "projector"), view_options={})
+    mon._views.views["max_min"] = ExplodingMaxMin()  # module level: the spawned workers unpickle it
     kwargs = trainer_kwargs(str(tmp_path), devices=2, strategy="ddp_spawn", max_epochs=2, limit_train_batches=2,
                             limit_val_batches=1, num_sanity_val_steps=0, deterministic=False)
     trainer = pl.Trainer(callbacks=[mon, Done(str(tmp_path))], **kwargs)

@@ -7,6 +7,7 @@ even under ``inference_mode``/``no_grad``, nothing about the model or the RNG ch
 ``lightning_xai/attribution/methods/``.
 """
 
+from lightning_xai.attribution._attention import NotApplicable
 from lightning_xai.attribution._core import (
     Explanation,
     explain,
@@ -47,6 +48,7 @@ __all__ = [
     "TokenGrid",
     "Explanation",
     "Method",
+    "NotApplicable",
     "as_spatial",
     "available_methods",
     "check_method_options",

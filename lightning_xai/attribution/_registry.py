@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor, nn
 
-from lightning_xai._validation import Option, is_int, is_number
+from lightning_xai._validation import SEED_MAX, Option, is_int, is_number
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_xai.attribution._engine import Context, Shared
@@ -50,27 +50,39 @@ _REGISTRY: dict[str, type[Method]] = {}
 
 # ---------------------------------------------------------------------------------------------- option rules
 # A rule is ``(ok, allowed)``: a test of a value and the allowed values in words (the error names option and value).
-Rule = tuple[Callable[[Any], bool], str]
+# An optional third element gives the machine-readable part of the spec (kind, bounds), so the monitor's tests fuzz a
+# method's options from the registry alone and see which sizes lack an upper bound.
+Rule = tuple[Callable[[Any], bool], str] | tuple[Callable[[Any], bool], str, dict[str, Any]]
 
 
 def option(default: Any, rule: Rule) -> Option:
     """An option with ``default`` checked by ``rule`` (the shared :class:`lightning_xai._validation.Option`)."""
-    return Option(default, *rule)
+    ok, allowed, *spec = rule
+    return Option(default, ok, allowed, **(spec[0] if spec else {}))
 
 
 def int_at_least(low: int) -> Rule:
-    return (lambda v: is_int(v) and v >= low), f"an int >= {low}"
+    """An int ``>= low`` without an upper bound: never for a size (use :func:`int_in`)."""
+    return (lambda v: is_int(v) and v >= low), f"an int >= {low}", {"kind": "int", "low": low}
+
+
+def int_in(low: int, high: int) -> Rule:
+    """An int in ``[low, high]``: every size-like option has an upper bound (a size without one is a denial of
+    service: ``n_steps=10**9`` once asked for 18 GB before the first epoch)."""
+    return (lambda v: is_int(v) and low <= v <= high), f"an int in [{low}, {high}]", {"kind": "int", "low": low,
+                                                                                       "high": high}
 
 
 def optional(rule: Rule) -> Rule:
-    ok, allowed = rule
-    return (lambda v: v is None or ok(v)), f"None or {allowed}"
+    ok, allowed, *spec = rule
+    return (lambda v: v is None or ok(v)), f"None or {allowed}", {**(spec[0] if spec else {}), "nullable": True}
 
 
-POSITIVE: Rule = (lambda v: is_number(v) and v > 0, "a positive finite number")
-NON_NEGATIVE: Rule = (lambda v: is_number(v) and v >= 0, "a finite number >= 0")
-WINDOW: Rule = (lambda v: (is_int(v) and v >= 1) or (isinstance(v, tuple) and len(v) == 2 and all(
-    is_int(s) and s >= 1 for s in v)), "an int >= 1 or a pair (h, w) of ints >= 1")
+POSITIVE: Rule = (lambda v: is_number(v) and v > 0, "a positive finite number",
+                  {"kind": "float", "low": 0.0, "open_low": True})
+NON_NEGATIVE: Rule = (lambda v: is_number(v) and v >= 0, "a finite number >= 0", {"kind": "float", "low": 0.0})
+WINDOW: Rule = (lambda v: (is_int(v) and 1 <= v <= 4096) or (isinstance(v, tuple) and len(v) == 2 and all(
+    is_int(s) and 1 <= s <= 4096 for s in v)), "an int in [1, 4096] or a pair (h, w) of such ints")
 
 # Shared spellings of the options several methods have.
 LAYER = Option(None, lambda v: v is None or isinstance(v, (str, nn.Module)),
@@ -78,7 +90,7 @@ LAYER = Option(None, lambda v: v is None or isinstance(v, (str, nn.Module)),
 RESHAPE = Option(None, lambda v: v is None or callable(v), "None or a callable mapping the layer's output to (N, C, h, w)")
 BASELINE = Option(None, lambda v: v is None or is_number(v) or isinstance(v, Tensor),
                   "None (zeros), a number or a tensor shaped like the inputs or one sample")
-SEED = option(0, int_at_least(0))
+SEED = option(0, int_in(0, SEED_MAX))
 
 
 @dataclass
@@ -104,6 +116,9 @@ class Method:
     uses_layer: ClassVar[bool] = False
     # Forward + backward passes per probe, in words, for the docs table (e.g. "0 inside IG, else 1").
     cost: ClassVar[str] = ""
+    # The kind of model the method needs, in words (e.g. "class-token vision transformer"); None: any classifier.
+    # Such a method raises a clear error on other models (the monitor's setup dry run leaves it out with the cause).
+    requires: ClassVar[str | None] = None
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         self.opts = dict(options)
@@ -204,7 +219,7 @@ def check_method_options(name: str, options: Mapping[str, Any] | None = None) ->
         >>> check_method_options("integrated_gradients", {"n_steps": 0})
         Traceback (most recent call last):
         ...
-        ValueError: integrated_gradients option `n_steps` must be an int >= 1, got 0
+        ValueError: integrated_gradients option `n_steps` must be an int in [1, 4096], got 0
     """
     cls = get_method(name)
     if options is None:

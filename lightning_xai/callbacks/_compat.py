@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import warnings
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -24,6 +25,7 @@ __all__ = [
     "MODEL_CHECKPOINT",
     "PACKAGES",
     "MisconfigurationException",
+    "MonitorWarning",
     "muted_logging",
     "rank_zero_info",
     "rank_zero_warn",
@@ -60,7 +62,35 @@ class MisconfigurationException(*_both("utilities.exceptions", "Misconfiguration
 
 
 # Both packages set the process rank on this one object (lightning_utilities), so it warns on global rank 0 only.
-from lightning_utilities.core.rank_zero import rank_zero_only, rank_zero_warn  # noqa: E402
+from lightning_utilities.core.rank_zero import rank_zero_only  # noqa: E402
+from lightning_utilities.core.rank_zero import rank_zero_warn as _rank_zero_warn  # noqa: E402
+
+
+class MonitorWarning(UserWarning):
+    """A warning of the ExplanationMonitor. Printed as its message alone: no source-file path and line in front
+    (the line that raised it is the monitor's, not the user's). Filter it with
+    ``warnings.filterwarnings("ignore", category=MonitorWarning)``."""
+
+
+def rank_zero_warn(message: str, stacklevel: int = 5, **kwargs: Any) -> None:
+    """Warn on global rank 0 with :class:`MonitorWarning` (unless ``category`` is given)."""
+    kwargs.setdefault("category", MonitorWarning)
+    _rank_zero_warn(message, stacklevel=stacklevel, **kwargs)
+
+
+def _format_warning(message: Any, category: type[Warning], filename: str, lineno: int, line: str | None = None
+                    ) -> str:
+    if isinstance(category, type) and issubclass(category, MonitorWarning):
+        return f"{message}\n"
+    return _previous_format_warning(message, category, filename, lineno, line)
+
+
+# Only the monitor's own warnings change format; every other warning goes to the formatter that was installed
+# (Python's, or the one Lightning installs for its own messages).
+_previous_format_warning = warnings.formatwarning
+if not getattr(warnings.formatwarning, "_lightning_xai", False):
+    _format_warning._lightning_xai = True  # type: ignore[attr-defined]
+    warnings.formatwarning = _format_warning
 
 
 def rank_zero_info(message: str) -> None:

@@ -17,12 +17,26 @@ from typing import Any, Literal, TypedDict
 import torch
 from torch import Tensor
 
-from lightning_xai._validation import Option, check, check_options, is_int, is_number, path
+from lightning_xai._validation import (
+    Option,
+    check,
+    check_options,
+    choice,
+    custom,
+    flag,
+    integer,
+    is_int,
+    is_number,
+    number,
+    path,
+    seed,
+)
 from lightning_xai.attribution import METHODS, available_methods
 from lightning_xai.drift import DriftDetector
+from lightning_xai.drift._detector import STATISTICS
 from lightning_xai.metrics.registry import available_measures, get_measure
 from lightning_xai.render import COLORMAPS
-from lightning_xai.views import END_OF_FIT, ViewRunner
+from lightning_xai.views import END_OF_FIT, check_view_options
 from lightning_xai.views import VIEWS as _VIEW_CLASSES
 
 #: Views of what a layer has learnt (:mod:`lightning_xai.views`), each round, then the end-of-fit work.
@@ -42,15 +56,23 @@ class DisplayOptions(TypedDict, total=False):
 
 
 class DriftOptions(TypedDict, total=False):
+    size: int
+    topk: float
+    pool_size: int | Literal["auto"]
+    pool_from: Literal["both", "validation", "training"]
     warmup_epochs: int
     window: int
     horizon: int
-    sigmas: float
+    threshold: float
+    slack: float
+    cusum_threshold: float
+    learn_below: float
     min_spread: float
-    mass_drop: float
+    event_factor: float
+    settle: int
+    gap_spread: float
+    statistics: list[str]
     probe_sigmas: float
-    size: int
-    topk: float
 
 
 class ProbeOptions(TypedDict, total=False):
@@ -65,21 +87,47 @@ def known_methods() -> tuple[str, ...]:
     return available_methods()
 
 
-def _batch(v: Any) -> bool:
-    return v is None or (is_int(v) and v >= 1)
+# --------------------------------------------------------------------------------------------------- the specs
+# Every option of every group, declared once (default, type, bounds, meaning, fix) and checked by the one checker
+# (`check_options`), so every message has the same form and names the option as the user wrote it. Every size has an
+# upper bound; what the sizes imply for this model and input (memory, passes per round) is checked at setup
+# (`ProbeSetup.check_budget`).
+MAX_PROBES = 1024
+MAX_IG_STEPS = 4096
+MAX_ROWS = 8192
 
+_TOP: dict[str, Option] = {
+    "num_probes": integer(16, 1, MAX_PROBES, "probes explained every round",
+                          fix="each probe is explained by every method every round: a few dozen show drift"),
+    "every_n_epochs": integer(1, 1, 10**6, "explain after every n-th training epoch"),
+    "target": custom("label", lambda v: v in ("label", "pred") if isinstance(v, str) else (is_int(v) and 0 <= v < 2**31),
+                     "'label', 'pred' or a class index in [0, 2**31)"),
+    "layer": custom(None, lambda v: v is None or (isinstance(v, str) and 0 < len(v) <= 1000),
+                    "None (automatic) or a dotted module name from model.named_modules()"),
+    "log_images": flag(True, "log overlay panels and timelines"),
+    "on_drift": custom(None, lambda v: v is None or callable(v), "None or a callable(report)"),
+    "on_error": choice("warn", ("warn", "raise")),
+    "max_overhead": custom("auto", lambda v: v is None or (isinstance(v, str) and v == "auto") or (is_number(v) and 0.0 < v < 1.0),
+                           "'auto' (cheap methods every explained epoch, the others within 5% of the training "
+                           "time), None (no budget: every method every explained epoch) or a float in (0, 1): the "
+                           "largest share of training time the monitor may take"),
+    "output_transform": custom(None, lambda v: v is None or callable(v),
+                               "None or a callable mapping the model output to logits (N, num_classes)"),
+}
 
-# Options per method, as ``method_options[method][key]``; a method absent here takes none.
+_IG_FIX = "each path node is one forward + backward per probe, and adaptive IG keeps one input gradient per node"
+# Options per method, as ``method_options[method][key]``; a method absent here takes its registry options
+# (`lightning_xai.attribution`, each with its own bounds).
 _METHOD_OPTIONS: dict[str, dict[str, Option]] = {
     "integrated_gradients": {
-        "n_steps": Option(16, lambda v: is_int(v) and v >= 2,
-                          "an int >= 2 (path nodes, both ends included; the start when `tolerance` is set)"),
-        "tolerance": Option(0.02, lambda v: v is None or (is_number(v) and v > 0),
-                            "None (exactly n_steps) or a float > 0 (refine probes whose completeness error exceeds it)"),
-        "max_steps": Option(128, lambda v: is_int(v) and v >= 2, "an int >= n_steps (cap of the adaptive refinement)"),
-        "baseline": Option(None, lambda v: v is None or is_number(v),
-                           "None (zeros) or a finite float, in the model's input space"),
-        "internal_batch_size": Option(None, _batch, "None (the training batch size) or an int >= 1"),
+        "n_steps": integer(16, 2, MAX_IG_STEPS, "path nodes, both ends included; the start when `tolerance` is set",
+                           fix=_IG_FIX),
+        "tolerance": number(0.02, 0.0, 1e3, "refine probes whose completeness error exceeds it", open_low=True,
+                            none="exactly n_steps"),
+        "max_steps": integer(128, 2, MAX_IG_STEPS, ">= n_steps; cap of the adaptive refinement", fix=_IG_FIX),
+        "baseline": number(None, -1e6, 1e6, "a constant in the model's input space", none="zeros"),
+        "internal_batch_size": integer(None, 1, MAX_ROWS, "rows per forward + backward", none="the training batch "
+                                       "size, so an explanation pass never needs more memory than a training step"),
     },
 }
 
@@ -89,43 +137,86 @@ def method_option_spec(method: str) -> dict[str, Option]:
     return _METHOD_OPTIONS.get(method, {})
 
 
-_DISPLAY = {
-    "mean": Option(None, lambda v: v is None or _numbers(v), "None or a list of finite numbers, one per channel"),
-    "std": Option(None, lambda v: v is None or (_numbers(v) and all(s > 0 for s in v)),
-                  "None or a list of positive finite numbers, one per channel"),
-    "class_names": Option(None, lambda v: v is None or (isinstance(v, Sequence) and not isinstance(v, str)
-                                                        and all(isinstance(c, str) for c in v)),
-                          "None (the dataset's `classes`) or a list of str"),
-    "colormap": Option("jet", lambda v: v in COLORMAPS, f"one of {COLORMAPS}"),
-    "alpha": Option(0.5, lambda v: is_number(v) and 0.0 <= v <= 1.0, "a float in [0, 1] (heatmap opacity)"),
-}
-
-_KEY_ALLOWED = "None (guess), an int index, a str key or a callable(sample)"
-_PROBE_OPTIONS = {
-    "input_key": Option(None, lambda v: _selector(v), _KEY_ALLOWED),
-    "label_key": Option(None, lambda v: _selector(v), _KEY_ALLOWED),
-    "mask_key": Option(None, lambda v: _selector(v), _KEY_ALLOWED),
-    "seed": Option(0, is_int, "an int (probe selection and the sanity check's re-initialisation)"),
-}
-
-# The monitor's own drift options; the rest go to DriftDetector, which checks them.
-_STABILITY = {
-    "size": Option(16, lambda v: is_int(v) and v >= 2, "an int >= 2 (side of the pooled maps compared)"),
-    "topk": Option(0.1, lambda v: is_number(v) and 0.0 < v <= 1.0, "a float in (0, 1] (share of pixels in top-k)"),
-    "pool_size": Option("auto", lambda v: v == "auto" or (is_int(v) and 0 <= v <= 1024),
-                        "'auto' (1/16 of the training set, at most 128) or an int in [0, 1024] (extra samples the "
-                        "drift detector watches with the one-pass methods; 0: the display probes only)"),
-    "pool_from": Option("both", lambda v: v in ("both", "validation", "training"),
-                        "'both', 'validation' or 'training' (where the detection pool's samples come from)"),
-}
-
-
 def _numbers(v: Any) -> bool:
-    return isinstance(v, Sequence) and not isinstance(v, str) and len(v) > 0 and all(is_number(x) for x in v)
+    return (isinstance(v, Sequence) and not isinstance(v, str) and 0 < len(v) <= 64
+            and all(is_number(x) and abs(x) <= 1e6 for x in v))
+
+
+def _names(v: Any) -> bool:
+    return (isinstance(v, Sequence) and not isinstance(v, str) and len(v) <= 100_000
+            and all(isinstance(c, str) and len(c) <= 1000 for c in v))
+
+
+_DISPLAY: dict[str, Option] = {
+    "mean": custom(None, lambda v: v is None or _numbers(v),
+                   "None or a list of 1 to 64 finite numbers in [-1e6, 1e6], one per channel"),
+    "std": custom(None, lambda v: v is None or (_numbers(v) and all(s > 0 for s in v)),
+                  "None or a list of 1 to 64 positive finite numbers, one per channel"),
+    "class_names": custom(None, lambda v: v is None or _names(v),
+                          "None (the dataset's `classes`) or a list of at most 100000 str of up to 1000 characters"),
+    "colormap": choice("jet", COLORMAPS),
+    "alpha": number(0.5, 0.0, 1.0, "heatmap opacity"),
+}
 
 
 def _selector(v: Any) -> bool:
-    return v is None or callable(v) or (isinstance(v, (int, str)) and not isinstance(v, bool))
+    return v is None or callable(v) or (is_int(v) and abs(v) < 2**31) or (isinstance(v, str) and len(v) <= 1000)
+
+
+_KEY_ALLOWED = "None (guess), an int index, a str key or a callable(sample)"
+_PROBE_OPTIONS: dict[str, Option] = {
+    "input_key": custom(None, _selector, _KEY_ALLOWED),
+    "label_key": custom(None, _selector, _KEY_ALLOWED),
+    "mask_key": custom(None, _selector, _KEY_ALLOWED),
+    "seed": seed(0, "probe selection and the sanity check's re-initialisation"),
+}
+
+# The `drift` group: the monitor's own keys, then DriftDetector's keywords (defaults read from its signature, so
+# they cannot disagree). A new key is one line here; tests check that every DriftDetector keyword has one.
+_DETECTOR_DEFAULTS = {name: p.default for name, p in inspect.signature(DriftDetector.__init__).parameters.items()
+                      if name != "self" and p.default is not inspect.Parameter.empty}
+_STABILITY: dict[str, Option] = {
+    "size": integer(16, 2, 128, "side of the pooled maps compared and kept; memory grows with its square"),
+    "topk": number(0.1, 0.0, 1.0, "share of pixels in the top-k overlap", open_low=True),
+    "pool_size": custom("auto", lambda v: v == "auto" or (is_int(v) and 0 <= v <= 1024),
+                        "'auto' (1/16 of the training set, at most 128) or an int in [0, 1024] (extra samples the "
+                        "drift detector watches with the one-pass methods; 0: the display probes only)"),
+    "pool_from": choice("both", ("both", "validation", "training"), "where the detection pool's samples come from"),
+}
+
+
+def _default(name: str, fallback: Any) -> Any:
+    return _DETECTOR_DEFAULTS.get(name, fallback)
+
+
+def _statistics(v: Any) -> bool:
+    return (isinstance(v, Sequence) and not isinstance(v, str) and 0 < len(v) <= len(STATISTICS)
+            and all(isinstance(s, str) and s in STATISTICS for s in v) and len(set(v)) == len(v))
+
+
+_DRIFT: dict[str, Option] = {
+    **_STABILITY,
+    "warmup_epochs": integer(_default("warmup_epochs", 3), 0, 1000, "explained epochs that only learn"),
+    "window": integer(_default("window", 4), 2, 1000, "quiet epochs kept per stream for its floor"),
+    "horizon": integer(_default("horizon", 3), 1, 100, "explained epochs kept as frames"),
+    "threshold": number(_default("threshold", 5.0), 0.0, 1e6, "z-score of the strongest stream that alarms",
+                        open_low=True),
+    "slack": number(_default("slack", 1.5), 0.0, 1e6, "CUSUM allowance per epoch, in z units"),
+    "cusum_threshold": number(_default("cusum_threshold", 8.0), 0.0, 1e6, "accumulated excess that alarms",
+                              open_low=True),
+    "learn_below": number(_default("learn_below", 0.5), 0.0, 1e6, "an epoch joins a floor only below this z-score",
+                          open_low=True),
+    "min_spread": number(_default("min_spread", 0.35), 0.0, 1e6, "smallest spread of a stream, in log units"),
+    "event_factor": number(_default("event_factor", 2.0), 1.0, 1e6, "threshold multiplier at a known event"),
+    "settle": integer(_default("settle", 1), 0, 1000, "epochs after an event that relearn the floors"),
+    "gap_spread": number(_default("gap_spread", 0.12), 0.0, 1e6, "smallest spread of the train/validation gap"),
+    "statistics": custom(_default("statistics", STATISTICS), _statistics,
+                         f"a non-empty list of distinct statistics from {STATISTICS}"),
+    "probe_sigmas": number(_default("probe_sigmas", 3.0), 0.0, 1e6, "per-probe flag threshold, in spreads",
+                           open_low=True),
+}
+#: The option specs of the `drift` group (the monitor's `size`/`topk`, then DriftDetector's keywords).
+DRIFT_OPTIONS = _DRIFT
 
 
 def _tuple_of_names(value: Any, name: str, allowed: Sequence[str], *, empty_ok: bool) -> tuple[str, ...]:
@@ -166,7 +257,7 @@ class MonitorConfig:
     @property
     def detector_options(self) -> dict[str, Any]:
         """The ``drift`` options that go to :class:`~lightning_xai.drift.DriftDetector`."""
-        return {k: v for k, v in self.drift.items() if k not in _STABILITY}
+        return {k: v for k, v in self.drift.items() if k in _DETECTOR_DEFAULTS and k not in _STABILITY}
 
     def new_detector(self) -> DriftDetector:
         return DriftDetector(**self.detector_options, size=self.size, topk=float(self.drift["topk"]))
@@ -177,40 +268,12 @@ class MonitorConfig:
 
 
 def build_config(**args: Any) -> MonitorConfig:
-    """Check every argument (each message names the argument as written, its value and the fix)."""
+    """Check every argument (each message names the argument as written, its value, what is allowed and the fix)."""
     methods = _tuple_of_names(args["methods"], "methods", known_methods(), empty_ok=False)
-    num_probes, every = args["num_probes"], args["every_n_epochs"]
-    check(is_int(num_probes) and num_probes >= 1, "num_probes", num_probes, "an int >= 1")
-    check(is_int(every) and every >= 1, "every_n_epochs", every, "an int >= 1")
-    target = args["target"]
-    check(target in ("label", "pred") or (is_int(target) and target >= 0), "target", target,
-          "'label', 'pred' or a class index >= 0")
-    layer = args["layer"]
-    check(layer is None or (isinstance(layer, str) and layer != ""), "layer", layer,
-          "None (automatic) or a dotted module name from model.named_modules()")
+    top = check_options({k: args[k] for k in _TOP}, _TOP, "")
     metrics = _tuple_of_names(args["metrics"], "metrics", available_measures(selectable=True), empty_ok=True)
-    log_images = args["log_images"]
-    check(isinstance(log_images, bool), "log_images", log_images, "True or False", error=TypeError)
     views = _tuple_of_names(args["views"], "views", VIEWS, empty_ok=True)
-    view_options = {} if args.get("view_options") is None else args["view_options"]
-    check(isinstance(view_options, Mapping) and all(isinstance(v, Mapping) for v in view_options.values()),
-          "view_options", view_options, "None or a dict {view: {option: value}}", error=TypeError)
-    view_options = {str(k): dict(v) for k, v in view_options.items()}
-    try:
-        ViewRunner(views, view_options)  # checks every view's options now, not at the first epoch
-    except ValueError as err:
-        raise ValueError(f"ExplanationMonitor: {err}") from None
-    on_drift, on_error = args["on_drift"], args["on_error"]
-    check(on_drift is None or callable(on_drift), "on_drift", on_drift, "None or a callable(report)")
-    check(on_error in ("warn", "raise"), "on_error", on_error, "'warn' or 'raise'")
-    budget = args["max_overhead"]
-    check(budget is None or budget == "auto" or (is_number(budget) and 0.0 < budget < 1.0), "max_overhead", budget,
-          "'auto' (cheap methods every explained epoch, the others within 5% of the training time), None (no budget: "
-          "every method every explained epoch) or a float in (0, 1): the largest share of training time the monitor "
-          "may take")
-    transform = args["output_transform"]
-    check(transform is None or callable(transform), "output_transform", transform,
-          "None or a callable mapping the model output to logits (N, num_classes)")
+    view_options = check_view_options(views, args.get("view_options"), owner="ExplanationMonitor")
     probes = args["probes"]
     if isinstance(probes, list):  # [images, labels] from YAML or by habit: the same as a tuple
         probes = tuple(probes)
@@ -223,11 +286,12 @@ def build_config(**args: Any) -> MonitorConfig:
         _check_probe_tensors(probes)
     elif isinstance(probes, Tensor):
         _check_probe_tensors((probes,))
-
+    budget = top["max_overhead"]
     return MonitorConfig(
-        probes=probes, num_probes=int(num_probes), methods=methods, every_n_epochs=int(every), target=target,
-        layer=layer, metrics=metrics, log_images=log_images, views=views, view_options=view_options,
-        on_drift=on_drift, on_error=on_error, max_overhead=budget if budget in (None, "auto") else float(budget), output_transform=transform,
+        probes=probes, num_probes=int(top["num_probes"]), methods=methods, every_n_epochs=int(top["every_n_epochs"]),
+        target=top["target"], layer=top["layer"], metrics=metrics, log_images=top["log_images"], views=views,
+        view_options=view_options, on_drift=top["on_drift"], on_error=top["on_error"],
+        max_overhead=budget if budget in (None, "auto") else float(budget), output_transform=top["output_transform"],
         method_options=_method_options(args["method_options"], methods),
         metric_options=_metric_options(args["metric_options"]),
         drift=_drift_options(args["drift"]),
@@ -252,7 +316,7 @@ def _check_probe_tensors(probes: tuple[Tensor, ...]) -> None:
 
 
 def _method_options(given: Any, methods: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    from lightning_xai.attribution import check_method_options
+    from lightning_xai.attribution import check_method_options, get_method
 
     given = {} if given is None else given
     check(isinstance(given, Mapping), "method_options", given, "None or a dict {method: {option: value}}",
@@ -262,23 +326,23 @@ def _method_options(given: Any, methods: tuple[str, ...]) -> dict[str, dict[str,
               f"options of a method in `methods` {methods}")
     out = {}
     for method in methods:
+        root = path("method_options", method)
         spec = method_option_spec(method)
         if not spec:
-            # Any other registered method: its own options, checked by the attribution registry; only what the user
-            # gave is kept (the method's defaults apply in explain, and `layer` comes from the monitor's).
+            # Any other registered method: its registry options (same specs, same checker); only what the user gave
+            # is kept (the method's defaults apply in explain, and `layer` comes from the monitor's).
             mine = given.get(method) or {}
-            check(isinstance(mine, Mapping), path("method_options", method), mine,
-                  "None or a dict {option: value}", error=TypeError)
+            check_options(mine, get_method(method).options, root)
             try:
-                check_method_options(method, mine)
+                check_method_options(method, mine)  # the method's own cross-option rules
             except ValueError as err:
-                raise ValueError(f"ExplanationMonitor: `{path('method_options', method)}`: {err}") from None
+                raise ValueError(f"ExplanationMonitor: `{root}`: {err}") from None
             out[method] = dict(mine)
             continue
-        options = check_options(given.get(method), spec, path("method_options", method))
+        options = check_options(given.get(method), spec, root)
         if method == "integrated_gradients":
-            check(options["max_steps"] >= options["n_steps"], path("method_options", method, "max_steps"),
-                  options["max_steps"], f"an int >= n_steps ({options['n_steps']})")
+            check(options["max_steps"] >= options["n_steps"], path(root, "max_steps"), options["max_steps"],
+                  f"an int >= n_steps ({options['n_steps']})")
         out[method] = options
     return out
 
@@ -296,21 +360,18 @@ def _metric_options(given: Any) -> dict[str, dict[str, Any]]:
 
 
 def _drift_options(given: Any) -> dict[str, Any]:
+    # Only the keys given are kept for the detector (its own defaults apply), the monitor's own get their defaults.
+    checked = check_options(given, _DRIFT, "drift")
     given = {} if given is None else given
-    detector_keys = [p for p in inspect.signature(DriftDetector.__init__).parameters if p != "self"]
-    allowed = list(dict.fromkeys([*detector_keys, *_STABILITY]))
-    check(isinstance(given, Mapping), "drift", given, f"None or a dict with keys from {allowed}", error=TypeError)
-    for key in given:
-        check(key in allowed, path("drift", str(key)), given[key], f"one of the keys {allowed}")
-    out = check_options({k: v for k, v in given.items() if k in _STABILITY}, _STABILITY, "drift")
-    detector = {k: v for k, v in given.items() if k not in _STABILITY}
-    try:
+    out = {k: checked[k] for k in _DRIFT if k in given or k in _STABILITY}
+    detector = {k: v for k, v in out.items() if k in _DETECTOR_DEFAULTS and k not in _STABILITY}
+    try:  # rules across keys the detector may have: named as the user wrote them
         DriftDetector(**detector)
-    except (TypeError, ValueError) as err:  # its message names its own parameters: name them as the user wrote them
-        message = re.sub(r"`(\w+)`", lambda m: f"`{path('drift', m.group(1))}`" if m.group(1) in detector_keys
+    except (TypeError, ValueError) as err:
+        message = re.sub(r"`(\w+)`", lambda m: f"`{path('drift', m.group(1))}`" if m.group(1) in _DETECTOR_DEFAULTS
                          else m.group(0), str(err))
         raise type(err)(f"ExplanationMonitor: {message}") from None
-    return {**detector, **out}
+    return out
 
 
 def _display_options(given: Any) -> dict[str, Any]:

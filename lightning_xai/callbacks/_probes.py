@@ -3,7 +3,9 @@ the model, the strategy and the other callbacks. Everything that can fail before
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -102,6 +104,7 @@ class ProbeSetup:
         self.layer_problem: str | None = None
         self.notes: list[str] = []
         self.source: Any = None
+        self.estimate: RoundEstimate | None = None  # what the options imply for this model, found at setup
 
     def select(self, source: Any, what: str = "probes") -> ProbeSet:
         options = self.config.probe_options
@@ -154,11 +157,17 @@ class ProbeSetup:
         self.probe_set = probes
         return probes
 
-    def validate(self, model: torch.nn.Module, train_batch_size: Callable[[], int | None] | None = None) -> None:
-        """One forward on one probe: output shape, label and target range, channels, Grad-CAM layer.
+    def validate(self, model: torch.nn.Module, train_batch_size: Callable[[], int | None] | None = None, *,
+                 world_size: int = 1, views: Any = None,
+                 train_samples: Callable[[], int | None] | None = None) -> None:
+        """One forward on one probe: output shape, label and target range, channels, Grad-CAM layer; then a forward
+        at every batch size the rounds will pass (:func:`round_batch_sizes`) and what the sizes chosen in the options
+        imply for this model and input (:meth:`check_budget`).
 
-        ``train_batch_size`` (called only if that forward fails) gives the training batch size, to tell a model that
-        only runs at its training batch size from one that does not fit the probes.
+        ``train_batch_size`` gives the training batch size (IG's default chunk, and to tell a model that only runs at
+        its training batch size from one that does not fit the probes); ``world_size`` the ranks sharing the probes;
+        ``views`` the :class:`~lightning_xai.views.ViewRunner` (its pool's chunks are batch sizes too);
+        ``train_samples`` the training samples per epoch (to say when a round costs many epochs of training).
         """
         probes, config = self.probe_set, self.config
         assert probes is not None, "select() first"
@@ -192,9 +201,10 @@ class ProbeSetup:
             ) from err
         if not isinstance(logits, Tensor) or logits.ndim != 2:
             got = type(logits).__name__ if not isinstance(logits, Tensor) else f"a tensor of shape {tuple(logits.shape)}"
+            after = " after `output_transform`" if config.output_transform is not None else ""
             raise MisconfigurationException(
-                f"ExplanationMonitor: the model returned {got}; explanations need logits (N, num_classes). "
-                "Pass output_transform=, e.g. `lambda out: out[0]` or `lambda out: out['logits']`."
+                f"ExplanationMonitor: the model returned {got}{after}; explanations need logits (N, num_classes). "
+                f"{suggest_output_transform(logits, rows=1)}"
             )
         if not bool(torch.isfinite(probes.images).all()):
             bad = (~torch.isfinite(probes.images.flatten(1))).any(dim=1).nonzero().flatten()
@@ -239,24 +249,138 @@ class ProbeSetup:
                     f"{available} layers with parameters; use an int <= {available} or None (all)."
                 )
         self.notes = []
+        batch = train_batch_size() if train_batch_size is not None else None
+        rows = self._rows(batch)
+        # what cannot fit is refused before anything else is spent on it
+        self.estimate = self.check_budget(model, world_size=world_size, rows=rows,
+                                          train_samples=train_samples() if train_samples is not None else None)
+        sizes = round_batch_sizes(config, len(probes), world_size, rows, num_classes=logits.shape[1],
+                                  pool_size=getattr(views, "pool_size", 0) if views else 0)
+        self._check_batch_sizes(forward, example, sizes, rows)
         self.layer_name = self.layer_reshape = self.layer_problem = None
         if uses_layer(config.methods):
-            self._find_layer(model, example.to(module_device(model)))
+            device = module_device(model)
+            self._find_layer(model, example.to(device), probes.images[:4].to(device))
+            self._check_method_layers(model, example.to(device), probes.images[:4].to(device))
 
-    def _find_layer(self, model: torch.nn.Module, example: Tensor) -> None:
+    def _find_layer(self, model: torch.nn.Module, example: Tensor, examples: Tensor | None = None) -> None:
         config = self.config
+        reshape = config.method_options.get("grad_cam", {}).get("reshape")
         try:
-            reshape = config.method_options.get("grad_cam", {}).get("reshape")
             found = gradcam_layer(model, example, config.layer, reshape=reshape,
                                   output_transform=config.output_transform)
+            if config.layer is not None and found.warning is not None and examples is not None and len(examples) > 1:
+                # the positions did not reach the output for one probe: for a few, is it the structure?
+                found = gradcam_layer(model, examples, config.layer, reshape=reshape,
+                                      output_transform=config.output_transform)
         except ValueError as err:  # an unknown or unusable `layer=`: the user's argument, fix it before training
             raise MisconfigurationException(f"ExplanationMonitor (layer={config.layer!r}): {err}") from err
         except RuntimeError as err:  # no layer can work (no spatial layer, all under no_grad): the dry run says so
             self.layer_problem = str(err)
             return
+        if config.layer is not None and found.warning is not None:
+            # An explicit layer whose positions never reach the head (a class-token ViT's last block: the head reads
+            # only the class token) gives all-zero Grad-CAM at every epoch, whatever the weights: refuse it now.
+            try:
+                auto = f"layer={gradcam_layer(model, example, output_transform=config.output_transform).name!r} (the " \
+                       "automatic choice) or layer=None"
+            except (ValueError, RuntimeError):
+                auto = "an earlier layer"
+            raise MisconfigurationException(
+                f"ExplanationMonitor (layer={config.layer!r}): {found.warning}, for every probe tried and whatever "
+                f"the weights (the test follows the head's input features), so Grad-CAM would be all zero at every "
+                f"epoch. Use {auto}.")
         self.layer_name, self.layer_reshape = found.name, found.reshape
         if found.warning is not None:
             self.notes.append(f"Grad-CAM layer {found.name!r}: {found.warning}.")
+
+    def _check_method_layers(self, model: torch.nn.Module, example: Tensor, examples: Tensor) -> None:
+        """A CAM method's own ``method_options[m]['layer']`` is checked like ``layer=``: an unknown or unusable name,
+        or positions that never reach the head, fail here (not as a warning at every epoch)."""
+        for method in self.config.methods:
+            options = self.config.method_options.get(method) or {}
+            layer = options.get("layer")
+            if layer is None or not get_method(method).uses_layer:
+                continue
+            what = f"method_options[{method!r}]['layer']={layer!r}"
+            try:
+                found = gradcam_layer(model, example, layer, reshape=options.get("reshape"),
+                                      output_transform=self.config.output_transform)
+                if found.warning is not None and len(examples) > 1:
+                    found = gradcam_layer(model, examples, layer, reshape=options.get("reshape"),
+                                          output_transform=self.config.output_transform)
+            except ValueError as err:
+                raise MisconfigurationException(f"ExplanationMonitor ({what}): {err}") from err
+            except RuntimeError:  # no gradient reaches it: the dry run names the cause
+                continue
+            if found.warning is not None:
+                raise MisconfigurationException(
+                    f"ExplanationMonitor ({what}): {found.warning}, for every probe tried and whatever the weights, "
+                    f"so {method} would be all zero at every epoch. Use an earlier layer, or leave it out (the "
+                    "monitor's `layer=`, automatic by default, applies).")
+
+    def _rows(self, train_batch: int | None) -> int | None:
+        """Rows per explanation chunk: IG's ``internal_batch_size``, else the training batch size (None: automatic)."""
+        ig = self.config.method_options.get("integrated_gradients") or {}
+        return ig.get("internal_batch_size") or train_batch
+
+    def _check_batch_sizes(self, forward: Callable[[Tensor], Any], example: Tensor, sizes: dict[int, str],
+                           rows: int | None) -> None:
+        """A forward at every batch size the rounds pass (one each, no gradients): a model whose forward depends on
+        the batch size fails here, naming the size and where the rounds use it, not at every epoch."""
+        ran, failed = [1], None
+        for size in sorted(sizes):
+            if size == 1:
+                continue
+            try:
+                forward(example.expand(size, *example.shape[1:]))
+            except Exception as err:  # noqa: BLE001 - reported below with the sizes that work
+                failed = (size, err)
+                break
+            ran.append(size)
+        if failed is None:
+            return
+        size, err = failed
+        upto = f"up to {rows}" if rows else "of any size"
+        raise MisconfigurationException(
+            f"ExplanationMonitor: the model fails on a batch of {size} images ({type(err).__name__}: {err}) but runs "
+            f"on batches of {ran}; the explanation rounds pass it batches of {size} ({sizes[size]}) and, in general, "
+            f"{upto} (Integrated Gradients' path points in chunks of internal_batch_size, each rank's share of the "
+            "probes, the last partial chunk, and smaller ones while adaptive IG refines). Make forward accept any "
+            "batch size, e.g. `x.flatten(1)` or `x.view(x.shape[0], -1)` instead of a fixed one."
+        ) from err
+
+    def budget_bytes(self, model: torch.nn.Module) -> int:
+        """What the monitor may hold on ``model``'s device at once: half of what is available there now."""
+        return available_bytes(module_device(model)) // 2
+
+    def check_budget(self, model: torch.nn.Module, *, world_size: int = 1, rows: int | None = None,
+                     train_samples: int | None = None) -> RoundEstimate:
+        """The memory and passes one round needs with these options on this model and input (worst case), refused
+        with the options to lower when it cannot fit the device; a round that costs many epochs of training is noted.
+
+        One forward + backward of one probe measures the activations autograd keeps per image (as
+        ``explain`` sizes its chunks)."""
+        probes, config = self.probe_set, self.config
+        assert probes is not None, "select() first"
+        device = module_device(model)
+        per_row = _saved_bytes_per_image(model, probes.images[:1].to(device), config.output_transform)
+        estimate = estimate_round(config, probes, world_size=world_size, rows=rows, bytes_per_row=per_row)
+        budget = self.budget_bytes(model)
+        if estimate.device_bytes > budget:
+            parts = "; ".join(f"{what}: {_size(n)}" for what, n in estimate.parts.items() if n)
+            raise MisconfigurationException(
+                f"ExplanationMonitor: one explanation round would hold about {_size(estimate.device_bytes)} on "
+                f"{device} in the worst case ({parts}), more than the {_size(budget)} it may take there (half of what "
+                f"is available). Lower {' or '.join(estimate.knobs) or 'num_probes'}."
+            )
+        samples = train_samples
+        if samples and estimate.passes > 100 * samples:
+            self.notes.append(
+                f"one explanation round costs up to {estimate.passes} forward + backward passes of one image "
+                f"({estimate.passes / samples:.0f}x the {samples} training samples of an epoch); lower "
+                f"{' or '.join(estimate.knobs) or 'num_probes'}, or explain less often (every_n_epochs, max_overhead)")
+        return estimate
 
     def dry_run(self, model: torch.nn.Module, explainer: ProbeExplainer) -> dict[str, str]:
         """Explain the first probe with each method on its own; ``{method: why it cannot work}`` for the failures.
@@ -303,10 +427,198 @@ class ProbeSetup:
                             "which cuts the input's gradient. Run the frozen part with requires_grad_(False) on its "
                             "parameters instead of torch.no_grad() to explain through it"
                         )
-                    else:
-                        self.notes.append(f"{method}: the map of the first probe is all zero at setup (e.g. a head "
-                                          "initialised to zero); such maps are reported as degenerate, not stable.")
+                    elif zero_head(model):  # one probe's empty map is ordinary (an all-negative CAM); a zero head is not
+                        self.notes.append(f"{method}: the map of the first probe is all zero at setup: the model's "
+                                          "head is initialised to zero, so every map is all zero until it learns; such "
+                                          "maps are reported as degenerate, never as stable.")
         return failed
+
+
+@dataclass
+class RoundEstimate:
+    """What one explanation round needs with the monitor's options on a model and input (worst case).
+
+    Attributes:
+        device_bytes: bytes held on the model's device at the peak: one chunk of activations plus the buffers the
+            explanation keeps (inputs, maps, adaptive IG's per-node gradients, CAM activations).
+        parts: those bytes by cause, in words.
+        passes: forward + backward passes of one image per round (adaptive IG at ``max_steps``).
+        knobs: the options that lower it, as the user writes them.
+    """
+
+    device_bytes: int
+    parts: dict[str, int] = field(default_factory=dict)
+    passes: int = 0
+    knobs: list[str] = field(default_factory=list)
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def available_bytes(device: torch.device) -> int:
+    """Memory available now: free device memory on CUDA, ``MemAvailable`` on the host (4 GiB where unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 4 << 30
+
+
+def _saved_bytes_per_image(model: torch.nn.Module, image: Tensor, output_transform: Any) -> int:
+    """Bytes autograd keeps for backward through ``model`` for one image (parameters and buffers excluded)."""
+    from lightning_xai.attribution._batching import SavedBytes
+
+    counter = SavedBytes(model)
+    try:
+        with preserved_state(model), muted_logging(model), counter.counting():
+            x = image.detach().clone().requires_grad_(True)
+            out = model(x)
+            logits = output_transform(out) if output_transform is not None else out
+            torch.autograd.grad(logits.float().sum(), x, allow_unused=True)
+    except Exception:  # noqa: BLE001 - the dry run reports a model that cannot be differentiated
+        return counter.bytes
+    return counter.bytes
+
+
+def passes_per_probe(method: str, options: dict[str, Any], image_size: tuple[int, int]) -> int:
+    """Forward (+ backward) passes one probe costs under ``method`` (worst case), from its options."""
+    from lightning_xai.attribution import check_method_options
+
+    if method == "integrated_gradients":
+        adaptive = options.get("tolerance") is not None
+        return int(options["max_steps"] if adaptive else options["n_steps"])
+    try:
+        opts = check_method_options(method, {k: v for k, v in options.items() if k != "reshape"})
+    except (ValueError, TypeError):
+        return 1
+    if method == "smoothgrad":
+        base = str(opts["base"])
+        return int(opts["n_samples"]) * passes_per_probe(base, dict(opts["base_options"]), image_size)
+    if method == "lime":
+        return int(opts["n_samples"])
+    if method == "occlusion":
+        (kh, kw), (sh, sw) = (_pair(opts["window"]), _pair(opts["stride"]))
+        h, w = image_size
+        return (max(0, -(-(h - kh) // sh)) + 1) * (max(0, -(-(w - kw) // sw)) + 1) + 1
+    if method == "igos":
+        return int(opts["iterations"]) * (int(opts["ig_steps"]) + int(opts["line_search"]) + 1)
+    return 1  # served by the shared pass
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v), int(v)) if is_int(v) else (int(v[0]), int(v[1]))
+
+
+def estimate_round(config: MonitorConfig, probes: ProbeSet, *, world_size: int, rows: int | None,
+                   bytes_per_row: int) -> RoundEstimate:
+    """:class:`RoundEstimate` of one round on this rank (its share of the probes), from the options alone plus the
+    measured ``bytes_per_row`` (activations kept per image)."""
+    n = -(-len(probes) // max(1, world_size))
+    image = int(probes.images[0].numel()) * 4
+    size = tuple(int(v) for v in probes.images.shape[-2:])
+    parts: dict[str, int] = {}
+    knobs: list[str] = ["num_probes"]
+    ig = config.method_options.get("integrated_gradients")
+    if rows:
+        parts[f"one chunk of {rows} images' activations ({_size(bytes_per_row)} each)"] = rows * bytes_per_row
+    parts["the probes, their maps and gradients"] = n * image * (4 + len(config.methods))
+    if ig is not None:
+        root = "method_options['integrated_gradients']"
+        if ig["tolerance"] is not None:
+            parts[f"adaptive IG's node gradients (probes x max_steps={ig['max_steps']} x image)"] =                 n * int(ig["max_steps"]) * image
+            knobs.insert(0, f"{root}['max_steps']")
+        if rows and ig["internal_batch_size"]:
+            knobs.append(f"{root}['internal_batch_size']")
+    passes = n * max(passes_per_probe(m, config.method_options.get(m) or {}, size) for m in config.methods)
+    if "faithfulness" in config.metrics:
+        steps = int(config.metric_options["faithfulness"]["steps"])
+        passes += n * len(config.methods) * (steps + 1)  # forward only: about half a pass each, twice (2 curves)
+        knobs.append("metric_options['faithfulness']['steps']")
+    return RoundEstimate(int(sum(parts.values())), parts, int(passes), knobs)
+
+
+def round_batch_sizes(config: MonitorConfig, num_probes: int, world_size: int, rows: int | None, *,
+                      num_classes: int = 0, pool_size: int = 0) -> dict[int, str]:
+    """Every batch size a round passes to the model, each with where it comes from (the setup forwards at each).
+
+    Follows how the explanation chunks its points (:mod:`lightning_xai.attribution._engine`: a first chunk of at most
+    16 rows that measures the activations, then balanced chunks of up to ``rows``), each rank's share of the probes,
+    the faithfulness curves' chunks and the views' forwards. Sizes below 9 are all included: adaptive IG's
+    refinements and a chunk shrunk by the buffers the explanation holds can take any small size.
+    """
+    from lightning_xai.attribution._batching import PROBE_ROWS
+
+    sizes: dict[int, str] = {}
+
+    def add(size: int, why: str) -> None:
+        if size >= 1:
+            sizes.setdefault(int(size), why)
+
+    add(1, "the setup dry run")
+    shards = {-(-num_probes // max(1, world_size)), num_probes // max(1, world_size)}
+    for n in sorted(s for s in shards if s > 0):
+        add(n, f"one rank's {n} probes, forwarded whole for their targets and logits")
+        ig = config.method_options.get("integrated_gradients")
+        nodes = int(ig["n_steps"]) if ig is not None else 1
+        remaining = n * nodes
+        first = min(PROBE_ROWS, remaining, rows or PROBE_ROWS)
+        add(first, "the first chunk of the explanation, which measures the activations")
+        remaining -= first
+        while rows and remaining > 0:
+            chunk = -(-remaining // -(-remaining // rows))
+            add(chunk, f"a chunk of {n} probes x {nodes} path nodes in rows of up to {rows}")
+            remaining -= chunk
+        if "faithfulness" in config.metrics:
+            total = n * (int(config.metric_options["faithfulness"]["steps"]) + 1)
+            chunk = min(total, max(n, 128))
+            add(chunk, "the faithfulness curves' chunks")
+            add(total % chunk, "the faithfulness curves' last chunk")
+    limit = rows or PROBE_ROWS
+    for small in range(2, min(limit, 8) + 1):
+        add(small, "a small chunk: adaptive IG refining a few probes, or the last partial chunk")
+    if pool_size:
+        add(min(pool_size, 64), "the views' forwards over their pool, in chunks of 64")
+        add(pool_size % 64, "the views' last pool chunk")
+        add(num_classes, "activation maximisation, one image per class")
+    return sizes
+
+
+def zero_head(model: torch.nn.Module) -> bool:
+    """Whether the model's last ``nn.Linear`` (its head, in registration order) has all-zero weights."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return bool(linears) and not bool(linears[-1].weight.detach().any())
+
+
+def suggest_output_transform(output: Any, rows: int) -> str:
+    """An ``output_transform`` that turns ``output`` into logits, checked on it, in words; or how to write one."""
+    def logits_like(v: Any) -> bool:
+        return isinstance(v, Tensor) and v.ndim == 2 and v.shape[0] == rows
+
+    candidates: list[tuple[str, Any]] = []
+    if isinstance(output, Mapping):
+        keys = sorted(output, key=lambda k: (k != "logits", str(k)))
+        candidates += [(f"lambda out: out[{k!r}]", output[k]) for k in keys]
+    if isinstance(output, (tuple, list)):
+        candidates += [(f"lambda out: out[{i}]", v) for i, v in enumerate(output)]
+    names = [f.name for f in dataclasses.fields(output)] if dataclasses.is_dataclass(output) else []
+    names = sorted(set(names) | ({"logits"} if hasattr(output, "logits") else set()), key=lambda k: (k != "logits", k))
+    candidates += [(f"lambda out: out.{name}", getattr(output, name, None)) for name in names]
+    if isinstance(output, Tensor) and output.shape[:1] == (rows,) and output.ndim > 2 and output[0].numel() > 0:
+        candidates.append(("lambda out: out.flatten(1)", output.flatten(1)))
+    for code, value in candidates:
+        if logits_like(value):
+            return f"Pass output_transform={code} (it gives a tensor of shape {tuple(value.shape)} here)."
+    return ("Pass output_transform=, a callable mapping the model's output to a tensor of logits (N, num_classes), "
+            "e.g. `lambda out: out.logits` for an output object with a `logits` field.")
 
 
 def _runs_on(forward: Callable[[Tensor], Any], images: Tensor) -> bool:
@@ -317,11 +629,31 @@ def _runs_on(forward: Callable[[Tensor], Any], images: Tensor) -> bool:
     return True
 
 
+def train_samples(trainer: pl.Trainer) -> int | None:
+    """Training samples per epoch (batches per epoch, after ``limit_train_batches``, times the batch size), from
+    where Lightning will load them (the loader is built, not iterated), or ``None`` if unknown."""
+    try:
+        loader = trainer.fit_loop._data_source.dataloader()
+        if isinstance(loader, dict):
+            loader = next(iter(loader.values()), None)
+        elif isinstance(loader, (list, tuple)):
+            loader = loader[0] if loader else None
+        batches, size = len(loader), loader.batch_size
+    except Exception:  # an iterable loader, a stand-in trainer: only a hint for a note
+        return None
+    limit = getattr(trainer, "limit_train_batches", None)
+    if is_int(limit):
+        batches = min(batches, limit)
+    elif isinstance(limit, float):
+        batches = int(batches * limit)
+    return batches * size if is_int(size) and batches > 0 else None
+
+
 def train_batch_size(trainer: pl.Trainer) -> int | None:
     """The training DataLoader's batch size, from where Lightning will load it (the loader is built, not iterated),
     or ``None`` if unknown."""
-    source = trainer.fit_loop._data_source
     try:
+        source = trainer.fit_loop._data_source
         if not source.is_defined():
             return None
         loader = source.dataloader()

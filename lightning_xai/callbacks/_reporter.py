@@ -14,9 +14,9 @@ from torch import Tensor
 
 from lightning_xai.callbacks._compat import rank_zero_warn
 from lightning_xai.probes import ProbeSet
-from lightning_xai.render import WARN_COLOR, ProbeRenderer, Timeline
+from lightning_xai.render import WARN_COLOR, ProbeRenderer, Timeline, display_order, id_range
 from lightning_xai.report import custom_scalars_layout, load_run, save_report
-from lightning_xai.writers import BackgroundWrites, MultiSink, SinkError, sinks_for_loggers
+from lightning_xai.writers import BackgroundWrites, MultiSink, SinkError, sinks_for_loggers, write_each
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -175,8 +175,10 @@ class Reporter:
             labels = captions(probes, results["pred"], results["prob"], class_names, results.get("target"))
             flagged = {m: list((flags or {}).get(m) or [False] * len(probes)) for m in maps}
             self._jobs.submit((trainer.current_epoch, step), self._write_overlays, sink, probes.images, maps, labels,
-                              step, trainer.current_epoch, flagged)
-        if errors:
+                              step, trainer.current_epoch, flagged, probes.ids.tolist(),
+                              any(v > 0.5 for k, v in scalars.items() if k.startswith("xai/drift/alarm")))
+        if errors:  # an earlier epoch's overlay failure is named too, never dropped
+            errors += [(f"overlays of epoch {epoch}", err) for (epoch, _), err in earlier]
             raise SinkError(f"epoch {trainer.current_epoch}'s results", errors)
         self._raise_earlier(earlier)
 
@@ -187,21 +189,29 @@ class Reporter:
             sink.flush()
 
     def _write_overlays(self, sink: MultiSink, images: Tensor, maps: Mapping[str, Tensor], labels: list[list[Any]],
-                        step: int, epoch: int, flagged: Mapping[str, list[bool]]) -> None:
+                        step: int, epoch: int, flagged: Mapping[str, list[bool]], ids: list[int],
+                        alarm: bool = False) -> None:
         began = time.perf_counter()
         if self._renderer is None:  # the probes never change within a fit: de-normalise and size them once
             d = self.display
             self._renderer = ProbeRenderer(images, alpha=d["alpha"], colormap=d["colormap"], mean=d["mean"],
                                            std=d["std"])
+        writes = []
         for m, heatmaps in maps.items():
             # groups of 8 probes: each panel fills TensorBoard's default image card at full size
+            # tiles in ascending probe id, as the titles and timeline rows name them
             panels, tiles = self._renderer.render_groups(heatmaps, labels, title=f"{m} | epoch {epoch}",
-                                                         flagged=flagged[m], caption_lines=2)
-            self.timeline.add(m, epoch, tiles, flagged[m])
+                                                         flagged=flagged[m], caption_lines=2, ids=ids)
+            self.timeline.add(m, epoch, tiles, flagged[m], alarm=alarm)
+            order = display_order(ids, len(ids))
             for group, (panel, start, stop) in enumerate(panels):
                 tag = self.tag(f"xai/{m}/overlay" if group == 0 else f"xai/{m}/overlay/{group + 1}")
-                sink.add_image(tag, panel, step, caption=f"{m}, epoch {epoch}, step {step}, probes {start + 1}-{stop}")
-        sink.flush()
+                shown = id_range([ids[i] for i in order[start:stop]])
+                caption = f"{m}, epoch {epoch}, step {step}, probes {shown}"
+                writes.append((tag, lambda tag=tag, panel=panel, caption=caption:
+                               sink.add_image(tag, panel, step, caption=caption)))
+        # one image's failure (an upload refused) is not the other images': each is tried, failures raised after
+        write_each([*writes, ("flush", sink.flush)], "overlay images")
         # it overlaps training but takes a core from it: part of what the monitor costs
         self.background_seconds = time.perf_counter() - began
 
@@ -213,13 +223,14 @@ class Reporter:
         if not sink.supports_images:
             return []
         labels = [label.replace(" ", "\n", 1) for label in probe_labels(probes, class_names)]
-        tags = []
+        tags, writes = [], []
         for m in self.timeline.methods:
             tag = f"xai/{m}/timeline"
-            sink.add_image(tag, self.timeline.image(m, labels), trainer.global_step,
-                           caption=f"{m}: each probe across the explained epochs")
+            writes.append((tag, lambda tag=tag, m=m: sink.add_image(
+                tag, self.timeline.image(m, labels, ids=probes.ids.tolist()), trainer.global_step,
+                caption=f"{m}: each probe across the explained epochs")))
             tags.append(tag)
-        sink.flush()
+        write_each([*writes, ("flush", sink.flush)], "timeline images")
         return tags
 
     def write_report(self, trainer: pl.Trainer, *, sanity_threshold: float = 0.5) -> str | None:

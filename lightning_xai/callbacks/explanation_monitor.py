@@ -1,4 +1,4 @@
-"""ExplanationMonitor: explain a fixed probe set at epoch ends, log overlays and stability, flag drift.
+"""ExplanationMonitor: explain a fixed probe set at epoch ends, log overlays and stability, raise drift alarms.
 
 This module is orchestration only: *when* to explain, *which rank* does what, *what* goes into the checkpoint. The
 work is done by named collaborators, each testable without a Trainer:
@@ -44,8 +44,15 @@ from lightning_xai.callbacks._config import (
     ProbeOptions,
     build_config,
 )
+from lightning_xai.callbacks._failures import FailureLog
 from lightning_xai.callbacks._pool import DetectionPool
-from lightning_xai.callbacks._probes import ProbeSetup, check_monitors, check_strategy, train_batch_size
+from lightning_xai.callbacks._probes import (
+    ProbeSetup,
+    check_monitors,
+    check_strategy,
+    train_batch_size,
+    train_samples,
+)
 from lightning_xai.callbacks._reporter import Reporter, drift_text
 from lightning_xai.callbacks._round import DistributedRound, ProbeExplainer, module_device
 from lightning_xai.callbacks._tracker import DetectionRows, DriftTracker, lr_event
@@ -69,6 +76,21 @@ _STATE_VERSION = 2
 _OVERHEAD = "xai/overhead"
 
 
+def undefined_similarity(scalars: dict[str, float], maps: Mapping[str, Tensor]) -> list[str]:
+    """Methods whose maps are all finite but no probe had a defined similarity this round (every map, or the one it
+    is compared with, is flat: all zero or constant, e.g. a head initialised to zero): their ``stability`` and
+    ``topk_overlap`` are set to 0.0 in ``scalars`` (no similarity shown, never "stable", never NaN), so a key others
+    monitor exists from the first epoch. A round with non-finite maps measured nothing and logs nothing for them.
+    Returns those methods."""
+    out = []
+    for m, values in maps.items():
+        if f"xai/{m}/stability" not in scalars and bool(torch.isfinite(values).all()):
+            scalars[f"xai/{m}/stability"] = 0.0
+            scalars.setdefault(f"xai/{m}/topk_overlap", 0.0)
+            out.append(m)
+    return out
+
+
 class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Lightning package
     r"""Explain a fixed probe set while the model trains; log overlays, stability, quality measures and drift.
 
@@ -88,7 +110,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
 
     **Stability** of a probe under a method is the Spearman rank correlation between its heatmap and the one of the
     previous explained epoch (both average-pooled to ``drift['size']`` squared); 1.0 means unchanged. **Drift**: see
-    :class:`~lightning_xai.drift.DriftDetector`, configured by ``drift``. Each drift event triggers one warning, a
+    :class:`~lightning_xai.drift.DriftDetector`, configured by ``drift``. Each drift alarm triggers one warning, a
     text entry and ``on_drift(report)`` if given.
 
     Args:
@@ -124,7 +146,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         view_options: Options per view, ``{view: {option: value}}``, the keyword arguments of its class in
             :data:`lightning_xai.views.VIEWS` (e.g. ``{"activation_max": {"steps": 32, "every_n_epochs": 2}}``),
             plus ``"pool": {"size": N}``.
-        on_drift: Called as ``on_drift(report)`` on every rank when drift is flagged.
+        on_drift: Called as ``on_drift(report)`` on every rank at every drift alarm.
         on_error: ``"warn"`` skips an epoch whose explanation fails (on every rank, so DDP never hangs);
             ``"raise"`` stops training.
         max_overhead: What the monitor may cost, measured on the run (rank 0's clock). ``"auto"`` (default): the
@@ -148,9 +170,13 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             ``perturbation`` (``"blur"``, ``"mean"`` or ``"zero"``). ``sanity``: ``layers`` (``None``: all; layers
             re-initialised from the output side), ``threshold`` (0.5; warn when a method's mean similarity to its
             randomised-model maps exceeds it).
-        drift: Drift detection: the keyword arguments of :class:`~lightning_xai.drift.DriftDetector` (e.g.
-            ``threshold``, ``warmup_epochs``, ``window``) plus ``size`` (16, side of the pooled maps compared) and
-            ``topk`` (0.1, share of pixels in the top-k overlap).
+        drift: Drift detection: ``size`` (16, side of the pooled maps compared, at most 128), ``topk`` (0.1, share of
+            pixels in the top-k overlap), ``pool_size`` (``"auto"`` or the extra samples the detector watches) and
+            ``pool_from`` (``"both"``, ``"validation"``, ``"training"``), and the keyword arguments of
+            :class:`~lightning_xai.drift.DriftDetector`: ``warmup_epochs``, ``window``, ``horizon``, ``threshold``,
+            ``slack``, ``cusum_threshold``, ``learn_below``, ``min_spread``, ``event_factor``, ``settle``,
+            ``gap_spread``, ``statistics``, ``probe_sigmas`` (each key, its bounds and meaning:
+            ``lightning_xai.callbacks._config.DRIFT_OPTIONS``).
         display: How overlays look: ``mean`` and ``std`` (per-channel normalisation of the inputs, to show probes in
             their real colours), ``class_names`` (``None``: the dataset's ``classes``), ``colormap`` (``"jet"``,
             ``"inferno"``, ``"viridis"``), ``alpha`` (0.5, heatmap opacity).
@@ -166,7 +192,9 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         - ``xai/{method}/timeline`` (image, at the end of fit and on :meth:`write_timelines`): each probe (row)
           across the explained epochs (columns).
         - ``xai/{method}/stability``, ``xai/{method}/topk_overlap``, ``xai/{method}/drift`` (scalars): mean
-          similarity to the previous explained epoch, mean share of the top-k pixels kept, number of probes flagged.
+          similarity to the previous explained epoch, mean share of the top-k pixels kept, number of probes flagged;
+          0.0 (no similarity shown, never NaN, never "stable") when no probe's map can be compared because the maps are
+          flat, e.g. all zero before a zero-initialised head has learnt (``xai/{method}/degenerate`` counts them).
         - the quality measures' keys (see :mod:`lightning_xai.metrics.measures`), e.g.
           ``xai/integrated_gradients/completeness_error`` (median; ``_p90``, ``_max``, and a histogram of all
           probes), ``xai/{method}/pointing_game``, ``xai/agreement/{a}_vs_{b}``, ``xai/{method}/deletion_auc``,
@@ -231,7 +259,8 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self._explainer = ProbeExplainer(config)
         self._pool = DetectionPool(config)  # the drift detector's extra samples, explained with the cheap methods
         self._pool_explainer = ProbeExplainer(config)
-        self._round = DistributedRound(config.on_error, warn=rank_zero_warn)
+        self._failures = FailureLog(rank_zero_warn)  # a persistent failure warns once, repeats are summed up
+        self._round = DistributedRound(config.on_error, warn=self._failures.warn)
         self._tracker = DriftTracker(config.methods, config.size, config.detector_options, config.drift["topk"])
         self._last_lrs: list[float] | None = None  # learning rates at the last explained round (schedule steps)
         self._reporter = Reporter(config.methods, config.display, config.log_images)
@@ -373,6 +402,12 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         """Every scalar key this monitor can log (stability and drift, and the chosen measures')."""
         return {self._key(k) for k in self._base_keys()}
 
+    @staticmethod
+    def _layout_keys(trainer: pl.Trainer) -> set[str]:
+        # TensorBoard shows the first custom-scalars layout of a run: each monitor writes every monitor's keys, so
+        # two monitors in one Trainer never hide each other's charts
+        return set().union(*(cb.logged_keys() for cb in trainer.callbacks if isinstance(cb, ExplanationMonitor)))
+
     def _base_keys(self) -> set[str]:
         return self._tracker.keys() | measure_keys(self.config.metrics, self.config.methods) | {_OVERHEAD}
 
@@ -453,9 +488,11 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self._views_seconds, self._views_ran = None, False
         self._tracker.reset()
         self._reporter.reset()
+        self._failures.reset()
         self._probes.select_for(trainer)
         with muted_logging(pl_module):  # setup's forwards: a self.log() in forward would fail here
-            self._probes.validate(pl_module, lambda: train_batch_size(trainer))
+            self._probes.validate(pl_module, lambda: train_batch_size(trainer), world_size=trainer.world_size,
+                                  views=self._views, train_samples=lambda: train_samples(trainer))
         self._explainer.layer_name = self._probes.layer_name
         self._explainer.layer_reshape = self._probes.layer_reshape
         self._dry_run(trainer, pl_module)
@@ -532,8 +569,14 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                                    class_names=self.class_names, input_key=options["input_key"],
                                    label_key=options["label_key"], mask_key=options["mask_key"],
                                    seed=options["seed"])
+            with muted_logging(model):  # a forward: the model's self.log() must not run in setup
+                self._views.check_model(model, layer, probes.images[:1].to(module_device(model)),
+                                        output_transform=self.config.output_transform, owner="ExplanationMonitor",
+                                        budget_bytes=self._probes.budget_bytes(model))
         except (ValueError, TypeError, RuntimeError) as err:
-            raise MisconfigurationException(f"ExplanationMonitor (views={self.config.views}): {err}") from err
+            message = str(err) if str(err).startswith("ExplanationMonitor") else \
+                f"ExplanationMonitor (views={self.config.views}): {err}"
+            raise MisconfigurationException(message) from err
 
     def _run_views(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Rank 0 computes and writes the views (no collectives inside); every rank learns whether that failed."""
@@ -558,7 +601,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                            "the heatmaps were written")
                 if self.config.on_error == "raise":  # raised inside the agreement: every rank stops
                     raise RuntimeError(message) from error
-                rank_zero_warn(f"{message}; training continues (set on_error='raise' to stop instead).")
+                self._failures.warn(f"{message}; training continues (set on_error='raise' to stop instead).")
 
         self._round.agreed(trainer, run, what="views")
 
@@ -617,6 +660,9 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                                       what="writing the timelines and the report")
         if ok and path:
             rank_zero_info(f"ExplanationMonitor: report written to {path}")
+        summary = self._failures.summary()
+        if summary:
+            rank_zero_warn(summary)
 
     def _end_of_fit(self, trainer: pl.Trainer) -> str | None:
         if self.probe_set is None or not self._tracker.history:
@@ -626,7 +672,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
 
     def write_timelines(self, trainer: pl.Trainer) -> list[str]:
         """Log each method's timeline now, as ``xai/{method}/timeline`` at the current step: a row per probe, a column
-        per explained epoch (up to 12: the first, the last, those with drift, evenly spread), flagged probes outlined.
+        per explained epoch (up to 12: the first, the last, the alarm epochs, evenly spread), flagged probes outlined.
         Called at the end of fit; call it on rank 0 whenever you want one earlier. Returns the tags written."""
         if not trainer.is_global_zero or self.probe_set is None:
             return []
@@ -744,7 +790,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             if trainer.is_global_zero:
                 self._reporter.write_epoch(trainer, probes=self.probe_set, results=results, scalars=scalars,
                                            histograms=histograms, text=text, class_names=self.class_names,
-                                           flags=record.get("flags"), layout_keys=self.logged_keys())
+                                           flags=record.get("flags"), layout_keys=self._layout_keys(trainer))
 
         # rank 0 writes; a failure there is still agreed on, so no rank goes on alone to the next collective
         self._round.agreed(trainer, write, what="writing")
@@ -766,6 +812,13 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                                                        masks=probes.masks, labels=probes.labels,
                                                        probe_ids=probes.ids.tolist(), class_names=self.class_names,
                                                        event=event, extra=extra)
+        for method in undefined_similarity(scalars, {m: results[f"map/{m}"] for m in self.config.methods}):
+            self._reporter.warn_once(
+                f"undefined/{method}", f"ExplanationMonitor: at epoch {trainer.current_epoch} no probe's {method} map "
+                "could be compared with the one before (degenerate maps, all zero or constant: e.g. a head "
+                f"initialised to zero, or such maps before training); xai/{method}/stability and topk_overlap are "
+                f"logged as 0.0 (no similarity shown, never 'stable') and xai/{method}/degenerate counts those "
+                "probes. Warned once.")
         measured = run_measures(measures, self._context(results), self.config.metric_options)
         scalars.update(measured.scalars)
         record.update(measured.per_probe)
@@ -940,12 +993,16 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                            if trainer.is_global_zero else None, what="writing the sanity check")
         failing = {k.split("/")[1]: v for k, v in scalars.items() if v > options["threshold"]}
         unexpected = {m: v for m, v in failing.items() if m not in INPUT_WEIGHTED}
+        passing = [k.split("/")[1] for k, v in scalars.items() if v <= options["threshold"]]
+        judge = (f"Judge what the model learnt with {' and '.join(passing)}, which "
+                 f"{'pass' if len(passing) > 1 else 'passes'}" if passing else
+                 "No method passed: read every map with care")
         if warn and unexpected:  # a method that should depend on the weights and does not: worth a warning
             rank_zero_warn(
                 "ExplanationMonitor sanity check: the maps of "
                 + ", ".join(f"{m} (similarity {v:.2f})" for m, v in unexpected.items())
                 + " barely change when the model's weights are randomised, so they say little about what this model "
-                "learnt (Adebayo et al. 2018). Prefer the other methods' maps."
+                f"learnt (Adebayo et al. 2018). {judge}."
             )
         expected = {m: v for m, v in failing.items() if m in INPUT_WEIGHTED}
         if warn and expected:  # how the method works, every run: say what it means, once, without alarm
@@ -953,6 +1010,6 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                 "ExplanationMonitor sanity check: "
                 + ", ".join(f"{m} maps stay {v:.2f} similar" for m, v in expected.items())
                 + " with randomised weights, as expected for a method weighted by the input (x - baseline): they show "
-                "where the image's evidence is; use grad_cam or saliency to judge what the model learnt."
+                f"where the image's evidence is. {judge}."
             )
         return scalars

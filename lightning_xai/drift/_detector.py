@@ -18,7 +18,10 @@ from lightning_xai.metrics._utils import _as_heatmap
 from lightning_xai.metrics.degenerate import degenerate_rows
 from lightning_xai.metrics.stability import topk_overlap
 
-__all__ = ["PARTS", "DriftDetector", "DriftReport"]
+__all__ = ["PARTS", "STATISTICS", "DriftDetector", "DriftReport"]
+
+#: The per-epoch statistics of each method and part of the pool (see :class:`DriftDetector`).
+STATISTICS: tuple[str, ...] = ("lag", "class", "mass", "gap")
 
 _STATE_VERSION = 4
 
@@ -31,6 +34,7 @@ _STAT_TEXT = {
     "lag": "maps changed since the previous epoch",
     "class": "the per-class average map moved since the previous epoch",
     "mass": "the share of evidence on the object fell",
+    "gap": "the training samples' maps moved more than the validation samples' (the training data changed)",
 }
 
 
@@ -135,7 +139,7 @@ class DriftReport:
             stat, part = (stream.split("/") + [""])[:2]
             text += f"; strongest: {m} on the {part} samples, {_STAT_TEXT.get(stat, stat)}"
         text += ")"
-        where = [self.movement[m].describe() for m in order[:1] if m in self.movement]
+        where = [self.movement[m].describe(self.class_names) for m in order[:1] if m in self.movement]
         if where:
             text += "; " + "; ".join(where)
         n = len(next(iter(self.flags.values()))) if self.flags else 0
@@ -167,7 +171,7 @@ class DriftReport:
         if self.reasons:
             lines += ["", "Evidence:"] + [f"- {r}" for r in self.reasons]
         for m, mv in self.movement.items():
-            lines += ["", f"Where it moved ({m}, against {mv.reference}): {mv.describe()}."]
+            lines += ["", f"Where it moved ({m}, against {mv.reference}): {mv.describe(self.class_names)}."]
             per_class = mv.class_text(self.class_names)
             if per_class:
                 lines.append(f"Per class: {per_class}.")
@@ -310,15 +314,17 @@ class DriftDetector:
         self,
         warmup_epochs: int = 3,
         *,
-        window: int = 5,
+        window: int = 4,
         horizon: int = 3,
-        threshold: float = 4.0,
-        slack: float = 1.0,
-        cusum_threshold: float = 4.0,
-        learn_below: float = 2.0,
-        min_spread: float = 0.25,
+        threshold: float = 5.0,
+        slack: float = 1.5,
+        cusum_threshold: float = 8.0,
+        learn_below: float = 0.5,
+        min_spread: float = 0.35,
         event_factor: float = 2.0,
         settle: int = 1,
+        gap_spread: float = 0.12,
+        statistics: Sequence[str] = STATISTICS,
         probe_sigmas: float = 3.0,
         topk: float = 0.1,
         size: int = 16,
@@ -339,6 +345,12 @@ class DriftDetector:
                 problems.append(f"`{name}` must be a finite number in [0, 1e6], got {value!r}")
         if not _is_number(event_factor) or not 1 <= event_factor <= 1e6:
             problems.append(f"`event_factor` must be a finite number in [1, 1e6], got {event_factor!r}")
+        if not _is_number(gap_spread) or not 0 <= gap_spread <= 1e6:
+            problems.append(f"`gap_spread` must be a finite number in [0, 1e6], got {gap_spread!r}")
+        stats_ok = (isinstance(statistics, Sequence) and not isinstance(statistics, str) and len(statistics) > 0
+                    and all(s in STATISTICS for s in statistics))
+        if not stats_ok:
+            problems.append(f"`statistics` must be a non-empty list from {STATISTICS}, got {statistics!r}")
         if not _is_number(topk) or not 0 < topk <= 1:
             problems.append(f"`topk` must be a number in (0, 1], got {topk!r}")
         if problems:
@@ -353,6 +365,8 @@ class DriftDetector:
         self.min_spread = float(min_spread)
         self.event_factor = float(event_factor)
         self.settle = int(settle)
+        self.gap_spread = float(gap_spread)
+        self.statistics = tuple(statistics) if stats_ok else STATISTICS
         self.probe_sigmas = float(probe_sigmas)
         self.topk = float(topk)
         self.size = int(size)
@@ -375,7 +389,8 @@ class DriftDetector:
         self.methods: dict[str, _Method] = {}
         self.rule = AlarmRule(window=self.window, threshold=self.threshold, slack=self.slack,
                               cusum_threshold=self.cusum_threshold, learn_below=self.learn_below,
-                              min_spread=self.min_spread, event_factor=self.event_factor, settle=self.settle)
+                              min_spread=self.min_spread, event_factor=self.event_factor, settle=self.settle,
+                              gap_spread=self.gap_spread)
         self.num_samples: int | None = None
         self.prev_pred: Tensor | None = None
         self.episode_epoch = -1
@@ -493,10 +508,15 @@ class DriftDetector:
                                                        else masks_t[:rows]).items():
                     if math.isfinite(value):
                         values[f"{name}|{stat}/{part}"] = value
+            # the training samples' maps moving more than the validation samples': the training data changed
+            train, val = values.get(f"{name}|lag/training"), values.get(f"{name}|lag/validation")
+            if train is not None and val is not None and val > 0:
+                values[f"{name}|gap/training"] = train / val
         report.statistics = dict(values)
         # ---- decide (the rule learns its floors from this epoch unless it looks suspicious)
         in_event = event is not None
-        decision = self.rule.decide(values, warmup=warmup, event=in_event)
+        counted = {k: v for k, v in values.items() if k.split("|", 1)[1].split("/")[0] in self.statistics}
+        decision = self.rule.decide(counted, warmup=warmup, event=in_event)
         z, threshold = decision.z, decision.threshold
         report.evidence = decision.evidence
         report.alarm = decision.alarm
@@ -530,8 +550,7 @@ class DriftDetector:
                 before, what = state.ref, f"the reference (epoch {state.ref_epoch})"
             if before is not None:
                 valid = ~mm["degenerate_all"] & ~degenerate_rows(before.flatten(1))
-                flagged = torch.zeros(current.shape[0], dtype=torch.bool)
-                flagged[:display] = report.flags.get(name, torch.zeros(display, dtype=torch.bool))[:display]
+                flagged = torch.zeros(current.shape[0], dtype=torch.bool)  # describe the whole pool, not a few
                 rows = current.shape[0]
                 report.movement[name] = movement(name, before, current, valid, flagged, reference=what,
                                                  labels=None if labels_t is None else labels_t[:rows],
@@ -761,7 +780,7 @@ class DriftDetector:
                 f"horizon={self.horizon}, threshold={self.threshold}, slack={self.slack}, "
                 f"cusum_threshold={self.cusum_threshold}, learn_below={self.learn_below}, "
                 f"min_spread={self.min_spread}, event_factor={self.event_factor}, "
-                f"settle={self.settle}, probe_sigmas={self.probe_sigmas}, topk={self.topk}, size={self.size})")
+                f"settle={self.settle}, gap_spread={self.gap_spread}, statistics={self.statistics}, probe_sigmas={self.probe_sigmas}, topk={self.topk}, size={self.size})")
 
 
 def _keep_usable(previous: Tensor | None, current: Tensor) -> Tensor:

@@ -57,12 +57,26 @@ class Movement:
         n = len(self.probes)
         if n == 0:
             return f"{self.method}: no comparable maps"
-        text = f"{self.method}: {self.region_count}/{n} probes gained mass at the {self.region}"
-        text += " (converged)" if self.converged else ""
+        if self.class_coded:
+            places = ", ".join(f"{_name(c, class_names)} -> {region}" for c, (region, _, _) in
+                               sorted(self.per_class.items()))
+            text = (f"{self.method}: each class moved to a different place (class-coded positional cue): {places}")
+        elif self.converged:
+            text = f"{self.method}: converged to the {self.region} ({self.region_count}/{n} samples gained mass there)"
+        else:
+            text = f"{self.method}: {self.region_count}/{n} samples gained mass at the {self.region}"
         text += f", centre of mass moved {self.mean_shift:.2f} of the image side"
         if self.mass_before is not None and self.mass_now is not None:
             text += f", mass on the object {self.mass_before:.2f} -> {self.mass_now:.2f}"
         return text
+
+    @property
+    def class_coded(self) -> bool:
+        """Most classes gained mass in one place each, and the places differ between classes (at least two)."""
+        settled = {c: region for c, (region, count, total) in self.per_class.items()
+                   if total >= 2 and count * 2 > total and region != "n/a"}
+        return len(settled) >= 2 and len(set(settled.values())) >= max(2, (len(settled) + 1) // 2) and \
+            len(settled) * 2 > len(self.per_class)
 
     def class_text(self, class_names: list[str] | None = None) -> str:
         parts = []
@@ -70,6 +84,10 @@ class Movement:
             name = class_names[cls] if class_names is not None and 0 <= cls < len(class_names) else str(cls)
             parts.append(f"{name}: {region} {count}/{total}")
         return "; ".join(parts)
+
+
+def _name(cls: int, class_names: list[str] | None) -> str:
+    return class_names[cls] if class_names is not None and 0 <= cls < len(class_names) else str(cls)
 
 
 def _distribution(rows: Tensor) -> Tensor:

@@ -53,21 +53,23 @@ class AlarmRule:
 
     Each stream is compared in log space (its changes are multiplicative: a map that moves twice as much is the same
     news at any scale) with the mean and spread of its last ``window`` quiet epochs (the spread at least
-    ``min_spread``); an epoch joins a floor only when its z-score is below ``learn_below``. *Sudden*: the largest z
+    ``min_spread``; ``gap_spread`` for the training/validation ratio, which moves far less); an epoch joins a floor only when its z-score is below ``learn_below``. *Sudden*: the largest z
     reaches ``threshold``. *Accumulated*: a per-stream CUSUM ``C = max(0, C + z - slack)`` reaches
-    ``cusum_threshold``. After an alarm, an *episode*: only a fresh sudden change (after a calm epoch) alarms again.
+    ``cusum_threshold``. After an alarm, an *episode*: only a fresh sudden change (after a calm epoch) alarms again,
+    and the floors relearn the new behaviour's own noise (as after an event).
     A known event (learning-rate step): the threshold is ``event_factor`` higher that epoch, and that epoch and the
     next ``settle`` ones relearn the floors and feed no CUSUM.
     """
 
     def __init__(self, *, window: int, threshold: float, slack: float, cusum_threshold: float, learn_below: float,
-                 min_spread: float, event_factor: float, settle: int) -> None:
+                 min_spread: float, event_factor: float, settle: int, gap_spread: float = 0.08) -> None:
         self.window = window
         self.threshold = threshold
         self.slack = slack
         self.cusum_threshold = cusum_threshold
         self.learn_below = learn_below
         self.min_spread = min_spread
+        self.gap_spread = gap_spread
         self.event_factor = event_factor
         self.settle = settle
         self.reset()
@@ -86,7 +88,8 @@ class AlarmRule:
         hist = stream.history
         mu = sum(hist) / len(hist)
         sd = math.sqrt(sum((v - mu) ** 2 for v in hist) / len(hist))
-        z = (log_value - mu) / max(sd, self.min_spread)
+        floor = self.gap_spread if "|gap/" in key else self.min_spread
+        z = (log_value - mu) / max(sd, floor)
         return -z if falls(key) else z
 
     def decide(self, values: Mapping[str, float], *, warmup: bool, event: bool = False) -> Decision:
@@ -122,7 +125,7 @@ class AlarmRule:
             quiet = key not in z or z[key] < self.learn_below
             if warmup or settling or (quiet and not alarm):
                 stream.history = (stream.history + [value])[-self.window:]
-        if event:  # a new regime: its floors are learnt from the next epochs
+        if event or alarm:  # a new regime (a learning-rate step, or the behaviour that alarmed): new floors
             for stream in self.streams.values():
                 stream.history = stream.history[-1:]
                 stream.cusum = 0.0

@@ -12,13 +12,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_xai._validation import Option, is_int, is_number
+from lightning_xai._validation import choice, integer, number
 from lightning_xai.metrics.agreement import pairwise_agreement
 from lightning_xai.metrics.completeness import summarize
 from lightning_xai.metrics.faithfulness import PERTURBATIONS, deletion_auc, insertion_auc
 from lightning_xai.metrics.localisation import pointing_game, relevance_mass
 from lightning_xai.metrics.registry import Measure, MeasureContext, MeasureResult, finite_mean, register_measure
-from lightning_xai.metrics.stability import spearman_similarity
+from lightning_xai.metrics.sanity import sanity_scores
 
 __all__: list[str] = []
 
@@ -123,8 +123,8 @@ def _faithfulness(ctx: MeasureContext) -> MeasureResult:
 register_measure(Measure(
     "faithfulness", lambda methods: {f"xai/{m}/{c}_auc" for m in methods for c in ("deletion", "insertion")},
     _faithfulness,
-    options={"steps": Option(8, lambda v: is_int(v) and v >= 1, "an int >= 1 (points on each curve)"),
-             "perturbation": Option("blur", lambda v: v in PERTURBATIONS, f"one of {PERTURBATIONS}")},
+    options={"steps": integer(8, 1, 256, "points on each curve; 2 * (steps + 1) forwards per probe and method"),
+             "perturbation": choice("blur", PERTURBATIONS)},
     shard=_faithfulness_shard,
     shard_keys=lambda methods: [f"{c}/{m}" for m in methods for c in ("deletion", "insertion")],
     cost="2 * (steps + 1) forward passes per probe and method, about as much as Integrated Gradients",
@@ -138,7 +138,8 @@ def _sanity(ctx: MeasureContext) -> MeasureResult:
         random_maps = ctx.extras.get(f"random/{m}")
         if random_maps is None:
             continue
-        value = finite_mean(spearman_similarity(ctx.maps[m], random_maps, size=ctx.size))
+        # degenerate pairs (all-zero maps on both sides) are left out, never "similar" (metrics.sanity)
+        value = finite_mean(sanity_scores(ctx.maps[m], random_maps, size=ctx.size))
         if value is not None:
             out.scalars[f"xai/{m}/sanity_similarity"] = value
     return out
@@ -146,9 +147,8 @@ def _sanity(ctx: MeasureContext) -> MeasureResult:
 
 register_measure(Measure(
     "sanity", lambda methods: {f"xai/{m}/sanity_similarity" for m in methods}, _sanity, stage="sanity",
-    options={"layers": Option(None, lambda v: v is None or (is_int(v) and v >= 1),
-                              "None (all layers) or an int >= 1 (layers re-initialised from the output side)"),
-             "threshold": Option(0.5, lambda v: is_number(v) and -1.0 <= v <= 1.0,
-                                 "a float in [-1, 1] (warn when a method's mean similarity exceeds it)")},
+    options={"layers": integer(None, 1, 100_000, "layers re-initialised from the output side; checked against "
+                               "the model at setup", none="all layers"),
+             "threshold": number(0.5, -1.0, 1.0, "warn when a method's mean similarity exceeds it")},
     cost="one explanation round on a weight-randomised copy of the model, at the end of fit",
 ))

@@ -15,9 +15,10 @@ import torch
 from torch import Tensor, nn
 
 from lightning_xai.metrics._utils import _as_heatmap, _check_size
+from lightning_xai.metrics.degenerate import degenerate_rows
 from lightning_xai.metrics.stability import spearman_similarity
 
-__all__ = ["INPUT_WEIGHTED", "parameterized_layers", "randomized_copy", "sanity_similarity"]
+__all__ = ["INPUT_WEIGHTED", "parameterized_layers", "randomized_copy", "sanity_scores", "sanity_similarity"]
 
 #: Methods whose maps are weighted by the input itself (Integrated Gradients in pixel space multiplies by
 #: ``x - baseline``). Their maps keep the image's structure whatever the weights, so they are expected to stay
@@ -121,6 +122,28 @@ def randomized_copy(model: nn.Module, num_layers: int | None = None, seed: int =
     return randomized
 
 
+def sanity_scores(real: Tensor, randomized: Tensor, size: int = 16) -> Tensor:
+    """Per-probe similarity of the real model's maps to the randomised model's (Spearman of the absolute heatmaps);
+    NaN where either map is degenerate (all zero, constant, non-finite: :mod:`lightning_xai.metrics.degenerate`).
+
+    Two empty maps are not "similar": they say nothing, so they never count as a method that "barely changes" when
+    the weights are randomised (a rank correlation would call them identical, 1.0). Average with a NaN-skipping mean.
+
+    Shape:
+        - real, randomized: ``(N, C, H, W)`` (or heatmaps ``(N, 1, H, W)``)
+        - output: ``(N,)``
+
+    Example::
+
+        >>> maps = torch.rand(2, 1, 8, 8)
+        >>> sanity_scores(torch.stack([maps[0], torch.zeros(1, 8, 8)]), maps).isnan().tolist()
+        [False, True]
+    """
+    sim = spearman_similarity(real, randomized, size)
+    bad = (degenerate_rows(real) | degenerate_rows(randomized)).to(sim.device)
+    return torch.where(bad, torch.full_like(sim, float("nan")), sim)
+
+
 def sanity_similarity(
     model: nn.Module,
     explain_fn: Callable[[nn.Module], Mapping[str, Tensor]],
@@ -147,7 +170,8 @@ def sanity_similarity(
         reference: the real model's maps if already computed (skips one ``explain_fn(model)`` call).
 
     Returns:
-        ``{method: (N,) tensor}`` for every method of the reference maps.
+        ``{method: (N,) tensor}`` for every method of the reference maps (:func:`sanity_scores`: NaN where either
+        map is degenerate).
 
     Shape:
         - each map: ``(N, C, H, W)``
@@ -169,7 +193,7 @@ def sanity_similarity(
             f"`explain_fn` returned no maps for {missing} on the randomised copy; it returned {list(random_maps)}"
         )
     return {
-        name: spearman_similarity(
+        name: sanity_scores(
             _as_heatmap(maps, f"maps[{name!r}]"), _as_heatmap(random_maps[name], f"random maps[{name!r}]"), size
         )
         for name, maps in real.items()

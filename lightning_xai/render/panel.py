@@ -29,6 +29,8 @@ __all__ = [
     "Line",
     "ProbeRenderer",
     "compose_panel",
+    "display_order",
+    "id_range",
     "overlay_panel",
     "overlay_tiles",
     "tile_shape",
@@ -47,6 +49,31 @@ PANEL_PROBES = 8
 
 #: A caption line: plain text, or ``(text, (r, g, b))`` to colour it.
 Line = str | tuple[str, tuple[int, int, int]]
+
+
+def display_order(ids: Sequence[int] | Tensor | None, n: int) -> list[int]:
+    """Positions of ``n`` probes in the order they are shown: ascending ``ids`` (stable), or as given without ids.
+
+    The panels, their titles and the timeline rows all follow it, so ``#0 #1 #2 ...`` read left to right, top to
+    bottom, and a panel's title names the ids it shows.
+
+    Example::
+
+        >>> display_order([1, 2, 3, 0], 4)
+        [3, 0, 1, 2]
+    """
+    if ids is None:
+        return list(range(n))
+    values = [int(i) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)]
+    if len(values) != n:
+        raise ValueError(f"`ids` must have one entry per probe ({n}), got {len(values)}")
+    return sorted(range(n), key=lambda i: values[i])
+
+
+def id_range(ids: Sequence[int]) -> str:
+    """``#3-#10`` (or ``#3`` for one id): how a panel names the probe ids it shows, first to last."""
+    ids = [int(i) for i in ids]
+    return f"#{ids[0]}" if len(ids) == 1 else f"#{ids[0]}-#{ids[-1]}"
 
 
 def _check_int(value: object, name: str, minimum: int) -> int:
@@ -174,28 +201,35 @@ class ProbeRenderer:
         ncol: int = 4,
         caption_lines: int | None = None,
         font_size: int = 10,
+        ids: Sequence[int] | Tensor | None = None,
     ) -> tuple[list[tuple[Tensor, int, int]], Tensor]:
         """Panels of at most ``group`` probes each, and all tiles: ``([(panel, start, stop), ...], tiles)``.
 
-        Each panel's title is ``title`` followed by the probes it shows (``grad_cam | epoch 3 | probes 9-16/16 | 2 flagged``) when there is more than
-        one group, and by how many of them are flagged.
+        With ``ids`` the probes are shown in ascending id order (:func:`display_order`) and ``start:stop`` are
+        positions in that order; ``tiles`` stay in the probes' own order. Each panel's title is ``title`` followed,
+        when there is more than one group, by the probes it shows (``grad_cam | epoch 3 | #8-#15 of 16 | 2 flagged``
+        with ids, ``probes 9-16/16`` without), and by how many of them are flagged.
         """
         _check_int(group, "group", 1)
         n = self.num_probes
         lines = _captions(captions, n)
         flags = _mask(flagged, n, "flagged")
+        order = display_order(ids, n)
+        id_values = None if ids is None else [int(i) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)]
         tiles, degenerate = self.tiles(heatmaps)
         panels = []
         for start in range(0, n, group):
             stop = min(n, start + group)
+            shown = order[start:stop]
             parts = [title] if title else []
             if n > group:
-                parts.append(f"probes {start + 1}-{stop}/{n}")
-            count = sum(flags[start:stop])
+                parts.append(f"probes {start + 1}-{stop}/{n}" if id_values is None else
+                             f"{id_range([id_values[i] for i in shown])} of {n}")
+            count = sum(flags[i] for i in shown)
             if count:
                 parts.append(f"{count} flagged")
-            panel = compose_panel(tiles[start:stop], lines[start:stop], title=" | ".join(parts) or None,
-                                  flagged=flags[start:stop], degenerate=degenerate[start:stop], ncol=ncol,
+            panel = compose_panel(tiles[shown], [lines[i] for i in shown], title=" | ".join(parts) or None,
+                                  flagged=[flags[i] for i in shown], degenerate=degenerate[shown], ncol=ncol,
                                   caption_lines=caption_lines, font_size=font_size)
             panels.append((panel, start, stop))
         return panels, tiles

@@ -150,25 +150,56 @@ def caption(
 
 
 
-@lru_cache(maxsize=4096)
-def _line_mask(text: str, max_width: int, size: int) -> np.ndarray:
-    """Coverage mask ``(line_height, w, 1)`` (int32, 0-255) of one line of text, truncated to ``max_width`` pixels.
+#: Lines of text kept drawn (each cache): enough for every caption of a round, bounded so that lines seen once (a
+#: title with the epoch, a probability) do not pile up over a long run (4096 lines grew the monitor ~0.5 MB/epoch).
+TEXT_CACHE_LINES = 256
+_SHORT_TAIL = 6  # a last word this short (a score: ".98", "1.0") is kept when a line is shortened
 
-    Cached: probe ids, labels and titles repeat from epoch to epoch and across methods, so most lines are drawn once
-    per run.
+
+def _fit_line(text: str, max_width: int, size: int) -> tuple[str, int]:
+    """``(text, size)`` that fits ``max_width``: the line as it is; else the same line one font size smaller (it
+    still fits the line's slot); else, when the line ends in a short word such as a score, the words before it
+    shortened with an ellipsis (``p=hexag… .98``: the number stays readable); else the line cut with an ellipsis."""
+    font, _, unicode_ok = _font(size)
+    ellipsis = "\u2026" if unicode_ok else "..."
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    if probe.textlength(text, font=font) <= max_width:
+        return text, size
+    if size - 1 >= _MIN_FONT and probe.textlength(text, font=_font(size - 1)[0]) <= max_width:
+        return text, size - 1
+    head, _, tail = text.rpartition(" ")
+    if head.strip() and 0 < len(tail) <= _SHORT_TAIL:
+        room = max_width - probe.textlength(" " + tail, font=font)
+        short = _fit(probe, head, font, room, ellipsis) if room > 0 else ""
+        if short and short != ellipsis:
+            return f"{short} {tail}", size
+    return _fit(probe, text, font, max_width, ellipsis), size
+
+
+@lru_cache(maxsize=TEXT_CACHE_LINES)
+def _line_mask(text: str, max_width: int, size: int) -> np.ndarray:
+    """Coverage mask ``(line_height, w, 1)`` (uint8, 0-255) of one line of text, fitted to ``max_width`` pixels by
+    :func:`_fit_line` (drawn at most one size smaller, on the same baseline).
+
+    Cached (:data:`TEXT_CACHE_LINES` lines): probe ids, labels and titles repeat from epoch to epoch and across
+    methods, so most lines are drawn once per run.
     """
-    font, line_height, unicode_ok = _font(size)
+    _, line_height, unicode_ok = _font(size)
     text = " ".join(text.splitlines())
     if not unicode_ok:
         text = text.encode("latin-1", errors="replace").decode("latin-1")
-    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
-    text = _fit(probe, text, font, max_width, "\u2026" if unicode_ok else "...")
+    text, drawn = _fit_line(text, max_width, size)
     if not text:
-        return np.zeros((line_height, 0, 1), dtype=np.int32)
+        return np.zeros((line_height, 0, 1), dtype=np.uint8)
+    font = _font(drawn)[0]
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
     width = max(1, min(max_width, int(probe.textlength(text, font=font)) + 1))
     mask = Image.new("L", (width, line_height), 0)
-    ImageDraw.Draw(mask).text((0, 0), text, font=font, fill=255)
-    out = np.asarray(mask, dtype=np.int32)[:, :, None]
+    offset = 0
+    if drawn != size and hasattr(font, "getmetrics"):  # the smaller font on the line's baseline
+        offset = max(0, _font(size)[0].getmetrics()[0] - font.getmetrics()[0])
+    ImageDraw.Draw(mask).text((0, offset), text, font=font, fill=255)
+    out = np.asarray(mask, dtype=np.uint8)[:, :, None]
     out.setflags(write=False)
     return out
 
@@ -193,17 +224,17 @@ def _draw_text(canvas: np.ndarray, x: int, y: int, text: str, *, max_width: int,
     w = min(mask.shape[1], canvas.shape[1] - x)
     if h <= 0 or w <= 0:
         return
-    cover = mask[:h, :w]
+    cover = mask[:h, :w].astype(np.int32)
     region = canvas[y : y + h, x : x + w]
     fg = np.asarray(color, dtype=np.int32)
     region[...] = (region * (255 - cover) + fg * cover + 127) // 255
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=TEXT_CACHE_LINES)
 def _text_patch(text: str, max_width: int, size: int, color: tuple[int, int, int],
                 background: tuple[int, int, int]) -> np.ndarray:
     """One line of text composited on a solid ``background``: ``uint8 (line_height, w, 3)``, cached."""
-    cover = _line_mask(text, max_width, size)
+    cover = _line_mask(text, max_width, size).astype(np.int32)
     bg = np.asarray(background, dtype=np.int32)
     fg = np.asarray(color, dtype=np.int32)
     patch = ((bg * (255 - cover) + fg * cover + 127) // 255).astype(np.uint8)

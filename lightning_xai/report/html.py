@@ -3,36 +3,24 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
+import secrets
 from datetime import datetime, timezone
-from html import escape
 from pathlib import Path
 
-from lightning_xai.metrics.sanity import INPUT_WEIGHTED
-from lightning_xai.report.layout import chart_of, custom_scalars_layout
+from lightning_xai.report.layout import custom_scalars_layout, describe, key_order
 from lightning_xai.report.logs import RunData, find_runs, load_run
+from lightning_xai.report.markup import Markup, document, element, markdown
 from lightning_xai.report.svg import line_chart
 
-__all__ = ["REPORT_FILE", "build_report", "save_report", "write_report"]
+__all__ = ["REPORT_FILE", "build_report", "load_newest", "report_path", "save_report", "write_report"]
 
 #: The report's file name, in the run's log directory.
 REPORT_FILE = "xai_report.html"
 _NAMES = {"grad_cam": "Grad-CAM", "saliency": "saliency", "integrated_gradients": "Integrated Gradients"}
 _KEY = re.compile(r"^xai/(?P<method>[^/]+)/(?P<metric>[^/]+)$")
-_METRIC_MEANING = {
-    "stability": "rank correlation with the previous explained epoch's map (1 = unchanged)",
-    "topk_overlap": "share of the top-10% pixels kept from the previous epoch",
-    "drift": "probes flagged as drifting this epoch",
-    "pointing_game": "share of maps whose peak falls inside the object's mask",
-    "relevance_mass": "share of the map's mass inside the object's mask",
-    "completeness_error": "median |sum(attr) - (f(x) - f(baseline))| / |f(x) - f(baseline)| (0 = exact)",
-    "completeness_error_p90": "90th percentile of the completeness error",
-    "completeness_error_max": "largest completeness error",
-    "deletion_auc": "target probability as the most relevant pixels are removed (low = faithful)",
-    "insertion_auc": "target probability as the most relevant pixels are inserted (high = faithful)",
-    "sanity_similarity": "similarity to the maps of a weight-randomised copy (low = the maps depend on the weights)",
-}
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1180px;margin:24px auto;padding:0 16px;color:#222}
 h1{font-size:22px;margin-bottom:4px} h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
@@ -43,6 +31,8 @@ th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums
 figure{margin:8px 0 20px 0} figcaption{font-size:13px;color:#555;margin-top:4px}
 img.pix{image-rendering:pixelated;max-width:100%} .event{border-left:3px solid #D55E00;padding:2px 12px;margin:12px 0}
 .panels{display:flex;flex-wrap:wrap;gap:16px}
+.alarm{border-left:4px solid #D55E00;background:#fff7f2;padding:4px 14px;margin:12px 0}
+.alarm h3{margin:6px 0;color:#b34700} .quiet{color:#555} code{background:#f2f2f2;padding:0 3px}
 """
 
 
@@ -50,15 +40,20 @@ def _name(method: str) -> str:
     return _NAMES.get(method, method)
 
 
-def _img(png: bytes, alt: str) -> str:
-    return f'<img class="pix" alt="{escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+def _img(png: bytes, alt: str) -> Markup:
+    return element("img", class_="pix", alt=alt, src=f"data:image/png;base64,{base64.b64encode(png).decode()}")
+
+
+#: Keys every explained method logs (``xai/{method}/{key}``); the views' keys (``xai/projector/silhouette``) are not.
+_METHOD_KEYS = ("stability", "drift", "overlay", "timeline")
 
 
 def _methods(data: RunData) -> list[str]:
     seen: list[str] = []
     for tag in [*data.scalars, *data.images]:
         m = _KEY.match(tag)
-        if m and m["method"] not in ("agreement", "drift") and m["method"] not in seen:
+        if (m and m["metric"] in _METHOD_KEYS and m["method"] not in ("agreement", "drift")
+                and m["method"] not in seen):
             seen.append(m["method"])
     order = list(_NAMES)
     return sorted(seen, key=lambda m: (order.index(m) if m in order else len(order), m))
@@ -74,16 +69,13 @@ def _where(data: RunData, step: int) -> str:
     return f"epoch {epoch} (step {step})" if epoch is not None else f"step {step}"
 
 
-def _drift_events(data: RunData, methods: list[str]) -> list[tuple[int, dict[str, int]]]:
-    steps: dict[int, dict[str, int]] = {}
-    for m in methods:
-        for step, value in data.scalars.get(f"xai/{m}/drift", []):
-            if value > 0:
-                steps.setdefault(step, {})[m] = int(value)
-    for step, value in data.scalars.get("xai/drift/alarm", []):
-        if value > 0:
-            steps.setdefault(step, {})
-    return sorted(steps.items())
+def _epoch(data: RunData, step: int) -> str:
+    epoch = data.epoch_of(step)
+    return f"epoch {epoch}" if epoch is not None else f"step {step}"
+
+
+def _at(series: list[tuple[int, float]], step: int) -> float | None:
+    return next((v for s, v in series if s == step), None)
 
 
 def _value_at_or_before(series: list[tuple[int, float]], step: int) -> float | None:
@@ -94,44 +86,143 @@ def _value_at_or_before(series: list[tuple[int, float]], step: int) -> float | N
     return best
 
 
-def _evidence_moves(data: RunData, methods: list[str], events: list[tuple[int, dict[str, int]]]) -> list[str]:
-    """Where the evidence went, read from the localisation scalars: before the first drift vs the end of the run."""
-    if not events:
-        return []
-    first = events[0][0]
+def _alarm_steps(data: RunData) -> list[int]:
+    """Steps of the epochs that raised a drift alarm (``xai/drift/alarm`` = 1): the epoch-level decision."""
+    return sorted({s for s, v in data.scalars.get("xai/drift/alarm", []) if v > 0.5})
+
+
+def _flagged(data: RunData, methods: list[str]) -> dict[int, dict[str, int]]:
+    """Per step, the probes flagged per method (``xai/{m}/drift`` > 0): evidence, not alarms."""
+    steps: dict[int, dict[str, int]] = {}
+    for m in methods:
+        for step, value in data.scalars.get(f"xai/{m}/drift", []):
+            if value > 0:
+                steps.setdefault(step, {})[m] = int(value)
+    return dict(sorted(steps.items()))
+
+
+_BOLD_LINE = re.compile(r"^\*\*(?P<text>.+)\*\*$")
+_EPOCH_LINE = re.compile(r"^epoch \d+, step \d+$")
+_WHERE_LINE = re.compile(r"^Where it moved \((?P<inner>.*?)\): (?P<rest>.+)$")
+
+
+def _alarm_text(text: str | None) -> tuple[str | None, list[str], list[str]]:
+    """From the epoch's ``xai/drift`` text (untrusted): the detector's headline, the "where it moved" lines and the
+    ids of the probes that moved most (the first column of its probe tables, in order). Missing parts are empty."""
+    if not text:
+        return None, [], []
+    headline, where, probes = None, [], []
+    in_probe_table = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        bold = _BOLD_LINE.match(line)
+        if bold and headline is None and not _EPOCH_LINE.match(bold["text"].strip()):
+            headline = bold["text"].strip()
+        moved = _WHERE_LINE.match(line)
+        if moved:  # "Where it moved (grad_cam, against epoch 5): grad_cam: 9/16 probes ..." -> the clause first
+            against = moved["inner"].partition(", ")[2]
+            where.append(moved["rest"].rstrip(".") + (f" ({against})." if against else "."))
+        elif line.startswith("Per class:"):
+            where.append(line)
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if cells and cells[0] == "probe":
+                in_probe_table = True
+            elif in_probe_table and cells and not set(cells[0]) <= set("-: ") and cells[0] not in probes:
+                probes.append(cells[0])
+        else:
+            in_probe_table = False
+    return headline, where, probes
+
+
+def _mass_moves(data: RunData, methods: list[str], step: int) -> list[str]:
+    """Where the evidence went, read from the localisation scalars: before the alarm, at it, at the end."""
     out = []
     for m in methods:
         series = data.scalars.get(f"xai/{m}/relevance_mass", [])
-        before = _value_at_or_before(series, first - 1)
+        before = _value_at_or_before(series, step - 1)
         if before is None or not series:
             continue
-        at, end = _value_at_or_before(series, first), series[-1][1]
-        out.append(f"{_name(m)}: share of the map on the object {before:.2f} before the first drift, "
-                   f"{at:.2f} at it, {end:.2f} at the end" + (" (the evidence moved off the object)"
-                                                                if end < before - 0.1 else ""))
+        at, end = _value_at_or_before(series, step), series[-1][1]
+        out.append(f"{_name(m)}: share of the map on the object {before:.2f} before the alarm, {at:.2f} at it, "
+                   f"{end:.2f} at the end" + (" (the evidence moved off the object)" if end < before - 0.1 else ""))
     return out
 
 
-def _sanity_words(data: RunData, methods: list[str], threshold: float) -> list[str]:
-    out = []
-    for m in methods:
-        series = data.scalars.get(f"xai/{m}/sanity_similarity")
-        if not series:
-            continue
-        value = series[-1][1]
-        if value <= threshold:
-            out.append(f'<li><b>{_name(m)}</b>: similarity to a randomised model <span class="ok">{value:.2f}</span> '
-                       f"(at most {threshold:.2f}): the maps depend on the trained weights, as they should.</li>")
-        elif m in INPUT_WEIGHTED:  # how the method works, not a failure of this run
-            out.append(f"<li><b>{_name(m)}</b>: similarity to a randomised model {value:.2f} (above {threshold:.2f}), "
-                       "as expected: the method multiplies the gradient by the input (x - baseline), so its maps "
-                       "keep the image's structure whatever the weights (Adebayo et al. 2018 show the same for "
-                       "gradient x input). Read them for where the image's evidence lies; judge what the model "
-                       "learnt with the methods that pass.</li>")
+def _alarm_summary(data: RunData, methods: list[str], step: int, text: str | None, last_step: int) -> Markup:
+    """One alarm: when, the evidence, where it moved, what to do."""
+    headline, where, probes = _alarm_text(text)
+    score = _at(data.scalars.get("xai/drift/score", []), step)
+    per_method = [(m, _at(data.scalars.get(f"xai/{m}/drift_score", []), step)) for m in methods]
+    flagged = [(m, _at(data.scalars.get(f"xai/{m}/drift", []), step)) for m in methods]
+    evidence: list[object] = []
+    if score is not None:
+        evidence.append(f"epoch evidence {score:.2f} (an alarm at >= 1)")
+    strong = [f"{_name(m)} {v:.2f}" for m, v in sorted(per_method, key=lambda mv: -(mv[1] or 0)) if v is not None]
+    if strong:
+        evidence.append("per method " + ", ".join(strong))
+    counts = [f"{_name(m)} {int(v)}" for m, v in flagged if v is not None]
+    if counts:
+        evidence.append("probes flagged " + ", ".join(counts))
+    said = "; ".join(str(e) for e in evidence) + "." if evidence else "xai/drift/alarm = 1 (no evidence scalars)."
+    items = [element("li", element("b", "Evidence: "), said,
+                     [element("br"), "The detector: ", element("em", headline)] if headline else None)]
+    moves = where + _mass_moves(data, methods, step)
+    if moves:
+        items.append(element("li", element("b", "Where it moved: "), element("br"),
+                             [[line, element("br")] for line in moves[:-1]], moves[-1]))
+    look = (f"look at probes {', '.join('#' + p for p in probes[:8])} (those that moved most; their tiles are "
+            f"outlined in the overlays at {_epoch(data, step)} and in the timelines below)") if probes else (
+        f"look at the overlays at {_epoch(data, step)} and the timelines below (flagged probes are outlined)")
+    items.append(element("li", element("b", "What to do: "), look, ". If the change is intended (new data, an "
+                         "augmentation, a planned fine-tune), accept it: ", element("code",
+                         "monitor.drift_detector.accept()"), " makes the current maps the reference. If not, "
+                         f"investigate what the model started to use around {_epoch(data, step)}: a cue in the "
+                         "training data where the maps moved, a label or pipeline change."))
+    active = data.scalars.get("xai/drift/active", [])
+    after = [(s, v) for s, v in active if s >= step]
+    if after:
+        back = next((s for s, v in after if v < 0.5), None)
+        if back is None:
+            items.append(element("li", f"Still different at the last explained epoch ({_epoch(data, last_step)}): "
+                                 "xai/drift/active = 1, the model kept the new behaviour."))
         else:
-            out.append(f'<li><b>{_name(m)}</b>: similarity to a randomised model <span class="warn">{value:.2f}'
-                       f"</span> (above {threshold:.2f}): the maps change little when the weights are destroyed, so "
-                       "they say little about what this model learnt; prefer a method that passes.</li>")
+            items.append(element("li", f"The explanations were back to the reference by {_epoch(data, back)} "
+                                 "(xai/drift/active = 0)."))
+    return element("div", element("h3", f"Alarm at {_where(data, step)}"), element("ul", items), class_="alarm")
+
+
+def _input_weighted() -> frozenset[str]:
+    # imported here: lightning_xai.metrics brings torchmetrics (seconds), which the report needs only for this name
+    from lightning_xai.metrics.sanity import INPUT_WEIGHTED
+
+    return frozenset(INPUT_WEIGHTED)
+
+
+def _sanity_words(data: RunData, methods: list[str], threshold: float) -> list[Markup]:
+    values = {m: data.scalars[f"xai/{m}/sanity_similarity"][-1][1] for m in methods
+              if data.scalars.get(f"xai/{m}/sanity_similarity")}
+    passing = [_name(m) for m, v in values.items() if v <= threshold]
+    judge = (f"judge what the model learnt with {' and '.join(passing)}, which "
+             f"{'pass' if len(passing) > 1 else 'passes'}" if passing else
+             "no method passed here, so read every map with care")
+    out = []
+    for m, value in values.items():
+        name = element("b", _name(m))
+        if value <= threshold:
+            out.append(element("li", name, ": similarity to a randomised model ",
+                               element("span", f"{value:.2f}", class_="ok"),
+                               f" (at most {threshold:.2f}): the maps depend on the trained weights, as they should."))
+        elif m in _input_weighted():  # how the method works, not a failure of this run
+            out.append(element("li", name, f": similarity to a randomised model {value:.2f} (above {threshold:.2f}), "
+                               "as expected: the method multiplies the gradient by the input (x - baseline), so its "
+                               "maps keep the image's structure whatever the weights (Adebayo et al. 2018 show the "
+                               f"same for gradient x input). Read them for where the image's evidence lies; {judge}."))
+        else:
+            out.append(element("li", name, ": similarity to a randomised model ",
+                               element("span", f"{value:.2f}", class_="warn"),
+                               f" (above {threshold:.2f}): the maps change little when the weights are destroyed, so "
+                               f"they say little about what this model learnt; {judge}."))
     return out
 
 
@@ -146,21 +237,32 @@ def _short_names(tags: list[str]) -> dict[str, str]:
     return names if len(set(names.values())) == len(names) else {t: "/".join(p) for t, p in zip(tags, parts)}
 
 
-def _markdown(text: str) -> str:
-    try:
-        import markdown  # a dependency of tensorboard
-
-        return markdown.markdown(text, extensions=["tables"])
-    except ImportError:  # pragma: no cover - tensorboard always brings it
-        return f"<pre>{escape(text)}</pre>"
+def _overlays_shown(overlays: list[tuple[int, bytes]], alarms: list[int]) -> list[tuple[int, bytes, str]]:
+    """The overlays the report shows: the epoch before the first alarm, the alarm, and the last epoch."""
+    shown: list[tuple[int, bytes, str]] = []
+    if alarms:
+        first = alarms[0]
+        before = [o for o in overlays if o[0] < first]
+        if before:
+            shown.append((*before[-1], "before the alarm"))
+        shown += [(*o, "the alarm") for o in overlays if o[0] == first]
+    if overlays and overlays[-1][0] not in {s for s, _, _ in shown}:
+        shown.append((*overlays[-1], "the last explained epoch"))
+    return shown
 
 
 def build_report(data: RunData, *, sanity_threshold: float = 0.5) -> str:
     """The report of one run as an HTML string (self-contained: images as data URIs, charts as inline SVG).
 
-    Sections: a summary in plain words (what was explained, when drift was flagged and where the evidence moved,
-    the sanity check), the curves (the same charts as the TensorBoard dashboard), each method's timeline and last
-    overlays, the drift events as logged, and a table of the quality metrics (first and last value).
+    Sections: a summary that leads with the drift alarms (``xai/drift/alarm`` = 1: when, the evidence, where the
+    maps moved, what to do), then what was explained, the probes flagged without an alarm (evidence only), the
+    sanity check; the curves (the dashboard's charts, alarm epochs marked); each method's timeline and overlays
+    (before the first alarm, at it, the last); the ``xai/drift`` text of each alarm; every metric's first and last
+    value with what it means.
+
+    Everything read from the logs (tags, texts, class names) is untrusted: the page is built with
+    :mod:`lightning_xai.report.markup` (escaped by construction) and carries a Content-Security-Policy that allows no
+    script at all.
 
     Args:
         data: the run's logs (:func:`~lightning_xai.report.load_run`).
@@ -169,39 +271,52 @@ def build_report(data: RunData, *, sanity_threshold: float = 0.5) -> str:
     methods = _methods(data)
     xai = {tag: s for tag, s in data.scalars.items() if tag.startswith("xai/")}
     steps = sorted({s for tag, series in xai.items() if tag.endswith("/stability") for s, _ in series})
-    events = _drift_events(data, methods)
+    alarms = _alarm_steps(data)
+    flagged = _flagged(data, methods)
+    texts = dict(data.texts.get("xai/drift", []))
     x_label = "epoch" if data.scalars.get("epoch") else "step"
-    body = [f"<h1>lightning_xai report</h1><div class='meta'>{escape(str(data.path))} &middot; read from "
-            f"{'TensorBoard event files' if data.source == 'events' else 'the PNG/CSV/Markdown files'} &middot; "
-            f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}</div>"]
+    source = "TensorBoard event files" if data.source == "events" else "the PNG/CSV/Markdown files"
+    body: list[Markup] = [element("h1", "lightning_xai report"), element(
+        "div", f"{data.path} \u00b7 read from {source} \u00b7 {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        class_="meta")]
 
-    # ---------------------------------------------------------------- summary in plain words
-    summary = []
+    # ---------------------------------------------------------------- summary: the alarms first
+    body.append(element("h2", "Summary"))
+    last_step = steps[-1] if steps else max((s for series in xai.values() for s, _ in series), default=0)
+    if alarms:
+        n = len(alarms)
+        body.append(element("p", element("span", f"{n} drift alarm{'s' if n > 1 else ''}", class_="warn"),
+                            f" in {len(steps)} explained epochs: " + ", ".join(_epoch(data, s) for s in alarms)
+                            + ". An alarm is the epoch-level decision: the explanations of the probes, taken "
+                            "together, moved more than this run's own noise allows."))
+        body += [_alarm_summary(data, methods, s, texts.get(s), last_step) for s in alarms]
+    elif "xai/drift/alarm" in xai:
+        body.append(element("p", element("span", "No drift alarm", class_="ok"),
+                            f" in {len(steps)} explained epochs: after the warm-up the explanations never moved more "
+                            "than this run's own noise allows."))
+    summary: list[object] = []
     if steps:
         summary.append(f"Explained {len(steps)} times, from {_where(data, steps[0])} to {_where(data, steps[-1])}, "
                        f"with {', '.join(_name(m) for m in methods)}.")
-    if events:
-        parts = []
-        for step, counts in events:
-            flagged = ", ".join(f"{_name(m)} {n}" for m, n in counts.items()) or "alarm raised"
-            parts.append(f"{_where(data, step)}: {flagged}")
-        summary.append('<span class="warn">Drift flagged</span> (probes flagged per method) at ' + "; ".join(parts)
-                       + ".")
-        summary.extend(_evidence_moves(data, methods, events))
-    elif steps:
-        summary.append('<span class="ok">No drift flagged</span>: after the warm-up, no probe\'s map changed more '
-                       "than its own history allows.")
+    quiet = {s: c for s, c in flagged.items() if s not in alarms}
+    if quiet:
+        parts = [f"{_epoch(data, s)}: " + ", ".join(f"{_name(m)} {k}" for m, k in c.items()) for s, c in quiet.items()]
+        summary.append(f"Probes flagged without an alarm (evidence, not drift) at {len(quiet)} epoch"
+                       f"{'s' if len(quiet) > 1 else ''}: " + "; ".join(parts) + ". A flagged probe moved beyond "
+                       "its own noise floor; single probes do that in normal training, so only the epoch's evidence "
+                       "over all probes and methods raises an alarm.")
     finals = [f"{_name(m)} {xai[f'xai/{m}/stability'][-1][1]:.2f}" for m in methods if f"xai/{m}/stability" in xai]
     if finals:
         summary.append(f"Stability at the last explained epoch: {', '.join(finals)} (1 = the same map as the epoch "
                        "before).")
+    body.append(element("ul", [element("li", s) for s in summary], class_="summary"))
     sanity = _sanity_words(data, methods, sanity_threshold)
-    body.append("<h2>Summary</h2><ul class='summary'>" + "".join(f"<li>{s}</li>" for s in summary) + "</ul>")
     if sanity:
-        body.append("<h3>Sanity check (model randomisation)</h3><ul class='summary'>" + "".join(sanity) + "</ul>")
+        body.append(element("h3", "Sanity check (model randomisation, at the end of fit)"))
+        body.append(element("ul", sanity, class_="summary"))
 
-    # ---------------------------------------------------------------- curves: the dashboard's charts
-    markers = [(_x(data, step), f"drift at {_where(data, step)}") for step, _ in events]
+    # ---------------------------------------------------------------- curves: the dashboard's charts, alarms marked
+    markers = [(_x(data, step), f"alarm, {_epoch(data, step)}") for step in alarms]
     layout = custom_scalars_layout(xai)
     charts = []
     for title, (_, patterns) in next(iter(layout.values()), {}).items():
@@ -209,83 +324,122 @@ def build_report(data: RunData, *, sanity_threshold: float = 0.5) -> str:
         tags = [t for t in tags if t in xai]
         names = _short_names(tags)
         series = {names[t]: [(_x(data, s), v) for s, v in xai[t]] for t in tags}
-        y_range = (0.0, 1.0) if any(w in title for w in ("stability", "overlap", "localisation", "sanity")) else None
-        charts.append(line_chart(series, title=title, x_label=x_label, y_range=y_range, markers=markers))
+        bounded = any(w in title for w in ("stability", "overlap", "localisation: p", "localisation: r", "agreement"))
+        charts.append(line_chart(series, title=title, x_label=x_label, y_range=(0.0, 1.0) if bounded else None,
+                                 markers=markers, marker_labels=True))
     if charts:
-        body.append("<h2>Curves</h2><div class='charts'>" + "".join(charts) + "</div>")
+        note = (" Dashed lines: the alarm epochs." if alarms else "")
+        body += [element("h2", "Curves"), element("p", "The charts of the TensorBoard dashboard (Custom Scalars tab)."
+                                                  + note, class_="quiet"), element("div", charts, class_="charts")]
 
     # ---------------------------------------------------------------- pictures
     for m in methods:
-        pictures = []
+        pictures: list[Markup] = []
         timeline = data.latest("images", f"xai/{m}/timeline")
         if timeline is not None:
-            pictures.append(f"<figure>{_img(timeline[1], f'{m} timeline')}<figcaption>Each probe (row) across the "
-                            "explained epochs (columns); flagged probes outlined.</figcaption></figure>")
-        overlays = data.images.get(f"xai/{m}/overlay", [])
-        shown = []
-        if events:
-            shown += [o for o in overlays if o[0] == events[0][0]]
-        if overlays and overlays[-1] not in shown:
-            shown.append(overlays[-1])
-        panels = [f"<figure>{_img(png, f'{m} overlay')}<figcaption>{_where(data, step)}</figcaption></figure>"
-                  for step, png in shown]
+            pictures.append(element("figure", _img(timeline[1], f"{m} timeline"), element(
+                "figcaption", "Each probe (row) across the explained epochs (columns); flagged probes outlined.")))
+        shown = _overlays_shown(data.images.get(f"xai/{m}/overlay", []), alarms)
+        panels = [element("figure", _img(png, f"{m} overlay"), element("figcaption", f"{_where(data, step)}: {what}"))
+                  for step, png, what in shown]
         if panels:
-            pictures.append("<div class='panels'>" + "".join(panels) + "</div>")
+            pictures.append(element("div", panels, class_="panels"))
         if pictures:
-            body.append(f"<h2>{escape(_name(m))}</h2>" + "".join(pictures))
+            body += [element("h2", _name(m)), *pictures]
 
-    # ---------------------------------------------------------------- drift events as logged
-    if events:
-        texts = dict(data.texts.get("xai/drift", []))
-        items = [f"<div class='event'><h3>{_where(data, step)}</h3>{_markdown(texts[step])}</div>"
-                 for step, _ in events if step in texts]
-        if items:
-            body.append("<h2>Drift events</h2>" + "".join(items))
+    # ---------------------------------------------------------------- each alarm's text as logged
+    items = [element("div", element("h3", f"Alarm at {_where(data, step)}"), markdown(texts[step]), class_="event")
+             for step in alarms if step in texts]
+    if items:
+        body += [element("h2", "The alarms as logged (xai/drift text)"), *items]
 
-    # ---------------------------------------------------------------- quality metrics
+    # ---------------------------------------------------------------- every metric, in the dashboard's order
     rows = []
-    for tag in sorted(xai, key=lambda t: (chart_of(t), t)):
+    for tag in sorted(xai, key=lambda t: key_order(t, methods)):
         series = xai[tag]
-        match = _KEY.match(tag)
-        meaning = _METRIC_MEANING.get(match["metric"], "") if match else ""
-        if tag.startswith("xai/agreement/"):
-            meaning = "rank correlation between the two methods' maps"
-        first, last = series[0][1], series[-1][1]
-        rows.append(f"<tr><td>{escape(tag)}</td><td class='num'>{first:.3f}</td><td class='num'>{last:.3f}</td>"
-                    f"<td>{escape(meaning)}</td></tr>")
+        values = [v for _, v in series]
+        rows.append(element("tr", element("td", element("code", tag)),
+                            [element("td", f"{v:.3f}", class_="num") for v in (values[0], values[-1], max(values))],
+                            element("td", describe(tag) or "-")))
     if rows:
-        body.append("<h2>All metrics</h2><table><tr><th>key</th><th>first</th><th>last</th><th>meaning</th></tr>"
-                    + "".join(rows) + "</table>")
-    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>lightning_xai report</title>"
-            f"<style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>")
+        body += [element("h2", "All metrics"), element(
+            "table", element("tr", [element("th", h) for h in ("key", "first", "last", "max", "meaning")]), rows)]
+    return str(document("lightning_xai report", body, css=_CSS))
+
+
+def load_newest(logdir: str | os.PathLike[str]) -> RunData:
+    """The newest run under ``logdir`` (itself or a sub-directory) that has lightning_xai logs.
+
+    Raises:
+        FileNotFoundError: ``logdir`` does not exist, or holds no lightning_xai logs.
+        NotADirectoryError: ``logdir`` is a file.
+    """
+    for run in find_runs(logdir):  # newest first; a directory without xai/ data (another logger's) is skipped
+        try:
+            return load_run(run)
+        except FileNotFoundError:
+            continue
+    raise FileNotFoundError(f"no lightning_xai logs (event files with xai/ scalars, or xai_scalars.csv) under "
+                            f"{str(logdir)!r}")
 
 
 def write_report(logdir: str | os.PathLike[str], output: str | os.PathLike[str] | None = None, *,
                  sanity_threshold: float = 0.5) -> Path:
     """Read a run's logs under ``logdir`` and write the report; returns its path.
 
-    ``logdir`` is a run directory or a parent of several (the newest run is used). The report goes to ``output``,
-    default ``<run directory>/xai_report.html``.
+    ``logdir`` is a run directory or a parent of several (the newest run is used). The report goes to ``output``
+    (a file, or an existing directory: ``<output>/xai_report.html``), default ``<run directory>/xai_report.html``.
     """
-    data = None
-    for run in find_runs(logdir):  # newest first; a directory without xai/ data (another logger's) is skipped
-        try:
-            data = load_run(run)
-            break
-        except FileNotFoundError:
-            continue
-    if data is None:
-        raise FileNotFoundError(f"no lightning_xai logs (event files with xai/ scalars, or xai_scalars.csv) under "
-                                f"{str(logdir)!r}")
-    return save_report(data, output, sanity_threshold=sanity_threshold)
+    return save_report(load_newest(logdir), output, sanity_threshold=sanity_threshold)
+
+
+def report_path(data: RunData, output: str | os.PathLike[str] | None = None) -> Path:
+    """Where :func:`save_report` writes: ``output``; ``<output>/xai_report.html`` if ``output`` is an existing
+    directory; ``<data.path>/xai_report.html`` without one.
+
+    Raises:
+        FileNotFoundError: the directory that would hold the report does not exist (it is not created: a typo in a
+            path should not make a new directory tree).
+        NotADirectoryError: that "directory" is a file.
+    """
+    path = Path(output) if output is not None else data.path / REPORT_FILE
+    if path.is_dir():
+        path = path / REPORT_FILE
+    parent = path.parent
+    if not parent.exists():
+        raise FileNotFoundError(f"cannot write the report to {str(path)!r}: the directory {str(parent)!r} does not "
+                                "exist")
+    if not parent.is_dir():
+        raise NotADirectoryError(f"cannot write the report to {str(path)!r}: {str(parent)!r} is a file, not a "
+                                 "directory")
+    return path
 
 
 def save_report(data: RunData, output: str | os.PathLike[str] | None = None, *, sanity_threshold: float = 0.5) -> Path:
-    """Write the report of ``data`` to ``output`` (default ``<data.path>/xai_report.html``); returns the path."""
-    path = Path(output) if output is not None else data.path / REPORT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    html = build_report(data, sanity_threshold=sanity_threshold)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, path)  # a reader never sees half a report
+    """Write the report of ``data`` (see :func:`report_path` for where); returns the path.
+
+    The write is atomic: the page goes to a hidden temporary file next to the target, which then replaces it, so a
+    reader never sees half a report; if anything fails, the temporary file is removed and the target is untouched.
+
+    Raises:
+        OSError: the report could not be written (the message names the path and the cause).
+    """
+    path = report_path(data, output)
+    html = build_report(data, sanity_threshold=sanity_threshold).encode("utf-8")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the user's umask applies
+        with os.fdopen(fd, "wb") as f:
+            f.write(html)
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        failure = type(err)(f"cannot write the report to {str(path)!r}: {err.strerror or err}")
+        failure.errno = err.errno
+        raise failure from err
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     return path

@@ -1,51 +1,134 @@
-"""The monitor's TensorBoard dashboard: a custom-scalars layout built from the keys it logs (pure data)."""
+"""The monitor's TensorBoard dashboard: a custom-scalars layout built from the keys it logs (pure data).
+
+One table, :data:`KEYS`, says for every key family which chart it belongs to and what it means; the dashboard, the
+report's curves and the report's table of metrics (in the same order, with these descriptions) are built from it.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
 
-__all__ = ["CATEGORY", "chart_of", "custom_scalars_layout"]
+__all__ = ["CATEGORY", "KEYS", "chart_of", "custom_scalars_layout", "describe", "key_order"]
 
 #: The category (collapsible section) of TensorBoard's Custom Scalars tab.
 CATEGORY = "lightning_xai"
 
-# (chart title, key matcher) in display order; the first match wins. Keys are `xai/{method}/{metric}`,
-# `xai/agreement/{a}_vs_{b}`, `xai/drift/...`, `xai/overhead`.
-_CHARTS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("stability (1 = same map as the previous epoch)", re.compile(r"^xai/[^/]+/stability$")),
-    ("drift: probes flagged, alarm", re.compile(r"^xai/([^/]+/drift|drift(/.*)?)$")),
-    ("top-k overlap with the previous epoch", re.compile(r"^xai/[^/]+/topk_overlap$")),
-    ("localisation: pointing game", re.compile(r"^xai/[^/]+/pointing_game$")),
-    ("localisation: relevance mass on the object", re.compile(r"^xai/[^/]+/relevance_mass$")),
-    ("agreement between methods", re.compile(r"^xai/agreement/")),
-    ("IG completeness error (median, p90, max)", re.compile(r"^xai/[^/]+/completeness_error")),
-    ("faithfulness: deletion / insertion AUC", re.compile(r"^xai/[^/]+/(deletion|insertion)_auc$")),
-    ("sanity: similarity to a randomised model (low is good)", re.compile(r"^xai/[^/]+/sanity_similarity$")),
-    ("monitor overhead (share of epoch time)", re.compile(r"^xai/overhead")),
-)
+ALARM_CHART = "drift alarm (1 = alarm epoch), active, evidence (>= 1 alarms)"
+STABILITY_CHART = "stability (1 = same map as the previous epoch)"
+FLAGGED_CHART = "probes flagged per method (evidence, not an alarm)"
+
+#: ``(key pattern, chart title, description)`` in display order; the first match wins. Keys are
+#: ``xai/{method}/{metric}``, ``xai/agreement/{a}_vs_{b}``, ``xai/drift/...``, ``xai/overhead`` and the views' keys.
+#: One-point series (the sanity check, logged once at the end of fit) get no chart: TensorBoard's "ignore outliers"
+#: scaling hides a lone failing value there; the report and the console give them in words.
+KEYS: tuple[tuple[re.Pattern[str], str | None, str], ...] = tuple((re.compile(p), chart, text) for p, chart, text in (
+    (r"^xai/drift/alarm$", ALARM_CHART, "1 at an epoch that raised a drift alarm (the epoch-level decision), else 0"),
+    (r"^xai/drift/active$", ALARM_CHART,
+     "1 while the explanations still differ from before the last alarm (until accept() or they return), else 0"),
+    (r"^xai/drift/score$", ALARM_CHART,
+     "the epoch's drift evidence, averaged over methods, in units of the alarm threshold (>= 1 alarms)"),
+    (r"^xai/[^/]+/stability$", STABILITY_CHART,
+     "mean rank correlation (Spearman) with the previous explained epoch's map (1 = unchanged)"),
+    (r"^xai/[^/]+/drift$", FLAGGED_CHART,
+     "probes whose map moved beyond their own noise floor this epoch (evidence for the alarm, not an alarm)"),
+    (r"^xai/[^/]+/drift_score$", "evidence per method (>= 1 is an alarm's level)",
+     "this method's drift evidence in units of the alarm threshold (the epoch alarms on the average over methods)"),
+    (r"^xai/[^/]+/shift$", "shift from the reference (0 = the reference maps)",
+     "mean 1 - Spearman to the long-horizon reference maps (end of warm-up, or the maps before the last alarm)"),
+    (r"^xai/[^/]+/topk_overlap$", "top-k overlap with the previous epoch",
+     "share of the top-10% pixels kept from the previous explained epoch (1 = the same pixels)"),
+    (r"^xai/[^/]+/pointing_game$", "localisation: pointing game",
+     "share of maps whose peak falls inside the object's mask"),
+    (r"^xai/[^/]+/relevance_mass$", "localisation: relevance mass on the object",
+     "share of the map's mass inside the object's mask"),
+    (r"^xai/[^/]+/mass_change$", "localisation: mass on the object vs its normal level",
+     "share of the map inside the masks minus its normal level (negative: the evidence left the object)"),
+    (r"^xai/[^/]+/degenerate$", "degenerate maps (all zero, constant or non-finite)",
+     "probes whose map is all zero, constant or non-finite (never counted as stable)"),
+    (r"^xai/agreement/", "agreement between methods", "mean rank correlation between the two methods' maps"),
+    (r"^xai/[^/]+/completeness_error$", "IG completeness error (median, p90, max)",
+     "median |sum(attr) - (f(x) - f(baseline))| / |f(x) - f(baseline)| over the probes (0 = exact)"),
+    (r"^xai/[^/]+/completeness_error_p90$", "IG completeness error (median, p90, max)",
+     "90th percentile of the completeness error over the probes"),
+    (r"^xai/[^/]+/completeness_error_max$", "IG completeness error (median, p90, max)",
+     "largest completeness error over the probes"),
+    (r"^xai/[^/]+/deletion_auc$", "faithfulness: deletion / insertion AUC",
+     "target probability as the most relevant pixels are removed (low = faithful)"),
+    (r"^xai/[^/]+/insertion_auc$", "faithfulness: deletion / insertion AUC",
+     "target probability as the most relevant pixels are inserted (high = faithful)"),
+    (r"^xai/[^/]+/sanity_similarity$", None,
+     "similarity to the maps of a weight-randomised copy, at the end of fit (low = the maps depend on the weights)"),
+    (r"^xai/overhead", "monitor overhead (share of epoch time)",
+     "the monitor's share of the epoch's wall time (rank 0's clock)"),
+    (r"^xai/dissection/units/", "dissection: units detecting each concept",
+     "units of the layer whose top activations overlap the concept's masks (IoU > 0.04)"),
+    (r"^xai/dissection/max_iou/", "dissection: best IoU per concept", "the best unit's IoU with the concept's masks"),
+    (r"^xai/projector/centroid_accuracy$", "projector: class separation of the pool",
+     "nearest-class-centroid accuracy of the penultimate features on the pool"),
+    (r"^xai/projector/silhouette$", "projector: class separation of the pool",
+     "silhouette of the classes in the penultimate features (1 = well separated)"),
+    (r"^xai/activations/dead_fraction$", "activations: dead units",
+     "share of the layer's channels that never activate on the pool"),
+    (r"^xai/max_min/change$", "max/min images: change",
+     "Jaccard distance of the per-class top/bottom pool samples to the previous epoch's"),
+    (r"^xai/activation_max/gain$", "activation maximisation",
+     "logit gained by the optimised input over its starting point"),
+    (r"^xai/activation_max/probability$", "activation maximisation",
+     "softmax probability of the class for its optimised input"),
+))
 
 
-def chart_of(key: str) -> str:
-    """The chart a scalar key belongs to: a known family, else ``"other: <last part of the key>"``.
+def _entry(key: str) -> int | None:
+    for i, (pattern, _, _) in enumerate(KEYS):
+        if pattern.search(key):
+            return i
+    return None
+
+
+def chart_of(key: str) -> str | None:
+    """The chart a scalar key belongs to: a known family, ``None`` for keys charted nowhere (one-point series), else
+    ``"other: <last part of the key>"``.
 
     Example::
 
         >>> chart_of("xai/grad_cam/stability"), chart_of("xai/saliency/drift"), chart_of("xai/x/new_metric")
-        ('stability (1 = same map as the previous epoch)', 'drift: probes flagged, alarm', 'other: new_metric')
+        ('stability (1 = same map as the previous epoch)', 'probes flagged per method (evidence, not an alarm)', 'other: new_metric')
     """
-    for title, pattern in _CHARTS:
-        if pattern.search(key):
-            return title
-    return f"other: {key.rsplit('/', 1)[-1]}"
+    i = _entry(key)
+    if i is None:
+        return f"other: {key.rsplit('/', 1)[-1]}"
+    return KEYS[i][1]
+
+
+def describe(key: str) -> str:
+    """What a logged key means, in one line (``""`` for a key the monitor does not log)."""
+    i = _entry(key)
+    if i is None:
+        return ""
+    text = KEYS[i][2]
+    if key.startswith("xai/agreement/"):
+        pair = key.rsplit("/", 1)[-1].replace("_vs_", " and ")
+        text = f"mean rank correlation between the maps of {pair}"
+    return text
+
+
+def key_order(key: str, methods: Iterable[str] = ()) -> tuple:
+    """Sort key: the family's place in :data:`KEYS`, then the method's place in ``methods``, then the key."""
+    i = _entry(key)
+    parts = key.split("/")
+    methods = list(methods)
+    m = methods.index(parts[1]) if len(parts) > 2 and parts[1] in methods else len(methods)
+    return (len(KEYS) if i is None else i, m, key)
 
 
 def custom_scalars_layout(keys: Iterable[str]) -> dict[str, dict[str, list]]:
     """A layout for ``SummaryWriter.add_custom_scalars``: one multi-line chart per family of the monitor's keys.
 
-    Every method's stability in one chart, the drift counts with the alarm in another, then localisation,
-    agreement, completeness, faithfulness, sanity and overhead, in that order; only families with keys appear.
-    Each chart lists its keys as exact (escaped) tag patterns, so a chart never picks up another family's key.
+    The alarm (with ``active`` and the evidence) first, every method's stability in one chart, the flagged probes per
+    method in another, then the evidence per method, localisation, agreement, completeness, faithfulness, overhead and
+    the views' scalars, in the order of :data:`KEYS`; only families with keys appear. Each chart lists its keys as
+    exact (escaped) tag patterns, so a chart never picks up another family's key.
 
     Args:
         keys: scalar keys (e.g. the ``xai/...`` keys a run logs); keys outside ``xai/`` are ignored.
@@ -55,10 +138,11 @@ def custom_scalars_layout(keys: Iterable[str]) -> dict[str, dict[str, list]]:
 
     Example::
 
-        >>> layout = custom_scalars_layout(["xai/grad_cam/stability", "xai/saliency/stability", "xai/grad_cam/drift"])
-        >>> list(layout["lightning_xai"])
-        ['stability (1 = same map as the previous epoch)', 'drift: probes flagged, alarm']
-        >>> layout["lightning_xai"]["drift: probes flagged, alarm"]
+        >>> layout = custom_scalars_layout(["xai/grad_cam/stability", "xai/drift/alarm", "xai/grad_cam/drift"])
+        >>> list(layout["lightning_xai"])  # doctest: +NORMALIZE_WHITESPACE
+        ['drift alarm (1 = alarm epoch), active, evidence (>= 1 alarms)', 'stability (1 = same map as the previous
+        epoch)', 'probes flagged per method (evidence, not an alarm)']
+        >>> layout["lightning_xai"]["probes flagged per method (evidence, not an alarm)"]
         ['Multiline', ['^xai/grad_cam/drift$']]
     """
     if isinstance(keys, str):
@@ -67,9 +151,13 @@ def custom_scalars_layout(keys: Iterable[str]) -> dict[str, dict[str, list]]:
     for key in sorted(set(keys)):
         if not isinstance(key, str):
             raise TypeError(f"`keys` must be str, got {key!r}")
-        if key.startswith("xai/"):
-            charts.setdefault(chart_of(key), []).append(key)
-    order = {title: i for i, (title, _) in enumerate(_CHARTS)}
+        chart = chart_of(key) if key.startswith("xai/") else None
+        if chart is not None:
+            charts.setdefault(chart, []).append(key)
+    order: dict[str, int] = {}
+    for _, title, _ in KEYS:
+        if title is not None:
+            order.setdefault(title, len(order))
     ordered = sorted(charts, key=lambda t: (order.get(t, len(order)), t))
     if not ordered:
         return {}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from html import escape
+
+from lightning_xai.report.markup import Markup, element
 
 __all__ = ["PALETTE", "line_chart"]
 
@@ -38,9 +39,10 @@ def line_chart(
     x_label: str = "step",
     y_range: tuple[float, float] | None = None,
     markers: Sequence[tuple[float, str]] = (),
+    marker_labels: bool = False,
     width: int = 560,
     height: int = 220,
-) -> str:
+) -> Markup:
     """An SVG line chart with a legend; one polyline (with dots) per series.
 
     Args:
@@ -48,11 +50,12 @@ def line_chart(
         title: shown above the plot.
         x_label: the x axis' name.
         y_range: fixed y limits; default: the data's range (padded; a flat series gets +-0.5).
-        markers: ``[(x, label)]`` drawn as dashed vertical lines (e.g. drift alarms).
+        markers: ``[(x, label)]`` drawn as dashed vertical lines (e.g. drift alarms); the label is the line's tooltip.
+        marker_labels: also write each marker's label next to its line.
         width, height: size in pixels.
 
     Returns:
-        The ``<svg>`` element as a string.
+        The ``<svg>`` element (:class:`~lightning_xai.report.markup.Markup`: every name and label escaped).
 
     Example::
 
@@ -67,13 +70,16 @@ def line_chart(
     legend_h = 16 * math.ceil(len(clean) / 3) if clean else 0
     total_h = height + legend_h
     plot_w, plot_h = width - left - right, height - top - bottom
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{total_h}" '
-           f'viewBox="0 0 {width} {total_h}" font-family="sans-serif" font-size="11">',
-           f'<text x="{left}" y="15" font-size="13" font-weight="bold">{escape(title)}</text>']
+    parts: list[Markup] = [element("text", title, x=left, y=15, font_size=13, font_weight="bold")]
+
+    def svg() -> Markup:
+        return element("svg", parts, xmlns="http://www.w3.org/2000/svg", width=width, height=total_h,
+                       viewBox=f"0 0 {width} {total_h}", font_family="sans-serif", font_size=11)
+
     if not clean:
-        out.append(f'<text x="{left}" y="{top + plot_h / 2}">no data</text></svg>')
-        return "".join(out)
-    xs = [x for pts in clean.values() for x, _ in pts] + [x for x, _ in markers]
+        parts.append(element("text", "no data", x=left, y=top + plot_h / 2))
+        return svg()
+    xs = [x for pts in clean.values() for x, _ in pts] + [float(x) for x, _ in markers]
     ys = [y for pts in clean.values() for _, y in pts]
     x0, x1 = min(xs), max(xs)
     if x1 == x0:
@@ -92,27 +98,28 @@ def line_chart(
     def py(y: float) -> float:
         return top + (1 - (y - y0) / (y1 - y0)) * plot_h
 
-    out.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fafafa" stroke="#bbb"/>')
+    parts.append(element("rect", x=left, y=top, width=plot_w, height=plot_h, fill="#fafafa", stroke="#bbb"))
     for t in _ticks(y0, y1):
-        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{py(t):.1f}" y2="{py(t):.1f}" stroke="#e4e4e4"/>'
-                   f'<text x="{left - 4}" y="{py(t) + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
+        parts.append(element("line", x1=left, x2=left + plot_w, y1=py(t), y2=py(t), stroke="#e4e4e4"))
+        parts.append(element("text", _fmt(t), x=left - 4, y=py(t) + 4, text_anchor="end"))
     integer_x = all(float(x).is_integer() for x in xs)
     for t in _ticks(x0, x1, 8, integer=integer_x):
-        out.append(f'<text x="{px(t):.1f}" y="{top + plot_h + 14}" text-anchor="middle">{_fmt(t)}</text>')
-    out.append(f'<text x="{left + plot_w / 2}" y="{top + plot_h + 28}" text-anchor="middle" fill="#555">'
-               f'{escape(x_label)}</text>')
+        parts.append(element("text", _fmt(t), x=px(t), y=top + plot_h + 14, text_anchor="middle"))
+    parts.append(element("text", x_label, x=left + plot_w / 2, y=top + plot_h + 28, text_anchor="middle",
+                         fill="#555"))
     for x, label in markers:
-        out.append(f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{top}" y2="{top + plot_h}" stroke="#D55E00" '
-                   f'stroke-dasharray="4 3"><title>{escape(label)}</title></line>')
+        parts.append(element("line", element("title", label), x1=px(x), x2=px(x), y1=top, y2=top + plot_h,
+                             stroke="#D55E00", stroke_width=1.5, stroke_dasharray="4 3"))
+        if marker_labels:
+            parts.append(element("text", label, x=px(x) + 3, y=top + 11, fill="#D55E00", font_size=10))
     for i, (name, pts) in enumerate(clean.items()):
         colour = PALETTE[i % len(PALETTE)]
         coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
-        out.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        parts.append(element("polyline", points=coords, fill="none", stroke=colour, stroke_width=2))
         for x, y in pts:
-            out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.5" fill="{colour}">'
-                       f'<title>{escape(name)}: {y:.3g} at {escape(x_label)} {_fmt(x)}</title></circle>')
+            parts.append(element("circle", element("title", f"{name}: {y:.3g} at {x_label} {_fmt(x)}"),
+                                 cx=px(x), cy=py(y), r=2.5, fill=colour))
         lx, ly = left + (i % 3) * (plot_w / 3), height + 4 + 16 * (i // 3)
-        out.append(f'<rect x="{lx:.1f}" y="{ly}" width="12" height="3" fill="{colour}"/>'
-                   f'<text x="{lx + 16:.1f}" y="{ly + 5}">{escape(name)}</text>')
-    out.append("</svg>")
-    return "".join(out)
+        parts.append(element("rect", x=lx, y=ly, width=12, height=3, fill=colour))
+        parts.append(element("text", name, x=lx + 16, y=ly + 5))
+    return svg()

@@ -16,10 +16,19 @@ from lightning_xai.views.attention_graphs import AttentionGraph, attention_graph
 from lightning_xai.views.dissection import Dissection, DissectionView, dissect
 from lightning_xai.views.max_min import MaxMinView, extremes, set_change
 from lightning_xai.views.projector import ProjectorView, nearest_centroid_accuracy, silhouette
-from lightning_xai.views.runner import END_OF_FIT, VIEWS, ViewRunner, concepts_of
+from lightning_xai.views.runner import (
+    END_OF_FIT,
+    POOL_OPTIONS,
+    VIEWS,
+    ViewRunner,
+    check_view_options,
+    concepts_of,
+    view_option_spec,
+)
 
 __all__ = [
     "END_OF_FIT",
+    "POOL_OPTIONS",
     "VIEWS",
     "ActivationMaxView",
     "ActivationsView",
@@ -34,6 +43,7 @@ __all__ = [
     "ViewRunner",
     "attention_graphs",
     "capture",
+    "check_view_options",
     "concepts_of",
     "dissect",
     "extremes",
@@ -44,4 +54,5 @@ __all__ = [
     "silhouette",
     "strongest_channels",
     "to_spatial",
+    "view_option_spec",
 ]

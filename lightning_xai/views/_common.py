@@ -13,11 +13,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.utils import make_grid
 
+from lightning_xai._validation import Option, check_options
 from lightning_xai.attribution import preserved_state, resolve_layer, unwrap_model
 from lightning_xai.render import caption, denormalize, to_uint8, upscale_factor
 
 __all__ = [
-    "Embedding", "ViewContext", "ViewOutput", "capture", "check_fraction", "check_int", "display", "tile_grid",
+    "Embedding", "ViewContext", "ViewOutput", "capture", "checked", "display", "tile_grid",
     "to_spatial",
 ]
 
@@ -114,14 +115,10 @@ class ViewOutput:
     embeddings: list[Embedding] = field(default_factory=list)
 
 
-def check_int(value: Any, name: str, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}")
-
-
-def check_fraction(value: Any, name: str, *, low: float = 0.0, high: float = 1.0) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < float(value) < high:
-        raise ValueError(f"`{name}` must be a float in ({low}, {high}), got {value!r}")
+def checked(owner: str, spec: Mapping[str, Option], **values: Any) -> dict[str, Any]:
+    """A view's (or function's) keyword arguments checked against its option ``spec`` by the one checker
+    (:func:`lightning_xai._validation.check_options`): the message names ``owner``, the option and its value."""
+    return check_options(values, spec, "", owner=owner)
 
 
 def to_spatial(act: Tensor) -> Tensor:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from lightning_xai.views._common import Embedding, ViewOutput
+from lightning_xai.writers.base import write_each
 
 __all__ = ["write_embedding", "write_view_output"]
 
@@ -21,19 +23,27 @@ def write_embedding(writer: Any, embedding: Embedding, step: int) -> bool:
 
 
 def write_view_output(writer: Any, output: ViewOutput, step: int) -> list[str]:
-    """Write every image, scalar, text and embedding of ``output`` at ``step``.
+    """Write every image, scalar, text and embedding of ``output`` at ``step``; one item's failure is not the others'.
 
     Returns:
         The tags that could not be written (non-finite scalars, embeddings the writer cannot take).
+
+    Raises:
+        ItemsError: naming the items that failed, after every other item was written.
     """
     skipped: list[str] = []
+    writes: list[tuple[str, Callable[[], Any]]] = []
     for tag, image in output.images.items():
-        writer.add_image(tag, image, step)
+        writes.append((tag, lambda tag=tag, image=image: writer.add_image(tag, image, step)))
     if output.scalars:
-        skipped += list(writer.add_scalars(output.scalars, step) or [])
+        writes.append(("scalars", lambda: skipped.extend(writer.add_scalars(output.scalars, step) or [])))
     for tag, text in output.texts.items():
-        writer.add_text(tag, text, step)
+        writes.append((tag, lambda tag=tag, text=text: writer.add_text(tag, text, step)))
     for embedding in output.embeddings:
-        if not write_embedding(writer, embedding, step):
-            skipped.append(embedding.tag)
+        def embed(embedding: Embedding = embedding) -> None:
+            if not write_embedding(writer, embedding, step):
+                skipped.append(embedding.tag)
+
+        writes.append((embedding.tag, embed))
+    write_each(writes, "view items")
     return skipped

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_xai._validation import integer, number, seed
 from lightning_xai.attribution import preserved_state, unwrap_model
 from lightning_xai.views._common import (
     OutputTransform,
@@ -18,8 +19,7 @@ from lightning_xai.views._common import (
     ViewOutput,
     _logits,
     capture,
-    check_fraction,
-    check_int,
+    checked,
     tile_grid,
 )
 
@@ -160,20 +160,23 @@ class ActivationMaxView:
     """
 
     name = "activation_max"
+    options = {
+        "every_n_epochs": integer(1, 1, 10**6, "optimise every n-th round"),
+        "steps": integer(64, 1, 4096, "forward + backward passes on num_classes images per run"),
+        "lr": number(0.2, 0.0, 10.0, "Adam learning rate on the image", open_low=True, open_high=True),
+        "jitter": integer(2, 0, 64, "largest roll per step, in pixels"),
+        "blur_every": integer(4, 0, 4096, "blur every this many steps; 0 disables"),
+        "blur_sigma": number(0.5, 0.0, 10.0, "blur standard deviation, in pixels", open_low=True, open_high=True),
+        "l2": number(1e-3, 0.0, 1e6, "weight of the pull towards grey"),
+        "seed": seed(0, "start image and jitter"),
+    }
 
     def __init__(self, every_n_epochs: int = 1, steps: int = 64, lr: float = 0.2, jitter: int = 2,
                  blur_every: int = 4, blur_sigma: float = 0.5, l2: float = 1e-3, seed: int = 0) -> None:
-        check_int(every_n_epochs, "every_n_epochs")
-        check_int(steps, "steps")
-        check_int(jitter, "jitter", minimum=0)
-        check_int(blur_every, "blur_every", minimum=0)
-        check_fraction(lr, "lr", high=10.0)
-        check_fraction(blur_sigma, "blur_sigma", high=10.0)
-        if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not 0 <= l2 < math.inf:
-            raise ValueError(f"`l2` must be a float >= 0, got {l2!r}")
-        self.every_n_epochs = every_n_epochs
-        self.options = {"steps": steps, "lr": float(lr), "jitter": jitter, "blur_every": blur_every,
-                        "blur_sigma": float(blur_sigma), "l2": float(l2), "seed": seed}
+        opts = checked(type(self).__name__, self.options, every_n_epochs=every_n_epochs, steps=steps, lr=lr,
+                       jitter=jitter, blur_every=blur_every, blur_sigma=blur_sigma, l2=l2, seed=seed)
+        self.every_n_epochs = opts.pop("every_n_epochs")
+        self.settings = {**opts, "lr": float(lr), "blur_sigma": float(blur_sigma), "l2": float(l2)}
 
     def __call__(self, ctx: ViewContext) -> ViewOutput:
         if ctx.epoch % self.every_n_epochs != 0:
@@ -182,7 +185,7 @@ class ActivationMaxView:
         classes = list(range(num_classes))
         images, start, final = maximize_class(ctx.model, classes, ctx.images.shape[1:], mean=ctx.mean, std=ctx.std,
                                               output_transform=ctx.output_transform, device=ctx.images.device,
-                                              **self.options)
+                                              **self.settings)
         normed = images
         if ctx.mean is not None:
             normed = normed - torch.tensor(ctx.mean, dtype=torch.float32).view(1, -1, 1, 1)

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_xai._validation import integer
 from lightning_xai.render import apply_colormap
-from lightning_xai.views._common import ViewContext, ViewOutput, check_int, display, tile_grid
+from lightning_xai.views._common import ViewContext, ViewOutput, checked, display, tile_grid
 
 __all__ = ["ActivationsView", "strongest_channels"]
 
@@ -42,12 +43,15 @@ class ActivationsView:
     """
 
     name = "activations"
+    options = {
+        "num_probes": integer(4, 1, 64, "probes shown, one row each"),
+        "num_channels": integer(8, 1, 256, "strongest channels shown per probe"),
+    }
 
     def __init__(self, num_probes: int = 4, num_channels: int = 8) -> None:
-        check_int(num_probes, "num_probes")
-        check_int(num_channels, "num_channels")
-        self.num_probes = num_probes
-        self.num_channels = num_channels
+        opts = checked(type(self).__name__, self.options, num_probes=num_probes, num_channels=num_channels)
+        self.num_probes = opts["num_probes"]
+        self.num_channels = opts["num_channels"]
 
     def __call__(self, ctx: ViewContext) -> ViewOutput:
         acts_all = ctx.outputs("probes")[1]

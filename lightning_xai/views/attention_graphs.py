@@ -14,13 +14,35 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lightning_xai.views._common import OutputTransform, capture, check_fraction, check_int, display, tile_grid
+from lightning_xai._validation import check, check_options, integer, number, path
+from lightning_xai.views._common import OutputTransform, capture, display, tile_grid
 
-__all__ = ["AttentionGraph", "attention_graphs", "render_attention_graphs"]
+__all__ = ["GRAPH_OPTIONS", "AttentionGraph", "attention_graphs", "check_graph_options", "render_attention_graphs"]
+
+#: The options of the end-of-fit structured attention graphs (``view_options['attention_graphs']``).
+GRAPH_OPTIONS = {
+    "num_probes": integer(4, 1, 64, "probes searched, the first of the probe set"),
+    "grid": integer(4, 2, 16, "patches per side; the search grows with grid**2"),
+    "beam": integer(5, 1, 64, "regions kept per size; at most beam * grid**2 forwards per size"),
+    "keep": number(0.9, 0.0, 1.0, "a region is sufficient at this share of the full image's probability",
+                   open_low=True),
+    "max_roots": integer(3, 1, 64, "minimal sufficient regions per probe"),
+    "max_patches": integer(None, 1, 256, "largest region searched, at most grid**2", none="grid**2 // 2"),
+}
+
+
+def check_graph_options(options: Any, root: str = "", owner: str = "attention_graphs") -> dict[str, Any]:
+    """``options`` checked against :data:`GRAPH_OPTIONS` (defaults filled in), ``max_patches <= grid**2`` too."""
+    out = check_options(options, GRAPH_OPTIONS, root, owner=owner)
+    if out["max_patches"] is not None:
+        check(out["max_patches"] <= out["grid"] ** 2, path(root, "max_patches"), out["max_patches"],
+              f"an int in [1, grid**2 = {out['grid'] ** 2}]", owner=owner)
+    return out
 
 
 @dataclass
@@ -113,13 +135,9 @@ def attention_graphs(
     Returns:
         One :class:`AttentionGraph` per probe.
     """
-    check_int(grid, "grid", minimum=2)
-    check_int(beam, "beam")
-    check_int(max_roots, "max_roots")
-    check_fraction(keep, "keep", high=1.0 + 1e-9)
+    check_graph_options({"grid": grid, "beam": beam, "keep": keep, "max_roots": max_roots, "max_patches": max_patches})
     npatch = grid * grid
     max_patches = npatch // 2 if max_patches is None else max_patches
-    check_int(max_patches, "max_patches")
     device = images.device
     size = (int(images.shape[-2]), int(images.shape[-1]))
     patches = _patch_masks(grid, size, device)

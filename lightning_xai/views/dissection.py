@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_xai.views._common import ViewContext, ViewOutput, check_fraction, check_int, display, tile_grid
+from lightning_xai._validation import integer, number
+from lightning_xai.views._common import ViewContext, ViewOutput, checked, display, tile_grid
 
 __all__ = ["Dissection", "DissectionView", "dissect"]
 
@@ -42,6 +43,17 @@ class Dissection:
         best = self.iou.max(dim=1).values if self.iou.numel() else torch.zeros(self.iou.shape[0])
         order = torch.sort(best, descending=True, stable=True).indices[:n]
         return [(int(u), self.concepts[int(self.label[u])], float(best[u])) for u in order]
+
+
+_OPTIONS = {
+    "top_quantile": number(0.005, 0.0, 1.0, "share of each unit's pixels above its threshold", open_low=True,
+                           open_high=True),
+    "iou_threshold": number(0.04, 0.0, 1.0, "IoU above which a unit detects its best concept", open_low=True,
+                            open_high=True),
+    "top": integer(10, 1, 1000, "units listed in the text table"),
+    "num_units": integer(6, 1, 256, "units drawn, one row each"),
+    "num_images": integer(5, 1, 64, "pool images drawn per unit"),
+}
 
 
 def dissect(
@@ -85,8 +97,8 @@ def dissect(
         >>> d.units_per_concept(), d.detector.tolist()
         ({'corner': 1}, [True, False])
     """
-    check_fraction(top_quantile, "top_quantile")
-    check_fraction(iou_threshold, "iou_threshold")
+    checked("dissect", {k: _OPTIONS[k] for k in ("top_quantile", "iou_threshold")}, top_quantile=top_quantile,
+            iou_threshold=iou_threshold)
     if activations.ndim != 4:
         raise ValueError(f"`activations` must have shape (N, U, h, w), got {tuple(activations.shape)}")
     names = list(concepts)
@@ -153,19 +165,17 @@ class DissectionView:
     """
 
     name = "dissection"
+    options = _OPTIONS
 
     def __init__(self, top_quantile: float = 0.005, iou_threshold: float = 0.04, top: int = 10, num_units: int = 6,
                  num_images: int = 5) -> None:
-        check_fraction(top_quantile, "top_quantile")
-        check_fraction(iou_threshold, "iou_threshold")
-        check_int(top, "top")
-        check_int(num_units, "num_units")
-        check_int(num_images, "num_images")
-        self.num_units = num_units
-        self.num_images = num_images
-        self.top_quantile = top_quantile
-        self.iou_threshold = iou_threshold
-        self.top = top
+        opts = checked(type(self).__name__, self.options, top_quantile=top_quantile, iou_threshold=iou_threshold,
+                       top=top, num_units=num_units, num_images=num_images)
+        self.num_units = opts["num_units"]
+        self.num_images = opts["num_images"]
+        self.top_quantile = opts["top_quantile"]
+        self.iou_threshold = opts["iou_threshold"]
+        self.top = opts["top"]
         self.last: Dissection | None = None
 
     def __call__(self, ctx: ViewContext) -> ViewOutput:

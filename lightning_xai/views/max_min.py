@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_xai.views._common import ViewContext, ViewOutput, check_int, display, tile_grid
+from lightning_xai._validation import custom, integer, is_int
+from lightning_xai.views._common import ViewContext, ViewOutput, checked, display, tile_grid
 
 __all__ = ["MaxMinView", "extremes", "set_change"]
 
@@ -49,14 +50,18 @@ class MaxMinView:
     """
 
     name = "max_min"
+    options = {
+        "k": integer(4, 1, 64, "pool samples shown at each end of a row"),
+        "units": custom((), lambda v: isinstance(v, Sequence) and not isinstance(v, (str, bytes)) and len(v) <= 64
+                        and all(is_int(u) and 0 <= u < 2**31 for u in v),
+                        "a list of at most 64 channel indices (ints >= 0) of the views' layer; checked against the "
+                        "layer at setup"),
+    }
 
     def __init__(self, k: int = 4, units: Sequence[int] = ()) -> None:
-        check_int(k, "k")
-        if isinstance(units, (str, bytes)) or not all(isinstance(u, int) and not isinstance(u, bool) and u >= 0
-                                                      for u in units):
-            raise ValueError(f"`units` must be a sequence of channel indices (ints >= 0), got {units!r}")
-        self.k = k
-        self.units = tuple(units)
+        opts = checked(type(self).__name__, self.options, k=k, units=units)
+        self.k = opts["k"]
+        self.units = tuple(opts["units"])
         self.previous: dict[str, list[int]] = {}
 
     def __call__(self, ctx: ViewContext) -> ViewOutput:

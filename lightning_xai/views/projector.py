@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightning_xai._validation import integer
 from lightning_xai.render import to_uint8
-from lightning_xai.views._common import Embedding, ViewContext, ViewOutput, check_int, display
+from lightning_xai.views._common import Embedding, ViewContext, ViewOutput, checked, display
 
 __all__ = ["ProjectorView", "nearest_centroid_accuracy", "silhouette"]
 
@@ -78,12 +79,15 @@ class ProjectorView:
     """
 
     name = "projector"
+    options = {
+        "every_n_epochs": integer(1, 1, 10**6, "write the embedding every n-th round"),
+        "thumbnail_size": integer(32, 8, 256, "side of the projector's thumbnails, in pixels"),
+    }
 
     def __init__(self, every_n_epochs: int = 1, thumbnail_size: int = 32) -> None:
-        check_int(every_n_epochs, "every_n_epochs")
-        check_int(thumbnail_size, "thumbnail_size", minimum=8)
-        self.every_n_epochs = every_n_epochs
-        self.thumbnail_size = thumbnail_size
+        opts = checked(type(self).__name__, self.options, every_n_epochs=every_n_epochs, thumbnail_size=thumbnail_size)
+        self.every_n_epochs = opts["every_n_epochs"]
+        self.thumbnail_size = opts["thumbnail_size"]
 
     def __call__(self, ctx: ViewContext) -> ViewOutput:
         logits, _, feats = ctx.outputs("pool")

@@ -9,17 +9,23 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_xai._validation import Option, check, check_options, integer, path
 from lightning_xai.probes import ProbeSet, select_probes
-from lightning_xai.views._common import OutputTransform, ViewContext, capture, check_int
+from lightning_xai.views._common import OutputTransform, ViewContext, capture
 from lightning_xai.views._write import write_view_output
 from lightning_xai.views.activation_max import ActivationMaxView
 from lightning_xai.views.activations import ActivationsView
-from lightning_xai.views.attention_graphs import attention_graphs, render_attention_graphs
+from lightning_xai.views.attention_graphs import (
+    GRAPH_OPTIONS,
+    attention_graphs,
+    check_graph_options,
+    render_attention_graphs,
+)
 from lightning_xai.views.dissection import DissectionView
 from lightning_xai.views.max_min import MaxMinView
 from lightning_xai.views.projector import ProjectorView
 
-__all__ = ["END_OF_FIT", "VIEWS", "ViewRunner", "concepts_of"]
+__all__ = ["END_OF_FIT", "POOL_OPTIONS", "VIEWS", "ViewRunner", "check_view_options", "concepts_of", "view_option_spec"]
 
 #: View name -> class, in the order a round runs them.
 VIEWS: dict[str, type] = {
@@ -32,7 +38,6 @@ VIEWS: dict[str, type] = {
 #: Offline work run once at the end of fit (expensive), named beside the views: options of
 #: :meth:`ViewRunner.attention_graphs`.
 END_OF_FIT = ("attention_graphs",)
-_GRAPH_OPTIONS = ("num_probes", "grid", "beam", "keep", "max_roots", "max_patches")
 
 
 def _dataset_of(source: Any) -> Any:
@@ -64,6 +69,43 @@ def concepts_of(source: Any, pool: ProbeSet, class_names: Sequence[str] | None =
     return out
 
 
+POOL_OPTIONS = {
+    "size": integer(128, 1, 8192, "samples in the fixed pool the views read; kept on the model's device with their "
+                    "layer activations"),
+}
+
+
+def view_option_spec(name: str) -> dict[str, Option]:
+    """The options of view ``name`` (:data:`VIEWS`, :data:`END_OF_FIT`) or of ``"pool"``."""
+    if name == "pool":
+        return POOL_OPTIONS
+    if name in END_OF_FIT:
+        return GRAPH_OPTIONS
+    return VIEWS[name].options
+
+
+def check_view_options(names: Sequence[str], options: Any, *, owner: str = "ViewRunner",
+                       root: str = "view_options") -> dict[str, dict[str, Any]]:
+    """Every chosen view's options (and ``"pool"``) checked by the one checker; returned with defaults filled in.
+
+    Raises:
+        ValueError / TypeError naming ``view_options[view][option]``, the value, what is allowed and the fix.
+    """
+    options = {} if options is None else options
+    check(isinstance(options, Mapping), root, options, "None or a dict {view: {option: value}}", owner=owner,
+          error=TypeError)
+    for key in options:
+        check(key in names or key == "pool", path(root, str(key)), options[key],
+              f"options of a view named in `views`={tuple(names)} or 'pool'", owner=owner)
+    out = {"pool": check_options(options.get("pool"), POOL_OPTIONS, path(root, "pool"), owner=owner)}
+    for name in names:
+        if name in END_OF_FIT:
+            out[name] = check_graph_options(options.get(name), path(root, name), owner=owner)
+        else:
+            out[name] = check_options(options.get(name), view_option_spec(name), path(root, name), owner=owner)
+    return out
+
+
 class ViewRunner:
     """The views of one monitor: their pool, their state, and one call per round.
 
@@ -80,35 +122,18 @@ class ViewRunner:
     """
 
     def __init__(self, names: Sequence[str], options: Mapping[str, Mapping[str, Any]] | None = None,
-                 pool_size: int = 128) -> None:
+                 pool_size: int = 128, *, owner: str = "ViewRunner") -> None:
         if isinstance(names, str) or not all(isinstance(n, str) for n in names):
             raise ValueError(f"`views` must be a sequence of view names from {tuple(VIEWS)}, got {names!r}")
         allowed = (*VIEWS, *END_OF_FIT)
         unknown = [n for n in names if n not in allowed]
         if unknown:
             raise ValueError(f"`views` has unknown names {unknown}; allowed: {allowed}")
-        options = dict(options or {})
-        extra = [k for k in options if k not in names and k != "pool"]
-        if extra:
-            raise ValueError(f"`view_options` has keys {extra} that are not in `views`={tuple(names)} (or 'pool')")
-        pool = dict(options.get("pool", {}))
-        if set(pool) - {"size"}:
-            raise ValueError(f"`view_options['pool']` takes only 'size', got {sorted(pool)}")
-        pool_size = pool.get("size", pool_size)
-        check_int(pool_size, "view_options['pool']['size']")
-        graph_options = dict(options.get("attention_graphs", {}))
-        bad = [k for k in graph_options if k not in _GRAPH_OPTIONS]
-        if bad:
-            raise ValueError(f"`view_options['attention_graphs']` has unknown keys {bad}; allowed: {_GRAPH_OPTIONS}")
-        self.graph_options: dict[str, Any] | None = graph_options if "attention_graphs" in names else None
-        self.views = {}
-        for name in VIEWS:
-            if name in names:
-                try:
-                    self.views[name] = VIEWS[name](**dict(options.get(name, {})))
-                except (TypeError, ValueError) as err:  # name the option as the user wrote it
-                    raise ValueError(f"`view_options[{name!r}]`: {err}") from None
-        self.pool_size = pool_size
+        given_pool = isinstance(options, Mapping) and "pool" in options
+        checked = check_view_options(names, options, owner=owner)
+        self.graph_options: dict[str, Any] | None = checked[END_OF_FIT[0]] if END_OF_FIT[0] in names else None
+        self.views = {name: VIEWS[name](**checked[name]) for name in VIEWS if name in names}
+        self.pool_size = checked["pool"]["size"] if given_pool else pool_size
         self.pool: ProbeSet | None = None
         self.concepts: dict[str, Tensor] = {}
         #: one record per round: ``{"epoch", "step", "scalars": {tag: value}}`` (what the views logged)
@@ -124,6 +149,44 @@ class ViewRunner:
             return
         self.pool = select_probes(source, self.pool_size, **select)
         self.concepts = concepts_of(source, self.pool, class_names) if "dissection" in self.views else {}
+
+    def check_model(self, model: nn.Module, layer: str, example: Tensor, *,
+                    output_transform: OutputTransform | None = None, owner: str = "ViewRunner",
+                    budget_bytes: int | None = None) -> int:
+        """What the options imply for this model, checked before the first round (call after :meth:`build_pool`).
+
+        One forward of ``example`` (one probe) through :func:`capture`: ``max_min``'s ``units`` must be channels of
+        ``layer``; ``dissection`` needs concept masks on the pool; the pool, its layer activations and features
+        (kept for a round) must fit ``budget_bytes``. Returns that estimate in bytes.
+
+        Raises:
+            ValueError naming the option, its value and the fix.
+        """
+        _, acts, feats = capture(model, example[:1], layer=layer, head_input=True, output_transform=output_transform)
+        channels = 0 if acts is None else int(acts.shape[1])
+        view = self.views.get("max_min")
+        if view is not None and view.units:
+            check(max(view.units) < channels, path("view_options", "max_min", "units"), list(view.units),
+                  f"channel indices of the views' layer {layer!r}, which has {channels} channels (0..{channels - 1})",
+                  owner=owner, fix="pick units in range, or set `layer=` to the layer you mean")
+        if "dissection" in self.views and self.pool is not None and not self.concepts:
+            raise ValueError(
+                f"{owner}: views=('dissection', ...) needs concept masks on the pool, and this data has none: give a "
+                "dataset with a `concept_masks(index)` method, or probes with masks (probes=(images, labels, masks) "
+                "or probe_options['mask_key']); otherwise leave 'dissection' out of `views`.")
+        pool = self.pool
+        if pool is None:
+            return 0
+        per_sample = (pool.images[0].numel() * 4 + (0 if acts is None else acts[0].numel() * 4)
+                      + (0 if feats is None else feats[0].numel() * 4)
+                      + sum(c[0].numel() * 4 for c in self.concepts.values()))
+        estimate = len(pool) * per_sample
+        if budget_bytes is not None and estimate > budget_bytes:
+            raise ValueError(
+                f"{owner}: `view_options['pool']['size']={self.pool_size}`: the pool with its layer activations "
+                f"takes about {estimate / 2**20:.0f} MiB ({per_sample / 2**10:.0f} KiB per sample), more than the "
+                f"{budget_bytes / 2**20:.0f} MiB allowed; lower the pool size.")
+        return estimate
 
     def run(
         self,
@@ -173,9 +236,8 @@ class ViewRunner:
         ``options`` (over the ``"attention_graphs"`` view options): ``num_probes`` and the search's ``grid``,
         ``beam``, ``keep``, ``max_roots``, ``max_patches``.
         """
-        opts = {"num_probes": 4, **(self.graph_options or {}), **options}
+        opts = check_graph_options({**(self.graph_options or {}), **options})
         num_probes = opts.pop("num_probes")
-        check_int(num_probes, "view_options['attention_graphs']['num_probes']")
         device = device if device is not None else torch.device("cpu")
         images = probes.images[:num_probes].to(device)
         preds = capture(model, images, output_transform=output_transform)[0].argmax(dim=1)

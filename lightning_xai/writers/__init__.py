@@ -7,7 +7,7 @@ No Lightning import. Every sink implements :class:`Sink`: ``add_image(tag, uint8
 """
 
 from lightning_xai.writers.background import BackgroundWrites
-from lightning_xai.writers.base import Sink, SinkError, Writer
+from lightning_xai.writers.base import ItemsError, Sink, SinkError, Writer, write_each
 from lightning_xai.writers.file import FileSink, FileWriter, next_version_dir
 from lightning_xai.writers.loggers import MetricsSink, MlflowSink, WandbSink
 from lightning_xai.writers.multi import MultiSink
@@ -18,6 +18,7 @@ __all__ = [
     "BackgroundWrites",
     "FileSink",
     "FileWriter",
+    "ItemsError",
     "MetricsSink",
     "MlflowSink",
     "MultiSink",
@@ -29,5 +30,6 @@ __all__ = [
     "WandbSink",
     "Writer",
     "next_version_dir",
+    "write_each",
     "sinks_for_loggers",
 ]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "ItemsError",
     "Sink",
     "SinkError",
     "Writer",
@@ -20,6 +21,7 @@ __all__ = [
     "check_text",
     "finite_scalars",
     "finite_values",
+    "write_each",
 ]
 
 
@@ -79,6 +81,36 @@ class SinkError(RuntimeError):
         self.failures = list(failures)
         details = "; ".join(f"{name}: {type(err).__name__}: {err}" for name, err in self.failures)
         super().__init__(f"writing {what} failed in {details}")
+
+
+class ItemsError(RuntimeError):
+    """Some items of one write failed; every other item of it was written.
+
+    Attributes:
+        failures: ``{item (e.g. a scalar's tag): exception}``.
+        total: how many items the write had.
+    """
+
+    def __init__(self, what: str, failures: Mapping[str, BaseException], total: int) -> None:
+        self.failures, self.total = dict(failures), total
+        by_cause: dict[str, list[str]] = {}
+        for item, err in self.failures.items():
+            by_cause.setdefault(f"{type(err).__name__}: {err}", []).append(item)
+        causes = "; ".join(f"{', '.join(items)}: {cause}" for cause, items in by_cause.items())
+        super().__init__(f"{len(self.failures)} of {total} {what} failed ({causes}); the others were written")
+
+
+def write_each(items: Sequence[tuple[str, Callable[[], Any]]], what: str) -> None:
+    """Run every ``(item, write)`` even when some fail; raise one :class:`ItemsError` naming the failed items
+    afterwards, so one bad key (a tag a logger refuses, one image that cannot be uploaded) never costs the others."""
+    failures: dict[str, BaseException] = {}
+    for item, write in items:
+        try:
+            write()
+        except Exception as err:  # this item's failure is reported below; the next item is still written
+            failures[item] = err
+    if failures:
+        raise ItemsError(what, failures, len(items))
 
 
 def check_tag(tag: str) -> None:

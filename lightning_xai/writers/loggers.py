@@ -20,6 +20,7 @@ from lightning_xai.writers.base import (
     finite_scalars,
     finite_values,
     hwc,
+    write_each,
 )
 
 __all__ = ["MetricsSink", "MlflowSink", "WandbSink", "is_mlflow_logger", "is_wandb_logger"]
@@ -67,11 +68,20 @@ class MetricsSink:
         return value if isinstance(value, str) else None
 
     def add_scalars(self, values: Mapping[str, float], step: int) -> list[str]:
+        """Every finite value through one ``log_metrics`` call; if the logger refuses that call, each key on its own, so
+        one key it refuses (an :class:`~lightning_xai.writers.base.ItemsError` names it) never costs the others."""
         step = check_step(step)
         kept, skipped = finite_scalars(values)
         self.skipped_counts.update(skipped)
-        if kept:
+        if not kept:
+            return skipped
+        try:
             self.logger.log_metrics(kept, step)
+        except Exception:
+            if len(kept) == 1:
+                raise
+            write_each([(tag, lambda tag=tag, value=value: self.logger.log_metrics({tag: value}, step))
+                        for tag, value in kept.items()], "scalars")
         return skipped
 
     def add_image(self, tag: str, img: Tensor, step: int, caption: str | None = None) -> None:

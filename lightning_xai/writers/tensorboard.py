@@ -17,6 +17,7 @@ from lightning_xai.writers.base import (
     finite_scalars,
     finite_values,
     png_bytes,
+    write_each,
 )
 
 __all__ = ["TensorBoardSink", "TensorBoardWriter", "is_summary_writer"]
@@ -106,21 +107,27 @@ class TensorBoardSink:
 
         Returns:
             The tags whose value was non-finite and therefore not written (also counted in ``skipped_counts``).
+
+        Raises:
+            ItemsError: some tags could not be written; all the others were.
         """
         step = check_step(step)
         kept, skipped = finite_scalars(values)
+        self.skipped_counts.update(skipped)
         get_file_writer = getattr(self.summary_writer, "_get_file_writer", None)
         if callable(get_file_writer) and kept:
-            from tensorboard.compat.proto.summary_pb2 import Summary
+            try:  # one event for all of them (cheap); any failure: key by key below, so one bad key costs only itself
+                from tensorboard.compat.proto.summary_pb2 import Summary
 
-            for tag in kept:
-                check_tag(tag)
-            get_file_writer().add_summary(
-                Summary(value=[Summary.Value(tag=tag, simple_value=float(v)) for tag, v in kept.items()]), step)
-        else:
-            for tag, value in kept.items():
-                self.summary_writer.add_scalar(tag, value, global_step=step)
-        self.skipped_counts.update(skipped)
+                for tag in kept:
+                    check_tag(tag)
+                get_file_writer().add_summary(
+                    Summary(value=[Summary.Value(tag=tag, simple_value=float(v)) for tag, v in kept.items()]), step)
+                return skipped
+            except Exception:  # noqa: BLE001 - isolated per key next
+                pass
+        write_each([(tag, lambda tag=tag, value=value: self.summary_writer.add_scalar(tag, value, global_step=step))
+                    for tag, value in kept.items()], "scalars")
         return skipped
 
     def add_histogram(self, tag: str, values: Tensor, step: int) -> None:

@@ -14,7 +14,7 @@ from lightning_xai.attribution._registry import (
     BASELINE,
     NON_NEGATIVE,
     Method,
-    int_at_least,
+    int_in,
     option,
     register,
 )
@@ -51,10 +51,10 @@ class IGOS(Method):
     kind = "optimisation"
     cost = "iterations x ig_steps + iterations x (line_search + 1) forwards"
     options: ClassVar[dict[str, Option]] = {
-        "mask_size": option(8, int_at_least(1)),
-        "iterations": option(10, int_at_least(1)),
-        "ig_steps": option(8, int_at_least(2)),
-        "line_search": option(5, int_at_least(1)),
+        "mask_size": option(8, int_in(1, 256)),
+        "iterations": option(10, int_in(1, 1000)),
+        "ig_steps": option(8, int_in(2, 256)),
+        "line_search": option(5, int_in(1, 100)),
         "l1": option(1.0, NON_NEGATIVE),
         "tv": option(0.5, NON_NEGATIVE),
         "baseline": BASELINE,

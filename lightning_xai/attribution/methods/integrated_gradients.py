@@ -13,7 +13,7 @@ from lightning_xai.attribution._registry import (
     POSITIVE,
     Method,
     Request,
-    int_at_least,
+    int_in,
     option,
     optional,
     register,
@@ -34,9 +34,9 @@ class IntegratedGradients(Method):
     cost = "n_steps (adaptive: n_steps..max_steps, reported in ig_evals)"
     options: ClassVar[dict[str, Option]] = {
         "baseline": BASELINE,
-        "n_steps": option(32, int_at_least(1)),
+        "n_steps": option(32, int_in(1, 4096)),
         "tolerance": option(None, optional(POSITIVE)),
-        "max_steps": option(256, int_at_least(1)),
+        "max_steps": option(256, int_in(1, 4096)),
     }
 
     @staticmethod

@@ -16,7 +16,7 @@ from lightning_xai.attribution._registry import (
     SEED,
     WINDOW,
     Method,
-    int_at_least,
+    int_in,
     option,
     register,
 )
@@ -73,7 +73,7 @@ class Lime(Method):
     cost = "n_samples forwards, no backward"
     options: ClassVar[dict[str, Option]] = {
         "grid": option(8, WINDOW),
-        "n_samples": option(128, int_at_least(2)),
+        "n_samples": option(128, int_in(2, 8192)),
         "kernel_width": option(0.25, POSITIVE),
         "ridge": option(1.0, NON_NEGATIVE),
         "baseline": BASELINE,
