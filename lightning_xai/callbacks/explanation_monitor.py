@@ -808,12 +808,15 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         lrs = [float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups if "lr" in g]
         event = lr_event(self._last_lrs, lrs)
         self._last_lrs = lrs
+        compared = self._compared()  # before the update: which methods have an earlier map
         scalars, report, record = self._tracker.update(trainer.current_epoch, trainer.global_step, results,
                                                        masks=probes.masks, labels=probes.labels,
                                                        probe_ids=probes.ids.tolist(), class_names=self.class_names,
                                                        event=event, extra=extra)
-        compared = [m for m in self._ran(results) if report.compared.get(m, True)]  # a first frame: nothing to compare
-        for method in undefined_similarity(scalars, {m: results[f"map/{m}"] for m in compared}):
+        # a method's first map (an optional method's first run under the budget) has nothing to be compared with:
+        # no stability key, rather than a 0.0 that reads as a change
+        for method in undefined_similarity(scalars, {m: results[f"map/{m}"] for m in self._ran(results)
+                                                     if m in compared}):
             self._reporter.warn_once(
                 f"undefined/{method}", f"ExplanationMonitor: at epoch {trainer.current_epoch} no probe's {method} map "
                 "could be compared with the one before (degenerate maps, all zero or constant: e.g. a head "
@@ -825,6 +828,12 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         record.update(measured.per_probe)
         record["pred"] = results["pred"].tolist()
         return scalars, report, record, measured.histograms
+
+    def _compared(self) -> set[str]:
+        """The methods with an earlier map of this fit to compare with: the reference round's (the pinned ones) and
+        every earlier round's."""
+        earlier = set().union(*(record.get("stability", {}) for record in self._tracker.history))
+        return earlier | (set(self._pinned) if self._tracker.has_reference else set())
 
     def _context(self, results: Mapping[str, Tensor], extras: Mapping[str, Tensor] | None = None) -> MeasureContext:
         methods = self._ran(results)
@@ -885,9 +894,11 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                 + (". To lower it, explain less often "  # only advise a spacing that actually changes something
                    f"(every_n_epochs={every} keeps it near 10%) or " if every > c.every_n_epochs else
                    ". To lower it, explain ")
-                + f"fewer probes (num_probes={max(1, len(self.probe_set) // 2)}"
-                + ("); max_overhead=0.1 spaces the rounds automatically." if not self._spaces_rounds() else ").")
-                + " `xai/overhead` logs the share every round."
+                + f"fewer probes (num_probes={max(1, len(self.probe_set) // 2)})"
+                # the cheap round alone above 10%: a number for max_overhead spaces the rounds themselves
+                + ("; max_overhead=0.1 spaces the rounds automatically" if not self._spaces_rounds()
+                   and cost - optional > 0.1 * elapsed else "")
+                + ". `xai/overhead` logs the share every round."
             )
         if self._spaces_rounds():
             b = c.max_overhead
