@@ -114,8 +114,13 @@ class TensorBoardSink:
         step = check_step(step)
         kept, skipped = finite_scalars(values)
         self.skipped_counts.update(skipped)
+        # one event for all keys only on torch's own SummaryWriter: a wrapped or customised writer gets every key
+        # through its add_scalar (where it may refuse one), each isolated
+        from torch.utils.tensorboard import SummaryWriter
+
+        stock = type(self.summary_writer).add_scalar is SummaryWriter.add_scalar
         get_file_writer = getattr(self.summary_writer, "_get_file_writer", None)
-        if callable(get_file_writer) and kept:
+        if stock and callable(get_file_writer) and kept:
             try:  # one event for all of them (cheap); any failure: key by key below, so one bad key costs only itself
                 from tensorboard.compat.proto.summary_pb2 import Summary
 
