@@ -95,6 +95,7 @@ class Option:
     nullable: bool = False
     choices: tuple[Any, ...] = ()
     fix: str = ""
+    doc: str = ""
 
 
 def _interval(low: float, high: float, open_low: bool, open_high: bool) -> str:
@@ -118,7 +119,7 @@ def integer(default: Any, low: int, high: int, doc: str = "", *, none: str | Non
 
     words = f"an int in [{low}, {high}]" + (f" ({doc})" if doc else "")
     test, allowed = _nullable(ok, words, none)
-    return Option(default, test, allowed, "int", low, high, nullable=none is not None, fix=fix)
+    return Option(default, test, allowed, "int", low, high, nullable=none is not None, fix=fix, doc=doc)
 
 
 def number(default: Any, low: float, high: float, doc: str = "", *, open_low: bool = False,
@@ -134,7 +135,7 @@ def number(default: Any, low: float, high: float, doc: str = "", *, open_low: bo
 
     words = f"a finite number in {_interval(low, high, open_low, open_high)}" + (f" ({doc})" if doc else "")
     test, allowed = _nullable(ok, words, none)
-    return Option(default, test, allowed, "float", low, high, open_low, open_high, none is not None, fix=fix)
+    return Option(default, test, allowed, "float", low, high, open_low, open_high, none is not None, fix=fix, doc=doc)
 
 
 def choice(default: Any, choices: Sequence[Any], doc: str = "", *, none: str | None = None) -> Option:
@@ -146,18 +147,19 @@ def choice(default: Any, choices: Sequence[Any], doc: str = "", *, none: str | N
 
     words = f"one of {options}" + (f" ({doc})" if doc else "")
     test, allowed = _nullable(ok, words, none)
-    return Option(default, test, allowed, "choice", nullable=none is not None, choices=options)
+    return Option(default, test, allowed, "choice", nullable=none is not None, choices=options, doc=doc)
 
 
 def flag(default: bool, doc: str = "") -> Option:
     """``True`` or ``False``."""
-    return Option(default, lambda v: isinstance(v, bool), "True or False" + (f" ({doc})" if doc else ""), "bool")
+    return Option(default, lambda v: isinstance(v, bool), "True or False" + (f" ({doc})" if doc else ""), "bool",
+                  doc=doc)
 
 
 def seed(default: int = 0, doc: str = "") -> Option:
     """A seed: an int in ``[0, SEED_MAX]`` (what ``torch.Generator.manual_seed`` takes)."""
     spec = integer(default, 0, SEED_MAX)
-    return replace(spec, allowed="an int in [0, 2**63 - 1]" + (f" ({doc})" if doc else ""))
+    return replace(spec, allowed="an int in [0, 2**63 - 1]" + (f" ({doc})" if doc else ""), doc=doc)
 
 
 def custom(default: Any, ok: Callable[[Any], bool], allowed: str, *, fix: str = "") -> Option:

@@ -213,8 +213,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     monitor = ExplanationMonitor(
         probes=data.probe_set,
         num_probes=args.num_probes,
-        display={"mean": SHAPES_MEAN, "std": SHAPES_STD},
-        drift={"warmup_epochs": 1 if args.fast else 3},
+        display_options={"mean": SHAPES_MEAN, "std": SHAPES_STD},
+        drift_options={"warmup_epochs": 1 if args.fast else 3},
         # defaults otherwise
         method_options={"integrated_gradients": {"n_steps": 4, "tolerance": None}} if args.fast else None,
         views=VIEWS,

@@ -330,8 +330,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     monitor = ExplanationMonitor(
         num_probes=min(args.num_probes, len(val_set)),
         methods=args.methods,
-        display={"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "class_names": classes},
-        drift={"warmup_epochs": 1 if args.fast else 3},
+        display_options={"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "class_names": classes},
+        drift_options={"warmup_epochs": 1 if args.fast else 3},
         method_options={m: {"n_steps": 4 if args.fast else 32} for m in args.methods if m == "integrated_gradients"},
         # --fast (the smoke test) shows every method every epoch; a real run keeps the default budget ("auto": the
         # cheap methods every epoch, Integrated Gradients when the run has paid for it within 5% of training time)

@@ -261,8 +261,8 @@ def test_on_drift_raising_obeys_on_error(tmp_path):
 
 
 def test_two_monitors_write_distinct_tags(tmp_path):
-    a = monitor(methods=("grad_cam",))
-    b = monitor(methods=("grad_cam", "saliency"), num_probes=3)
+    a = monitor(methods=("grad_cam",), views=("activations",))
+    b = monitor(methods=("grad_cam", "saliency"), num_probes=3, views=("activations",))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = fit(tmp_path, [a, b], max_epochs=2)
@@ -275,4 +275,10 @@ def test_two_monitors_write_distinct_tags(tmp_path):
         assert [s for s, _ in events["scalars"][f"xai/grad_cam/stability/{suffix}"]] == steps
     assert "xai/drift" not in events["texts"] and "xai/grad_cam/stability" not in events["scalars"]
     assert "xai/saliency/overlay/monitor_1" in events["images"]
+    # timelines and the views' items carry the suffix too (one place names every tag: callbacks/_tags.py)
+    for suffix in ("monitor_0", "monitor_1"):
+        assert f"xai/grad_cam/timeline/{suffix}" in events["images"]
+        assert f"xai/activations/top_channels/{suffix}" in events["images"]
+        assert f"xai/activations/dead_fraction/{suffix}" in events["scalars"]
+    assert not [t for t in events["images"] if t.endswith(("/timeline", "/top_channels"))]
     assert "xai/grad_cam/stability/monitor_1" in b.logged_keys()

@@ -187,7 +187,7 @@ def test_every_drift_detector_keyword_has_a_spec_with_its_default():
 
 def test_drift_keys_named_in_the_docstring_are_the_accepted_ones():
     doc = inspect.getdoc(ExplanationMonitor)
-    paragraph = re.search(r"\n\s+drift: (.*?)\n\s+display: ", doc, re.S).group(1)
+    paragraph = re.search(r"\n\s+drift(?:_options)?: (.*?)\n\s+display(?:_options)?: ", doc, re.S).group(1)
     named = set(re.findall(r"``(\w+)``", paragraph))
     assert named == set(DRIFT_OPTIONS), (named ^ set(DRIFT_OPTIONS))
     for key in named:  # every documented key is accepted (with its default)

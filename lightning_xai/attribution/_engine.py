@@ -282,35 +282,8 @@ class _Engine:
                 handle.remove()
         logits = self.logits(out, xs.shape[0], target)
         scores = logits.gather(1, target.unsqueeze(1)).squeeze(1)
-        wrt: list[Tensor] = [xs]
-        keys: list[int] = []
-        for key, cap in layers.items():
-            if cap.error is not None:
-                continue
-            if not captured[key]:
-                cap.error = LayerError(f"CAM layer {cap.name!r} was not called during the forward pass")
-            elif not captured[key][-1].requires_grad:
-                cap.error = LayerError(
-                    f"CAM layer {cap.name!r}'s output has no gradient: it was computed under torch.no_grad() (e.g. a "
-                    "frozen backbone run without grad inside forward) or detached; choose a layer after that part")
-            else:
-                wrt.append(captured[key][-1])
-                keys.append(key)
-        try:
-            grads = torch.autograd.grad(scores.sum(), wrt, allow_unused=True)
-        except RuntimeError as err:
-            message = str(err).lower()
-            if "checkpoint" in message and ".grad()" in message:  # wording differs across torch versions
-                raise RuntimeError(
-                    "the model uses reentrant gradient checkpointing (torch.utils.checkpoint with use_reentrant=True), "
-                    "which cannot be differentiated with torch.autograd.grad (pytorch #51743). Use "
-                    "use_reentrant=False, or disable checkpointing in eval mode."
-                ) from err
-            if "does not require grad" in message and not scores.requires_grad:
-                raise RuntimeError(
-                    "the target score does not depend on the input through anything differentiable (the whole "
-                    "forward ran without grad, e.g. under torch.no_grad() inside forward)") from err
-            raise
+        keys = _differentiable_layers(layers, captured)
+        grads = _grad(scores, [xs, *(captured[key][-1] for key in keys)])
         g_x = grads[0] if grads[0] is not None else torch.zeros_like(xs)
         for key, g_a in zip(keys, grads[1:]):
             cap = layers[key]
@@ -571,39 +544,13 @@ def shared_pass(ctx: Context, methods: dict[str, Any], *, collect: bool) -> tupl
 
     Returns the :class:`Shared` results and, for ``collect``, the methods whose layer could not be resolved.
     """
-    engine, x, tgt, n, auto_layer = ctx.engine, ctx.x, ctx.target, ctx.n, ctx.auto_layer
+    engine, x, tgt, n = ctx.engine, ctx.x, ctx.target, ctx.n
     device, dtype = x.device, x.dtype
     requests = {name: m.request() for name, m in methods.items()}
     errors: dict[str, BaseException] = {}
     shared = Shared(logits=torch.empty(n, 0, device=device))
 
-    # Layers: resolve each method's layer once (None: the automatic choice and its reshape, found once and shared).
-    for name, req in requests.items():
-        if req.layer is False:
-            continue
-        try:
-            if req.layer is None:
-                if "layer" not in auto_layer:
-                    try:
-                        auto_layer["layer"] = gradcam_layer(engine.net, x[:1],
-                                                            output_transform=engine.output_transform)
-                    except Exception as err:  # noqa: BLE001 - kept for every method that needs the automatic layer
-                        auto_layer["layer"] = err
-                if isinstance(auto_layer["layer"], BaseException):
-                    raise auto_layer["layer"]
-                found = auto_layer["layer"]
-                lname, module = found.name, found.module
-                shared.reshape_of[name] = found.reshape
-            else:
-                lname, module = resolve_layer(engine.net, req.layer)
-        except Exception as err:
-            if not collect:
-                raise
-            errors[name] = err
-            continue
-        key = id(module)
-        shared.layers.setdefault(key, LayerCapture(lname, module))
-        shared.layer_of[name] = key
+    _resolve_layers(ctx, requests, shared, errors, collect=collect)
     live = [name for name in requests if name not in errors]
     want_grad = any(requests[m].input_grad for m in live) or bool(shared.layers)
     paths_req = next((requests[m].path for m in live if requests[m].path is not None), None)
@@ -687,47 +634,139 @@ def shared_pass(ctx: Context, methods: dict[str, Any], *, collect: bool) -> tupl
 
     if paths_req is not None:
         assert integral is not None
-        if n_steps == 1:
-            f_b = engine.forward_logits(b, tgt).gather(1, tgt.unsqueeze(1)).squeeze(1)
-        f_x = logits_x.gather(1, tgt.unsqueeze(1)).squeeze(1)
-        evals = torch.full((n,), n_steps, dtype=torch.long, device=device)
-
-        def completeness() -> tuple[Tensor, Tensor, Tensor]:
-            attr = (x - b) * integral
-            delta = attr.flatten(1).sum(1).float() - (f_x - f_b)
-            return attr, delta, relative_error(delta, f_x, f_b)
-
-        attr, delta, rel = completeness()
-        if paths is not None:
-            assert tolerance is not None
-            # Stopping rule: the error against |f(x) - f(b)| floored at a fraction of the logit range (flat or
-            # untrained models), no refinement of degenerate maps, and a probe whose error stops shrinking stops.
-            scale = _flat_scale(f_x, f_b, logits_x)
-            done = _degenerate(attr)
-            previous = torch.full((n,), math.inf, device=device)
-            stalls = torch.zeros(n, dtype=torch.long, device=device)
-            while True:
-                err = delta.abs() / scale
-                stalls = torch.where(err > STALL_RATIO * previous, stalls + 1, torch.zeros_like(stalls))
-                done |= stalls >= STALL_ROUNDS
-                previous = err
-                ref_idx, ref_alpha = paths.refinement((err > tolerance) & ~done, max_steps)
-                if ref_idx.numel() == 0:
-                    break
-                def ref_make(sl: slice, i: Tensor = ref_idx, a: Tensor = ref_alpha) -> tuple[Tensor, Tensor]:
-                    xr, br = x[i[sl]], b[i[sl]]
-                    return br + a[sl].view(-1, 1, 1, 1) * (xr - br), tgt[i[sl]]
-
-                engine.stream(ref_idx.shape[0], ref_make,
-                              lambda sl, logits, g_x, i=ref_idx, a=ref_alpha: paths.add(i[sl], a[sl], logits, g_x))
-                # The samples refined in this round get the trapezoid rule on their non-uniform nodes; samples
-                # never refined keep the streamed fixed-step integral bit for bit.
-                now = torch.zeros(n, dtype=torch.bool, device=device)
-                now[ref_idx] = True
-                integral[now] = paths.integral(dtype)[now]
-                attr, delta, rel = completeness()
-                done |= _degenerate(attr)
-            evals = paths.count.clone()
-            paths = None  # frees the stored node gradients
-        shared.ig = IGResult(attr.detach(), delta.detach(), rel.detach(), evals)
+        shared.ig = _ig_result(engine, paths, x, b, tgt, integral, f_b, logits_x, n_steps=n_steps,
+                               tolerance=tolerance, max_steps=max_steps)
+        paths = None  # frees the stored node gradients (held_bytes reads this name too)
     return shared, errors
+
+
+def _ig_result(engine: Any, paths: Any, x: Tensor, b: Tensor, tgt: Tensor, integral: Tensor, f_b: Tensor,
+               logits_x: Tensor, *, n_steps: int, tolerance: float | None, max_steps: int) -> IGResult:
+    """Integrated Gradients from the streamed integral: attributions, completeness, and (``paths``: adaptive) the
+    refinement of the probes whose completeness error exceeds ``tolerance``."""
+    n = x.shape[0]
+    if n_steps == 1:
+        f_b = engine.forward_logits(b, tgt).gather(1, tgt.unsqueeze(1)).squeeze(1)
+    f_x = logits_x.gather(1, tgt.unsqueeze(1)).squeeze(1)
+    evals = torch.full((n,), n_steps, dtype=torch.long, device=x.device)
+
+    def completeness() -> tuple[Tensor, Tensor, Tensor]:
+        attr = (x - b) * integral
+        delta = attr.flatten(1).sum(1).float() - (f_x - f_b)
+        return attr, delta, relative_error(delta, f_x, f_b)
+
+    attr, delta, rel = completeness()
+    if paths is not None:
+        assert tolerance is not None
+        attr, delta, rel = _refine(engine, paths, x, b, tgt, integral, completeness, (attr, delta, rel),
+                                   scale=_flat_scale(f_x, f_b, logits_x), tolerance=tolerance, max_steps=max_steps)
+        evals = paths.count.clone()
+    return IGResult(attr.detach(), delta.detach(), rel.detach(), evals)
+
+
+def _differentiable_layers(layers: dict[int, LayerCapture], captured: dict[int, list[Tensor]]) -> list[int]:
+    """The captured layers whose activation can be differentiated against; the others get their ``error``."""
+    keys: list[int] = []
+    for key, cap in layers.items():
+        if cap.error is not None:
+            continue
+        if not captured[key]:
+            cap.error = LayerError(f"CAM layer {cap.name!r} was not called during the forward pass")
+        elif not captured[key][-1].requires_grad:
+            cap.error = LayerError(
+                f"CAM layer {cap.name!r}'s output has no gradient: it was computed under torch.no_grad() (e.g. a "
+                "frozen backbone run without grad inside forward) or detached; choose a layer after that part")
+        else:
+            keys.append(key)
+    return keys
+
+
+def _grad(scores: Tensor, wrt: list[Tensor]) -> tuple[Tensor | None, ...]:
+    """``autograd.grad`` of the summed target scores w.r.t. ``wrt``, with the causes users can act on named."""
+    try:
+        return torch.autograd.grad(scores.sum(), wrt, allow_unused=True)
+    except RuntimeError as err:
+        message = str(err).lower()
+        if "checkpoint" in message and ".grad()" in message:  # wording differs across torch versions
+            raise RuntimeError(
+                "the model uses reentrant gradient checkpointing (torch.utils.checkpoint with use_reentrant=True), "
+                "which cannot be differentiated with torch.autograd.grad (pytorch #51743). Use "
+                "use_reentrant=False, or disable checkpointing in eval mode."
+            ) from err
+        if "does not require grad" in message and not scores.requires_grad:
+            raise RuntimeError(
+                "the target score does not depend on the input through anything differentiable (the whole "
+                "forward ran without grad, e.g. under torch.no_grad() inside forward)") from err
+        raise
+
+
+def _resolve_layers(ctx: Context, requests: dict[str, Any], shared: Shared, errors: dict[str, BaseException], *,
+                    collect: bool) -> None:
+    """Resolve each method's layer once into ``shared.layers`` (``None``: the automatic choice and its reshape, found
+    once per call and shared); with ``collect`` a method whose layer cannot be resolved goes to ``errors``."""
+    engine, auto_layer = ctx.engine, ctx.auto_layer
+    for name, req in requests.items():
+        if req.layer is False:
+            continue
+        try:
+            if req.layer is None:
+                if "layer" not in auto_layer:
+                    try:
+                        auto_layer["layer"] = gradcam_layer(engine.net, ctx.x[:1],
+                                                            output_transform=engine.output_transform)
+                    except Exception as err:  # noqa: BLE001 - kept for every method that needs the automatic layer
+                        auto_layer["layer"] = err
+                if isinstance(auto_layer["layer"], BaseException):
+                    raise auto_layer["layer"]
+                found = auto_layer["layer"]
+                lname, module = found.name, found.module
+                shared.reshape_of[name] = found.reshape
+            else:
+                lname, module = resolve_layer(engine.net, req.layer)
+        except Exception as err:
+            if not collect:
+                raise
+            errors[name] = err
+            continue
+        key = id(module)
+        shared.layers.setdefault(key, LayerCapture(lname, module))
+        shared.layer_of[name] = key
+
+
+def _refine(engine: Any, paths: Any, x: Tensor, b: Tensor, tgt: Tensor, integral: Tensor,
+            completeness: Any, start: tuple[Tensor, Tensor, Tensor], *, scale: Tensor, tolerance: float,
+            max_steps: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Adaptive Integrated Gradients: refine the path intervals of the probes whose completeness error exceeds
+    ``tolerance`` until it is met, ``max_steps`` is reached or the error stops shrinking; returns ``completeness()``.
+
+    Stopping rule: the error against |f(x) - f(b)| floored at a fraction of the logit range (``scale``: flat or
+    untrained models), no refinement of degenerate maps, and a probe whose error stops shrinking stops.
+    """
+    n, device, dtype = x.shape[0], x.device, x.dtype
+    attr, delta, rel = start
+    done = _degenerate(attr)
+    previous = torch.full((n,), math.inf, device=device)
+    stalls = torch.zeros(n, dtype=torch.long, device=device)
+    while True:
+        err = delta.abs() / scale
+        stalls = torch.where(err > STALL_RATIO * previous, stalls + 1, torch.zeros_like(stalls))
+        done |= stalls >= STALL_ROUNDS
+        previous = err
+        ref_idx, ref_alpha = paths.refinement((err > tolerance) & ~done, max_steps)
+        if ref_idx.numel() == 0:
+            break
+
+        def ref_make(sl: slice, i: Tensor = ref_idx, a: Tensor = ref_alpha) -> tuple[Tensor, Tensor]:
+            xr, br = x[i[sl]], b[i[sl]]
+            return br + a[sl].view(-1, 1, 1, 1) * (xr - br), tgt[i[sl]]
+
+        engine.stream(ref_idx.shape[0], ref_make,
+                      lambda sl, logits, g_x, i=ref_idx, a=ref_alpha: paths.add(i[sl], a[sl], logits, g_x))
+        # The samples refined in this round get the trapezoid rule on their non-uniform nodes; samples never refined
+        # keep the streamed fixed-step integral bit for bit.
+        now = torch.zeros(n, dtype=torch.bool, device=device)
+        now[ref_idx] = True
+        integral[now] = paths.integral(dtype)[now]
+        attr, delta, rel = completeness()
+        done |= _degenerate(attr)
+    return attr, delta, rel

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
@@ -32,15 +33,14 @@ from lightning_xai._validation import (
     seed,
 )
 from lightning_xai.attribution import METHODS, available_methods
+from lightning_xai.attribution.methods.integrated_gradients import MAX_STEPS as IG_MAX_STEPS
+from lightning_xai.attribution.methods.integrated_gradients import monitor_options as ig_monitor_options
 from lightning_xai.drift import DriftDetector
 from lightning_xai.drift._detector import STATISTICS
 from lightning_xai.metrics.registry import available_measures, get_measure
 from lightning_xai.render import COLORMAPS
-from lightning_xai.views import END_OF_FIT, check_view_options
-from lightning_xai.views import VIEWS as _VIEW_CLASSES
+from lightning_xai.views import available_views, check_view_options
 
-#: Views of what a layer has learnt (:mod:`lightning_xai.views`), each round, then the end-of-fit work.
-VIEWS = (*_VIEW_CLASSES, *END_OF_FIT)
 DEFAULT_METHODS = METHODS  # the attribution registry's default selection (one definition)
 DEFAULT_METRICS = ("localisation", "agreement", "sanity")
 
@@ -93,7 +93,7 @@ def known_methods() -> tuple[str, ...]:
 # upper bound; what the sizes imply for this model and input (memory, passes per round) is checked at setup
 # (`ProbeSetup.check_budget`).
 MAX_PROBES = 1024
-MAX_IG_STEPS = 4096
+MAX_IG_STEPS = IG_MAX_STEPS
 MAX_ROWS = 8192
 
 _TOP: dict[str, Option] = {
@@ -115,21 +115,10 @@ _TOP: dict[str, Option] = {
                                "None or a callable mapping the model output to logits (N, num_classes)"),
 }
 
-_IG_FIX = "each path node is one forward + backward per probe, and adaptive IG keeps one input gradient per node"
 # Options per method, as ``method_options[method][key]``; a method absent here takes its registry options
-# (`lightning_xai.attribution`, each with its own bounds).
-_METHOD_OPTIONS: dict[str, dict[str, Option]] = {
-    "integrated_gradients": {
-        "n_steps": integer(16, 2, MAX_IG_STEPS, "path nodes, both ends included; the start when `tolerance` is set",
-                           fix=_IG_FIX),
-        "tolerance": number(0.02, 0.0, 1e3, "refine probes whose completeness error exceeds it", open_low=True,
-                            none="exactly n_steps"),
-        "max_steps": integer(128, 2, MAX_IG_STEPS, ">= n_steps; cap of the adaptive refinement", fix=_IG_FIX),
-        "baseline": number(None, -1e6, 1e6, "a constant in the model's input space", none="zeros"),
-        "internal_batch_size": integer(None, 1, MAX_ROWS, "rows per forward + backward", none="the training batch "
-                                       "size, so an explanation pass never needs more memory than a training step"),
-    },
-}
+# (`lightning_xai.attribution`, each with its own bounds). Integrated Gradients' are declared in its own file, with the
+# monitor's defaults beside explain's.
+_METHOD_OPTIONS: dict[str, dict[str, Option]] = {"integrated_gradients": ig_monitor_options(MAX_ROWS)}
 
 
 def method_option_spec(method: str) -> dict[str, Option]:
@@ -253,26 +242,55 @@ class MonitorConfig:
     drift: dict[str, Any]
     display: dict[str, Any]
     probe_options: dict[str, Any]
+    sinks: tuple[Any, ...] = ()  # the user's own sinks, beside the loggers'
+
+    # the 0.2 names (RENAMED) of the groups above
+    measures = property(lambda self: self.metrics)
+    measure_options = property(lambda self: self.metric_options)
+    drift_options = property(lambda self: self.drift)
+    display_options = property(lambda self: self.display)
 
     @property
     def detector_options(self) -> dict[str, Any]:
         """The ``drift`` options that go to :class:`~lightning_xai.drift.DriftDetector`."""
         return {k: v for k, v in self.drift.items() if k in _DETECTOR_DEFAULTS and k not in _STABILITY}
 
-    def new_detector(self) -> DriftDetector:
-        return DriftDetector(**self.detector_options, size=self.size, topk=float(self.drift["topk"]))
-
     @property
     def size(self) -> int:
         return int(self.drift["size"])
 
 
+#: lightning_xai 0.2's names of the monitor's arguments -> their 0.1 names, which keep working for one release with a
+#: DeprecationWarning (CHANGELOG.md): what is selected is a *measure*, and every option group ends in ``_options``.
+RENAMED = {"measures": "metrics", "measure_options": "metric_options", "drift_options": "drift",
+           "display_options": "display"}
+
+
+def _renamed(args: dict[str, Any]) -> dict[str, str]:
+    """Move each 0.1 name's value to its 0.2 name (warning once per call); returns ``{new: name as written}``."""
+    written = {}
+    for new, old in RENAMED.items():
+        written[new] = new
+        if args.get(old) is None:
+            continue
+        check(args.get(new) is None, old, args[old], f"left out when `{new}=` is given (`{old}=` is its 0.1 name)")
+        warnings.warn(f"lightning_xai 0.2: `{old}=` is deprecated and goes in 0.3; it is now `{new}=` (same "
+                      "values).", DeprecationWarning, stacklevel=4)
+        args[new], written[new] = args[old], old
+    return written
+
+
 def build_config(**args: Any) -> MonitorConfig:
-    """Check every argument (each message names the argument as written, its value, what is allowed and the fix)."""
+    """Check every argument (each message names the argument as written, its value, what is allowed and the fix).
+    The 0.1 names of renamed arguments (:data:`RENAMED`) are accepted with a DeprecationWarning."""
+    written = _renamed(args)
+    if args.get("measures") is None:
+        args["measures"] = DEFAULT_METRICS
     methods = _tuple_of_names(args["methods"], "methods", known_methods(), empty_ok=False)
     top = check_options({k: args[k] for k in _TOP}, _TOP, "")
-    metrics = _tuple_of_names(args["metrics"], "metrics", available_measures(selectable=True), empty_ok=True)
-    views = _tuple_of_names(args["views"], "views", VIEWS, empty_ok=True)
+    metrics = _tuple_of_names(args["measures"], written["measures"], available_measures(selectable=True),
+                              empty_ok=True)
+    views = _tuple_of_names(args["views"], "views", available_views(), empty_ok=True)
     view_options = check_view_options(views, args.get("view_options"), owner="ExplanationMonitor")
     probes = args["probes"]
     if isinstance(probes, list):  # [images, labels] from YAML or by habit: the same as a tuple
@@ -293,11 +311,27 @@ def build_config(**args: Any) -> MonitorConfig:
         view_options=view_options, on_drift=top["on_drift"], on_error=top["on_error"],
         max_overhead=budget if budget in (None, "auto") else float(budget), output_transform=top["output_transform"],
         method_options=_method_options(args["method_options"], methods),
-        metric_options=_metric_options(args["metric_options"]),
-        drift=_drift_options(args["drift"]),
-        display=_display_options(args["display"]),
+        metric_options=_metric_options(args.get("measure_options"), written["measure_options"]),
+        drift=_drift_options(args.get("drift_options"), written["drift_options"]),
+        display=_display_options(args.get("display_options"), written["display_options"]),
         probe_options=check_options(args["probe_options"], _PROBE_OPTIONS, "probe_options"),
+        sinks=_sinks(args.get("sinks")),
     )
+
+
+def _sinks(given: Any) -> tuple[Any, ...]:
+    """The user's sinks: objects with every :class:`~lightning_xai.writers.Sink` method and capability flag (e.g. a
+    subclass of :class:`~lightning_xai.writers.BaseSink`)."""
+    from lightning_xai.writers import Sink
+
+    if given is None:
+        return ()
+    check(isinstance(given, (list, tuple)), "sinks", type(given).__name__, "None or a list of sinks", error=TypeError)
+    for i, sink in enumerate(given):
+        check(isinstance(sink, Sink), f"sinks[{i}]", type(sink).__name__,
+              "a sink: every method and capability flag of lightning_xai.writers.Sink (subclass "
+              "lightning_xai.writers.BaseSink and override what it stores)", error=TypeError)
+    return tuple(given)
 
 
 def _check_probe_tensors(probes: tuple[Tensor, ...]) -> None:
@@ -347,39 +381,40 @@ def _method_options(given: Any, methods: tuple[str, ...]) -> dict[str, dict[str,
     return out
 
 
-def _metric_options(given: Any) -> dict[str, dict[str, Any]]:
+def _metric_options(given: Any, root: str = "metric_options") -> dict[str, dict[str, Any]]:
     given = {} if given is None else given
     names = available_measures()
-    check(isinstance(given, Mapping), "metric_options", given, "None or a dict {metric: {option: value}}",
+    check(isinstance(given, Mapping), root, given, "None or a dict {metric: {option: value}}",
           error=TypeError)
     for name in given:
-        check(name in names and bool(get_measure(name).options), path("metric_options", str(name)), given[name],
+        check(name in names and bool(get_measure(name).options), path(root, str(name)), given[name],
               f"options of one of {tuple(n for n in names if get_measure(n).options)}")
-    return {name: check_options(given.get(name), get_measure(name).options, path("metric_options", name))
+    return {name: check_options(given.get(name), get_measure(name).options, path(root, name))
             for name in names}
 
 
-def _drift_options(given: Any) -> dict[str, Any]:
+def _drift_options(given: Any, root: str = "drift") -> dict[str, Any]:
     # Only the keys given are kept for the detector (its own defaults apply), the monitor's own get their defaults.
-    checked = check_options(given, _DRIFT, "drift")
+    checked = check_options(given, _DRIFT, root)
     given = {} if given is None else given
     out = {k: checked[k] for k in _DRIFT if k in given or k in _STABILITY}
     detector = {k: v for k, v in out.items() if k in _DETECTOR_DEFAULTS and k not in _STABILITY}
     try:  # rules across keys the detector may have: named as the user wrote them
         DriftDetector(**detector)
     except (TypeError, ValueError) as err:
-        message = re.sub(r"`(\w+)`", lambda m: f"`{path('drift', m.group(1))}`" if m.group(1) in _DETECTOR_DEFAULTS
+        message = re.sub(r"`(\w+)`", lambda m: f"`{path(root, m.group(1))}`" if m.group(1) in _DETECTOR_DEFAULTS
                          else m.group(0), str(err))
         raise type(err)(f"ExplanationMonitor: {message}") from None
     return out
 
 
-def _display_options(given: Any) -> dict[str, Any]:
-    out = check_options(given, _DISPLAY, "display")
+def _display_options(given: Any, root: str = "display") -> dict[str, Any]:
+    out = check_options(given, _DISPLAY, root)
     mean, std = out["mean"], out["std"]
-    check((mean is None) == (std is None), "display['mean']/display['std']", (mean, std), "both given or both None")
+    check((mean is None) == (std is None), f"{path(root, 'mean')}/{path(root, 'std')}", (mean, std),
+          "both given or both None")
     if mean is not None:
-        check(len(mean) == len(std), "display['std']", std, f"as many values as display['mean'] ({len(mean)})")
+        check(len(mean) == len(std), path(root, "std"), std, f"as many values as {path(root, 'mean')} ({len(mean)})")
         out["mean"], out["std"] = tuple(float(m) for m in mean), tuple(float(s) for s in std)
     if out["class_names"] is not None:
         out["class_names"] = list(out["class_names"])

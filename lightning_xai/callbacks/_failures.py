@@ -7,10 +7,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from lightning_xai import keys
+
 # What changes between two occurrences of one cause: numbers (epoch, step, rank, version_3, sizes), addresses, and the
 # tags of the items that failed (a full disk fails every tag).
 _VARYING = re.compile(r"0x[0-9a-fA-F]+|\d+")
-_TAG = re.compile(r"xai/[\w./-]*")
+_TAG = re.compile(re.escape(keys.PREFIX) + r"[\w./-]*")
 _EPOCH = re.compile(r"\bepoch (\d+)")
 # "OSError: No space left on device": an exception named in the message, with its text up to a bracket or ';'
 _ERROR = re.compile(r"\b([A-Z]\w*(?:Error|Exception)): ([^;()\n]*)")

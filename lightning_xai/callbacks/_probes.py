@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from lightning_xai import keys as xai_keys
 from lightning_xai._validation import is_int
 from lightning_xai.attribution import explain_detailed, get_method, gradcam_layer, gradient_blockers, preserved_state
 from lightning_xai.callbacks._compat import EARLY_STOPPING, MisconfigurationException, muted_logging, rank_zero_warn
@@ -42,7 +43,7 @@ def check_monitors(callbacks: Iterable[Any], keys: set[str], every_n_epochs: int
     (``budget``: ``max_overhead`` may skip epochs)."""
     for cb in callbacks:
         monitor = getattr(cb, "monitor", None)
-        if isinstance(monitor, str) and monitor.startswith("xai/") and monitor not in keys:
+        if isinstance(monitor, str) and xai_keys.is_xai(monitor) and monitor not in keys:
             raise MisconfigurationException(
                 f"{type(cb).__name__}(monitor={monitor!r}) watches a key ExplanationMonitor does not log. "
                 f"Available: {sorted(keys)}."

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from lightning_xai import keys
 from lightning_xai.callbacks._compat import rank_zero_warn
+from lightning_xai.callbacks._tags import TagNames
 from lightning_xai.probes import ProbeSet
 from lightning_xai.render import WARN_COLOR, ProbeRenderer, Timeline, display_order, id_range
 from lightning_xai.report import custom_scalars_layout, load_run, save_report
@@ -78,9 +80,9 @@ def drift_text(epoch: int, step: int, methods: tuple[str, ...], scalars: Mapping
     lines = [f"**epoch {epoch}, step {step}**", "",
              "| method | stability | top-k overlap | probes flagged |", "|---|---|---|---|"]
     for m in methods:
-        flagged = scalars.get(f"xai/{m}/drift")
-        lines.append(f"| {m} | {_fmt(scalars.get(f'xai/{m}/stability'))} | "
-                     f"{_fmt(scalars.get(f'xai/{m}/topk_overlap'))} | {'n/a' if flagged is None else int(flagged)} |")
+        flagged = scalars.get(keys.flagged(m))
+        lines.append(f"| {m} | {_fmt(scalars.get(keys.stability(m)))} | "
+                     f"{_fmt(scalars.get(keys.topk_overlap(m)))} | {'n/a' if flagged is None else int(flagged)} |")
     lines += ["", details]
     return "\n".join(lines)
 
@@ -94,15 +96,18 @@ class Reporter:
         display: the ``display`` options (mean, std, colormap, alpha).
         log_images: render overlays.
         text_tag: tag of the drift text.
+        names: this monitor's tag names (a suffix when several monitors share a Trainer).
+        sinks: the user's own sinks, written beside the loggers'.
     """
 
     def __init__(self, methods: tuple[str, ...], display: Mapping[str, Any], log_images: bool,
-                 text_tag: str = "xai/drift") -> None:
+                 text_tag: str = keys.DRIFT_TEXT, names: TagNames | None = None, sinks: tuple[Any, ...] = ()) -> None:
         self.methods = methods
         self.display = dict(display)
         self.log_images = log_images
         self.text_tag = text_tag
-        self.suffix = ""  # set when several monitors share a Trainer: their tags must differ
+        self.names = TagNames() if names is None else names
+        self.extra_sinks = tuple(sinks)
         self.background_seconds = 0.0  # duration of the last overlay job (background thread)
         self._sink: MultiSink | None = None
         self._warned: set[str] = set()
@@ -112,7 +117,7 @@ class Reporter:
         self._layout_written = False
 
     def tag(self, tag: str) -> str:
-        return f"{tag}/{self.suffix}" if self.suffix else tag
+        return self.names.tag(tag)
 
     def warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -124,7 +129,8 @@ class Reporter:
         cannot be created) raises once; the other loggers keep getting everything."""
         if self._sink is None:
             resolved = sinks_for_loggers(trainer.loggers, trainer.default_root_dir)
-            self._sink = resolved.sink
+            # the user's own sinks (``sinks=``) get everything too, beside the loggers'
+            self._sink = MultiSink([*resolved.sink.sinks, *self.extra_sinks]) if self.extra_sinks else resolved.sink
             for note in resolved.notes:
                 self.warn_once(note, note)
             if resolved.errors:
@@ -176,7 +182,7 @@ class Reporter:
             flagged = {m: list((flags or {}).get(m) or [False] * len(probes)) for m in maps}
             self._jobs.submit((trainer.current_epoch, step), self._write_overlays, sink, probes.images, maps, labels,
                               step, trainer.current_epoch, flagged, probes.ids.tolist(),
-                              any(v > 0.5 for k, v in scalars.items() if k.startswith("xai/drift/alarm")))
+                              any(v > 0.5 for k, v in scalars.items() if k.startswith(keys.DRIFT_ALARM)))
         if errors:  # an earlier epoch's overlay failure is named too, never dropped
             errors += [(f"overlays of epoch {epoch}", err) for (epoch, _), err in earlier]
             raise SinkError(f"epoch {trainer.current_epoch}'s results", errors)
@@ -205,7 +211,7 @@ class Reporter:
             self.timeline.add(m, epoch, tiles, flagged[m], alarm=alarm)
             order = display_order(ids, len(ids))
             for group, (panel, start, stop) in enumerate(panels):
-                tag = self.tag(f"xai/{m}/overlay" if group == 0 else f"xai/{m}/overlay/{group + 1}")
+                tag = self.tag(keys.overlay(m, group))
                 shown = id_range([ids[i] for i in order[start:stop]])
                 caption = f"{m}, epoch {epoch}, step {step}, probes {shown}"
                 writes.append((tag, lambda tag=tag, panel=panel, caption=caption:
@@ -225,7 +231,7 @@ class Reporter:
         labels = [label.replace(" ", "\n", 1) for label in probe_labels(probes, class_names)]
         tags, writes = [], []
         for m in self.timeline.methods:
-            tag = f"xai/{m}/timeline"
+            tag = self.tag(keys.timeline(m))
             writes.append((tag, lambda tag=tag, m=m: sink.add_image(
                 tag, self.timeline.image(m, labels, ids=probes.ids.tolist()), trainer.global_step,
                 caption=f"{m}: each probe across the explained epochs")))

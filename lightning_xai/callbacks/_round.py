@@ -20,6 +20,7 @@ from torch import Tensor
 from lightning_xai._validation import is_int
 from lightning_xai.attribution import explain_detailed, preserved_state, to_heatmap
 from lightning_xai.callbacks._config import MonitorConfig, explain_options
+from lightning_xai.callbacks._results import MAP
 from lightning_xai.distributed import gather_shards, rank_zero_buffers, shard_bounds
 from lightning_xai.metrics.registry import Measure
 from lightning_xai.probes import ProbeSet
@@ -220,3 +221,16 @@ class DistributedRound:
     def broadcast(self, trainer: Any, obj: Any) -> Any:
         """Rank 0's value on every rank (identical decisions and monitored values, no float drift between ranks)."""
         return trainer.strategy.broadcast(obj, src=0)
+
+
+def warn_round_problems(explainer: ProbeExplainer, results: dict[str, Tensor] | None, methods: Sequence[str],
+                        epoch: int, warn_once: Callable[[str, str], None]) -> None:
+    """Once per cause: a method that failed this round (its maps left out, the others go on) and non-finite maps."""
+    for method, error in explainer.errors.items():
+        warn_once(f"failed/{method}", f"ExplanationMonitor: {method} failed at epoch {epoch} ({error}); its maps are "
+                  "left out of the metrics while the other methods go on. Warned once.")
+    if results is not None and not all(bool(torch.isfinite(results[MAP + m]).all()) for m in methods
+                                       if MAP + m in results and m not in explainer.errors):
+        warn_once("nonfinite", "ExplanationMonitor: the model produced non-finite attributions (NaN/inf) at epoch "
+                  f"{epoch}; those probes are shown as flat maps and left out of the stability metrics. No NaN is "
+                  "logged.")

@@ -9,8 +9,8 @@ A *measure* turns one explanation round (maps, predictions, masks, per-probe ext
 - optionally ``shard(...)``: per-probe work that needs the model (extra forward passes), run by every rank on its
   own probes while they are explained; its ``(N,)`` outputs reach ``compute`` as ``ctx.extras``.
 
-Adding a measure is one function and one :func:`register_measure` call (see :mod:`lightning_xai.metrics.measures`
-for the built-in ones); it then works in ``ExplanationMonitor(metrics=(name,))``.
+Adding a measure is one :class:`Measure` subclass with the :func:`register_measure` decorator (the built-in ones:
+:mod:`lightning_xai.metrics.measures`, one file each); it then works in ``ExplanationMonitor(metrics=(name,))``.
 """
 
 from __future__ import annotations
@@ -77,46 +77,73 @@ class MeasureResult:
         self.histograms.update(other.histograms)
 
 
-@dataclass(frozen=True)
 class Measure:
-    """One registered measure.
+    """The base of every measure: subclass it, set ``name`` (and ``options``, ``cost``, ...) and implement ``keys``
+    and ``compute``, then register the class with the :func:`register_measure` decorator. The function style
+    ``Measure(name, keys, compute, ...)`` makes one from plain functions (each given argument replaces the method or
+    attribute of that name).
 
     Attributes:
         name: the name in ``ExplanationMonitor(metrics=...)`` and ``metric_options``.
-        keys: ``keys(methods) -> set[str]``: every key ``compute`` may log for these methods.
-        compute: ``compute(ctx) -> MeasureResult``; must never return a non-finite scalar.
         options: option name -> :class:`~lightning_xai._validation.Option`.
-        shard: optional ``shard(model, images, targets, maps, options, output_transform) -> {key: (n,)}``, run on each
-            rank's probes (``maps``: that shard's heatmaps) in eval mode with gradients on.
-        shard_keys: ``shard_keys(methods) -> list[str]``, the keys ``shard`` returns (an empty shard sends empty
-            tensors under them, so every rank takes part in the gather).
+        shard: ``None``, or a method ``shard(model, images, targets, maps, options, output_transform) -> {key: (n,)}``
+            run on each rank's probes (``maps``: that shard's heatmaps) in eval mode with gradients on.
         stage: ``"epoch"`` (every explained epoch) or ``"sanity"`` (the model-randomisation round: ``ctx.extras``
             holds ``random/{method}`` maps).
         always: on whenever it applies, not chosen in ``metrics=`` (IG completeness).
         cost: one line on what it costs, shown in the monitor's docstring and cost note.
     """
 
-    name: str
-    keys: Callable[[Sequence[str]], set[str]]
-    compute: Callable[[MeasureContext], MeasureResult]
-    options: Mapping[str, Option] = field(default_factory=dict)
+    name: str = ""
+    options: Mapping[str, Option] = {}
     shard: ShardFn | None = None
-    shard_keys: Callable[[Sequence[str]], list[str]] = lambda methods: []
     stage: Literal["epoch", "sanity"] = "epoch"
     always: bool = False
     cost: str = ""
+
+    def __init__(self, name: str | None = None, keys: Callable[[Sequence[str]], set[str]] | None = None,
+                 compute: Callable[[MeasureContext], MeasureResult] | None = None, *,
+                 options: Mapping[str, Option] | None = None, shard: ShardFn | None = None,
+                 shard_keys: Callable[[Sequence[str]], list[str]] | None = None,
+                 stage: Literal["epoch", "sanity"] | None = None, always: bool | None = None,
+                 cost: str | None = None) -> None:
+        given = {"name": name, "keys": keys, "compute": compute, "options": options, "shard": shard,
+                 "shard_keys": shard_keys, "stage": stage, "always": always, "cost": cost}
+        for attribute, value in given.items():
+            if value is not None:
+                setattr(self, attribute, value)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, stage={self.stage!r})"
+
+    def keys(self, methods: Sequence[str]) -> set[str]:
+        """Every key ``compute`` may log for these methods (checked against ``EarlyStopping(monitor=...)``)."""
+        raise NotImplementedError(f"measure {self.name!r} does not say which keys it logs")
+
+    def compute(self, ctx: MeasureContext) -> MeasureResult:
+        """The scalars (never non-finite), per-probe values and histograms of one round."""
+        raise NotImplementedError(f"measure {self.name!r} computes nothing")
+
+    def shard_keys(self, methods: Sequence[str]) -> list[str]:
+        """The keys ``shard`` returns (an empty shard sends empty tensors under them, so every rank takes part in
+        the gather)."""
+        return []
 
 
 _REGISTRY: dict[str, Measure] = {}
 
 
-def register_measure(measure: Measure) -> Measure:
-    """Add ``measure`` to the registry (a name can be registered once)."""
-    if not isinstance(measure, Measure):
-        raise TypeError(f"`measure` must be a Measure, got {type(measure).__name__}")
-    if measure.name in _REGISTRY and _REGISTRY[measure.name] is not measure:
-        raise ValueError(f"a measure named {measure.name!r} is already registered")
-    _REGISTRY[measure.name] = measure
+def register_measure(measure: Any) -> Any:
+    """Add a measure to the registry (a name can be registered once): a :class:`Measure` instance, or, as a class
+    decorator, a :class:`Measure` subclass (registered as one instance; the class is returned)."""
+    instance = measure() if isinstance(measure, type) and issubclass(measure, Measure) else measure
+    if not isinstance(instance, Measure):
+        raise TypeError(f"`measure` must be a Measure or a subclass of it, got {type(measure).__name__}")
+    if not isinstance(instance.name, str) or not instance.name:
+        raise ValueError(f"{type(instance).__name__}.name must be a non-empty string, got {instance.name!r}")
+    if instance.name in _REGISTRY and _REGISTRY[instance.name] is not instance:
+        raise ValueError(f"a measure named {instance.name!r} is already registered")
+    _REGISTRY[instance.name] = instance
     return measure
 
 

@@ -10,6 +10,7 @@ import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 
+from lightning_xai import keys as xai_keys
 from lightning_xai.report.layout import custom_scalars_layout, describe, key_order
 from lightning_xai.report.logs import RunData, find_runs, load_run
 from lightning_xai.report.markup import Markup, document, element, markdown
@@ -20,7 +21,6 @@ __all__ = ["REPORT_FILE", "build_report", "load_newest", "report_path", "save_re
 #: The report's file name, in the run's log directory.
 REPORT_FILE = "xai_report.html"
 _NAMES = {"grad_cam": "Grad-CAM", "saliency": "saliency", "integrated_gradients": "Integrated Gradients"}
-_KEY = re.compile(r"^xai/(?P<method>[^/]+)/(?P<metric>[^/]+)$")
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1180px;margin:24px auto;padding:0 16px;color:#222}
 h1{font-size:22px;margin-bottom:4px} h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
@@ -45,16 +45,16 @@ def _img(png: bytes, alt: str) -> Markup:
 
 
 #: Keys every explained method logs (``xai/{method}/{key}``); the views' keys (``xai/projector/silhouette``) are not.
-_METHOD_KEYS = ("stability", "drift", "overlay", "timeline")
+_METHOD_KEYS = (xai_keys.STABILITY, xai_keys.FLAGGED, xai_keys.OVERLAY, xai_keys.TIMELINE)
 
 
 def _methods(data: RunData) -> list[str]:
     seen: list[str] = []
     for tag in [*data.scalars, *data.images]:
-        m = _KEY.match(tag)
-        if (m and m["metric"] in _METHOD_KEYS and m["method"] not in ("agreement", "drift")
-                and m["method"] not in seen):
-            seen.append(m["method"])
+        parts = xai_keys.method_and_name(tag)
+        if (parts and parts[1] in _METHOD_KEYS and parts[0] not in (xai_keys.AGREEMENT, "drift")
+                and parts[0] not in seen):
+            seen.append(parts[0])
     order = list(_NAMES)
     return sorted(seen, key=lambda m: (order.index(m) if m in order else len(order), m))
 
@@ -88,14 +88,14 @@ def _value_at_or_before(series: list[tuple[int, float]], step: int) -> float | N
 
 def _alarm_steps(data: RunData) -> list[int]:
     """Steps of the epochs that raised a drift alarm (``xai/drift/alarm`` = 1): the epoch-level decision."""
-    return sorted({s for s, v in data.scalars.get("xai/drift/alarm", []) if v > 0.5})
+    return sorted({s for s, v in data.scalars.get(xai_keys.DRIFT_ALARM, []) if v > 0.5})
 
 
 def _flagged(data: RunData, methods: list[str]) -> dict[int, dict[str, int]]:
     """Per step, the probes flagged per method (``xai/{m}/drift`` > 0): evidence, not alarms."""
     steps: dict[int, dict[str, int]] = {}
     for m in methods:
-        for step, value in data.scalars.get(f"xai/{m}/drift", []):
+        for step, value in data.scalars.get(xai_keys.flagged(m), []):
             if value > 0:
                 steps.setdefault(step, {})[m] = int(value)
     return dict(sorted(steps.items()))
@@ -139,7 +139,7 @@ def _mass_moves(data: RunData, methods: list[str], step: int) -> list[str]:
     """Where the evidence went, read from the localisation scalars: before the alarm, at it, at the end."""
     out = []
     for m in methods:
-        series = data.scalars.get(f"xai/{m}/relevance_mass", [])
+        series = data.scalars.get(xai_keys.relevance_mass(m), [])
         before = _value_at_or_before(series, step - 1)
         if before is None or not series:
             continue
@@ -152,9 +152,9 @@ def _mass_moves(data: RunData, methods: list[str], step: int) -> list[str]:
 def _alarm_summary(data: RunData, methods: list[str], step: int, text: str | None, last_step: int) -> Markup:
     """One alarm: when, the evidence, where it moved, what to do."""
     headline, where, probes = _alarm_text(text)
-    score = _at(data.scalars.get("xai/drift/score", []), step)
-    per_method = [(m, _at(data.scalars.get(f"xai/{m}/drift_score", []), step)) for m in methods]
-    flagged = [(m, _at(data.scalars.get(f"xai/{m}/drift", []), step)) for m in methods]
+    score = _at(data.scalars.get(xai_keys.DRIFT_SCORE, []), step)
+    per_method = [(m, _at(data.scalars.get(xai_keys.drift_evidence(m), []), step)) for m in methods]
+    flagged = [(m, _at(data.scalars.get(xai_keys.flagged(m), []), step)) for m in methods]
     evidence: list[object] = []
     if score is not None:
         evidence.append(f"epoch evidence {score:.2f} (an alarm at >= 1)")
@@ -179,7 +179,7 @@ def _alarm_summary(data: RunData, methods: list[str], step: int, text: str | Non
                          "monitor.drift_detector.accept()"), " makes the current maps the reference. If not, "
                          f"investigate what the model started to use around {_epoch(data, step)}: a cue in the "
                          "training data where the maps moved, a label or pipeline change."))
-    active = data.scalars.get("xai/drift/active", [])
+    active = data.scalars.get(xai_keys.DRIFT_ACTIVE, [])
     after = [(s, v) for s, v in active if s >= step]
     if after:
         back = next((s for s, v in after if v < 0.5), None)
@@ -200,8 +200,8 @@ def _input_weighted() -> frozenset[str]:
 
 
 def _sanity_words(data: RunData, methods: list[str], threshold: float) -> list[Markup]:
-    values = {m: data.scalars[f"xai/{m}/sanity_similarity"][-1][1] for m in methods
-              if data.scalars.get(f"xai/{m}/sanity_similarity")}
+    values = {m: data.scalars[xai_keys.sanity_similarity(m)][-1][1] for m in methods
+              if data.scalars.get(xai_keys.sanity_similarity(m))}
     passing = [_name(m) for m, v in values.items() if v <= threshold]
     judge = (f"judge what the model learnt with {' and '.join(passing)}, which "
              f"{'pass' if len(passing) > 1 else 'passes'}" if passing else
@@ -269,19 +269,32 @@ def build_report(data: RunData, *, sanity_threshold: float = 0.5) -> str:
         sanity_threshold: the similarity above which the sanity check is read as failed (the monitor's default).
     """
     methods = _methods(data)
-    xai = {tag: s for tag, s in data.scalars.items() if tag.startswith("xai/")}
+    xai = {tag: s for tag, s in data.scalars.items() if xai_keys.is_xai(tag)}
     steps = sorted({s for tag, series in xai.items() if tag.endswith("/stability") for s, _ in series})
     alarms = _alarm_steps(data)
-    flagged = _flagged(data, methods)
-    texts = dict(data.texts.get("xai/drift", []))
-    x_label = "epoch" if data.scalars.get("epoch") else "step"
+    texts = dict(data.texts.get(xai_keys.DRIFT_TEXT, []))
     source = "TensorBoard event files" if data.source == "events" else "the PNG/CSV/Markdown files"
     body: list[Markup] = [element("h1", "lightning_xai report"), element(
         "div", f"{data.path} \u00b7 read from {source} \u00b7 {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         class_="meta")]
+    body += _summary(data, methods, xai, steps, alarms, texts, sanity_threshold)
+    body += _curves(data, xai, alarms)
+    for m in methods:
+        body += _pictures(data, m, alarms)
+    # each alarm's text as logged
+    items = [element("div", element("h3", f"Alarm at {_where(data, step)}"), markdown(texts[step]), class_="event")
+             for step in alarms if step in texts]
+    if items:
+        body += [element("h2", "The alarms as logged (xai/drift text)"), *items]
+    body += _metrics_table(xai, methods)
+    return str(document("lightning_xai report", body, css=_CSS))
 
-    # ---------------------------------------------------------------- summary: the alarms first
-    body.append(element("h2", "Summary"))
+
+def _summary(data: RunData, methods: list[str], xai: dict, steps: list[int], alarms: list[int], texts: dict,
+             sanity_threshold: float) -> list[Markup]:
+    """The alarms first (when, the evidence, where the maps moved), then what was explained, the probes flagged
+    without an alarm, the last stability and the sanity check."""
+    body: list[Markup] = [element("h2", "Summary")]
     last_step = steps[-1] if steps else max((s for series in xai.values() for s, _ in series), default=0)
     if alarms:
         n = len(alarms)
@@ -290,7 +303,7 @@ def build_report(data: RunData, *, sanity_threshold: float = 0.5) -> str:
                             + ". An alarm is the epoch-level decision: the explanations of the probes, taken "
                             "together, moved more than this run's own noise allows."))
         body += [_alarm_summary(data, methods, s, texts.get(s), last_step) for s in alarms]
-    elif "xai/drift/alarm" in xai:
+    elif xai_keys.DRIFT_ALARM in xai:
         body.append(element("p", element("span", "No drift alarm", class_="ok"),
                             f" in {len(steps)} explained epochs: after the warm-up the explanations never moved more "
                             "than this run's own noise allows."))
@@ -298,14 +311,14 @@ def build_report(data: RunData, *, sanity_threshold: float = 0.5) -> str:
     if steps:
         summary.append(f"Explained {len(steps)} times, from {_where(data, steps[0])} to {_where(data, steps[-1])}, "
                        f"with {', '.join(_name(m) for m in methods)}.")
-    quiet = {s: c for s, c in flagged.items() if s not in alarms}
+    quiet = {s: c for s, c in _flagged(data, methods).items() if s not in alarms}
     if quiet:
         parts = [f"{_epoch(data, s)}: " + ", ".join(f"{_name(m)} {k}" for m, k in c.items()) for s, c in quiet.items()]
         summary.append(f"Probes flagged without an alarm (evidence, not drift) at {len(quiet)} epoch"
                        f"{'s' if len(quiet) > 1 else ''}: " + "; ".join(parts) + ". A flagged probe moved beyond "
                        "its own noise floor; single probes do that in normal training, so only the epoch's evidence "
                        "over all probes and methods raises an alarm.")
-    finals = [f"{_name(m)} {xai[f'xai/{m}/stability'][-1][1]:.2f}" for m in methods if f"xai/{m}/stability" in xai]
+    finals = [f"{_name(m)} {xai[xai_keys.stability(m)][-1][1]:.2f}" for m in methods if xai_keys.stability(m) in xai]
     if finals:
         summary.append(f"Stability at the last explained epoch: {', '.join(finals)} (1 = the same map as the epoch "
                        "before).")
@@ -314,12 +327,15 @@ def build_report(data: RunData, *, sanity_threshold: float = 0.5) -> str:
     if sanity:
         body.append(element("h3", "Sanity check (model randomisation, at the end of fit)"))
         body.append(element("ul", sanity, class_="summary"))
+    return body
 
-    # ---------------------------------------------------------------- curves: the dashboard's charts, alarms marked
+
+def _curves(data: RunData, xai: dict, alarms: list[int]) -> list[Markup]:
+    """The dashboard's charts, alarm epochs marked."""
+    x_label = "epoch" if data.scalars.get("epoch") else "step"
     markers = [(_x(data, step), f"alarm, {_epoch(data, step)}") for step in alarms]
-    layout = custom_scalars_layout(xai)
     charts = []
-    for title, (_, patterns) in next(iter(layout.values()), {}).items():
+    for title, (_, patterns) in next(iter(custom_scalars_layout(xai).values()), {}).items():
         tags = [re.sub(r"\\(.)", r"\1", p[1:-1]) for p in patterns]
         tags = [t for t in tags if t in xai]
         names = _short_names(tags)
@@ -327,44 +343,40 @@ def build_report(data: RunData, *, sanity_threshold: float = 0.5) -> str:
         bounded = any(w in title for w in ("stability", "overlap", "localisation: p", "localisation: r", "agreement"))
         charts.append(line_chart(series, title=title, x_label=x_label, y_range=(0.0, 1.0) if bounded else None,
                                  markers=markers, marker_labels=True))
-    if charts:
-        note = (" Dashed lines: the alarm epochs." if alarms else "")
-        body += [element("h2", "Curves"), element("p", "The charts of the TensorBoard dashboard (Custom Scalars tab)."
-                                                  + note, class_="quiet"), element("div", charts, class_="charts")]
+    if not charts:
+        return []
+    note = (" Dashed lines: the alarm epochs." if alarms else "")
+    return [element("h2", "Curves"), element("p", "The charts of the TensorBoard dashboard (Custom Scalars tab)."
+                                             + note, class_="quiet"), element("div", charts, class_="charts")]
 
-    # ---------------------------------------------------------------- pictures
-    for m in methods:
-        pictures: list[Markup] = []
-        timeline = data.latest("images", f"xai/{m}/timeline")
-        if timeline is not None:
-            pictures.append(element("figure", _img(timeline[1], f"{m} timeline"), element(
-                "figcaption", "Each probe (row) across the explained epochs (columns); flagged probes outlined.")))
-        shown = _overlays_shown(data.images.get(f"xai/{m}/overlay", []), alarms)
-        panels = [element("figure", _img(png, f"{m} overlay"), element("figcaption", f"{_where(data, step)}: {what}"))
-                  for step, png, what in shown]
-        if panels:
-            pictures.append(element("div", panels, class_="panels"))
-        if pictures:
-            body += [element("h2", _name(m)), *pictures]
 
-    # ---------------------------------------------------------------- each alarm's text as logged
-    items = [element("div", element("h3", f"Alarm at {_where(data, step)}"), markdown(texts[step]), class_="event")
-             for step in alarms if step in texts]
-    if items:
-        body += [element("h2", "The alarms as logged (xai/drift text)"), *items]
+def _pictures(data: RunData, m: str, alarms: list[int]) -> list[Markup]:
+    """One method's timeline and overlays (before the first alarm, at it, the last)."""
+    pictures: list[Markup] = []
+    timeline = data.latest("images", xai_keys.timeline(m))
+    if timeline is not None:
+        pictures.append(element("figure", _img(timeline[1], f"{m} timeline"), element(
+            "figcaption", "Each probe (row) across the explained epochs (columns); flagged probes outlined.")))
+    shown = _overlays_shown(data.images.get(xai_keys.overlay(m), []), alarms)
+    panels = [element("figure", _img(png, f"{m} overlay"), element("figcaption", f"{_where(data, step)}: {what}"))
+              for step, png, what in shown]
+    if panels:
+        pictures.append(element("div", panels, class_="panels"))
+    return [element("h2", _name(m)), *pictures] if pictures else []
 
-    # ---------------------------------------------------------------- every metric, in the dashboard's order
+
+def _metrics_table(xai: dict, methods: list[str]) -> list[Markup]:
+    """Every metric's first, last and largest value with what it means, in the dashboard's order."""
     rows = []
     for tag in sorted(xai, key=lambda t: key_order(t, methods)):
-        series = xai[tag]
-        values = [v for _, v in series]
+        values = [v for _, v in xai[tag]]
         rows.append(element("tr", element("td", element("code", tag)),
                             [element("td", f"{v:.3f}", class_="num") for v in (values[0], values[-1], max(values))],
                             element("td", describe(tag) or "-")))
-    if rows:
-        body += [element("h2", "All metrics"), element(
-            "table", element("tr", [element("th", h) for h in ("key", "first", "last", "max", "meaning")]), rows)]
-    return str(document("lightning_xai report", body, css=_CSS))
+    if not rows:
+        return []
+    return [element("h2", "All metrics"), element(
+        "table", element("tr", [element("th", h) for h in ("key", "first", "last", "max", "meaning")]), rows)]
 
 
 def load_newest(logdir: str | os.PathLike[str]) -> RunData:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from lightning_xai import keys as xai_keys
+
 __all__ = ["CATEGORY", "KEYS", "chart_of", "custom_scalars_layout", "describe", "key_order"]
 
 #: The category (collapsible section) of TensorBoard's Custom Scalars tab.
@@ -18,63 +20,72 @@ ALARM_CHART = "drift alarm (1 = alarm epoch), active, evidence (>= 1 alarms)"
 STABILITY_CHART = "stability (1 = same map as the previous epoch)"
 FLAGGED_CHART = "probes flagged per method (evidence, not an alarm)"
 
+
+def _exact(key: str) -> str:
+    return f"^{re.escape(key)}$"
+
+
+def _under(prefix: str) -> str:
+    return f"^{re.escape(prefix)}"
+
+
 #: ``(key pattern, chart title, description)`` in display order; the first match wins. Keys are
 #: ``xai/{method}/{metric}``, ``xai/agreement/{a}_vs_{b}``, ``xai/drift/...``, ``xai/overhead`` and the views' keys.
 #: One-point series (the sanity check, logged once at the end of fit) get no chart: TensorBoard's "ignore outliers"
 #: scaling hides a lone failing value there; the report and the console give them in words.
 KEYS: tuple[tuple[re.Pattern[str], str | None, str], ...] = tuple((re.compile(p), chart, text) for p, chart, text in (
-    (r"^xai/drift/alarm$", ALARM_CHART, "1 at an epoch that raised a drift alarm (the epoch-level decision), else 0"),
-    (r"^xai/drift/active$", ALARM_CHART,
+    (_exact(xai_keys.DRIFT_ALARM), ALARM_CHART, "1 at an epoch that raised a drift alarm (the epoch-level decision), else 0"),
+    (_exact(xai_keys.DRIFT_ACTIVE), ALARM_CHART,
      "1 while the explanations still differ from before the last alarm (until accept() or they return), else 0"),
-    (r"^xai/drift/score$", ALARM_CHART,
+    (_exact(xai_keys.DRIFT_SCORE), ALARM_CHART,
      "the epoch's drift evidence, averaged over methods, in units of the alarm threshold (>= 1 alarms)"),
-    (r"^xai/[^/]+/stability$", STABILITY_CHART,
+    (xai_keys.per_method_pattern(xai_keys.STABILITY), STABILITY_CHART,
      "mean rank correlation (Spearman) with the previous explained epoch's map (1 = unchanged)"),
-    (r"^xai/[^/]+/drift$", FLAGGED_CHART,
+    (xai_keys.per_method_pattern(xai_keys.FLAGGED), FLAGGED_CHART,
      "probes whose map moved beyond their own noise floor this epoch (evidence for the alarm, not an alarm)"),
-    (r"^xai/[^/]+/drift_score$", "evidence per method (>= 1 is an alarm's level)",
+    (xai_keys.per_method_pattern(xai_keys.DRIFT_EVIDENCE), "evidence per method (>= 1 is an alarm's level)",
      "this method's drift evidence in units of the alarm threshold (the epoch alarms on the average over methods)"),
-    (r"^xai/[^/]+/shift$", "shift from the reference (0 = the reference maps)",
+    (xai_keys.per_method_pattern(xai_keys.SHIFT), "shift from the reference (0 = the reference maps)",
      "mean 1 - Spearman to the long-horizon reference maps (end of warm-up, or the maps before the last alarm)"),
-    (r"^xai/[^/]+/topk_overlap$", "top-k overlap with the previous epoch",
+    (xai_keys.per_method_pattern(xai_keys.TOPK_OVERLAP), "top-k overlap with the previous epoch",
      "share of the top-10% pixels kept from the previous explained epoch (1 = the same pixels)"),
-    (r"^xai/[^/]+/pointing_game$", "localisation: pointing game",
+    (xai_keys.per_method_pattern(xai_keys.POINTING_GAME), "localisation: pointing game",
      "share of maps whose peak falls inside the object's mask"),
-    (r"^xai/[^/]+/relevance_mass$", "localisation: relevance mass on the object",
+    (xai_keys.per_method_pattern(xai_keys.RELEVANCE_MASS), "localisation: relevance mass on the object",
      "share of the map's mass inside the object's mask"),
-    (r"^xai/[^/]+/mass_change$", "localisation: mass on the object vs its normal level",
+    (xai_keys.per_method_pattern(xai_keys.MASS_CHANGE), "localisation: mass on the object vs its normal level",
      "share of the map inside the masks minus its normal level (negative: the evidence left the object)"),
-    (r"^xai/[^/]+/degenerate$", "degenerate maps (all zero, constant or non-finite)",
+    (xai_keys.per_method_pattern(xai_keys.DEGENERATE), "degenerate maps (all zero, constant or non-finite)",
      "probes whose map is all zero, constant or non-finite (never counted as stable)"),
-    (r"^xai/agreement/", "agreement between methods", "mean rank correlation between the two methods' maps"),
-    (r"^xai/[^/]+/completeness_error$", "IG completeness error (median, p90, max)",
+    (_under(xai_keys.of(xai_keys.AGREEMENT, "")), "agreement between methods", "mean rank correlation between the two methods' maps"),
+    (xai_keys.per_method_pattern(xai_keys.COMPLETENESS_ERROR), "IG completeness error (median, p90, max)",
      "median |sum(attr) - (f(x) - f(baseline))| / |f(x) - f(baseline)| over the probes (0 = exact)"),
-    (r"^xai/[^/]+/completeness_error_p90$", "IG completeness error (median, p90, max)",
+    (xai_keys.per_method_pattern("completeness_error_p90"), "IG completeness error (median, p90, max)",
      "90th percentile of the completeness error over the probes"),
-    (r"^xai/[^/]+/completeness_error_max$", "IG completeness error (median, p90, max)",
+    (xai_keys.per_method_pattern("completeness_error_max"), "IG completeness error (median, p90, max)",
      "largest completeness error over the probes"),
-    (r"^xai/[^/]+/deletion_auc$", "faithfulness: deletion / insertion AUC",
+    (xai_keys.per_method_pattern("deletion_auc"), "faithfulness: deletion / insertion AUC",
      "target probability as the most relevant pixels are removed (low = faithful)"),
-    (r"^xai/[^/]+/insertion_auc$", "faithfulness: deletion / insertion AUC",
+    (xai_keys.per_method_pattern("insertion_auc"), "faithfulness: deletion / insertion AUC",
      "target probability as the most relevant pixels are inserted (high = faithful)"),
-    (r"^xai/[^/]+/sanity_similarity$", None,
+    (xai_keys.per_method_pattern(xai_keys.SANITY_SIMILARITY), None,
      "similarity to the maps of a weight-randomised copy, at the end of fit (low = the maps depend on the weights)"),
-    (r"^xai/overhead", "monitor overhead (share of epoch time)",
+    (_under(xai_keys.OVERHEAD), "monitor overhead (share of epoch time)",
      "the monitor's share of the epoch's wall time (rank 0's clock)"),
-    (r"^xai/dissection/units/", "dissection: units detecting each concept",
+    (_under(xai_keys.of("dissection", "units/")), "dissection: units detecting each concept",
      "units of the layer whose top activations overlap the concept's masks (IoU > 0.04)"),
-    (r"^xai/dissection/max_iou/", "dissection: best IoU per concept", "the best unit's IoU with the concept's masks"),
-    (r"^xai/projector/centroid_accuracy$", "projector: class separation of the pool",
+    (_under(xai_keys.of("dissection", "max_iou/")), "dissection: best IoU per concept", "the best unit's IoU with the concept's masks"),
+    (_exact(xai_keys.of("projector", "centroid_accuracy")), "projector: class separation of the pool",
      "nearest-class-centroid accuracy of the penultimate features on the pool"),
-    (r"^xai/projector/silhouette$", "projector: class separation of the pool",
+    (_exact(xai_keys.of("projector", "silhouette")), "projector: class separation of the pool",
      "silhouette of the classes in the penultimate features (1 = well separated)"),
-    (r"^xai/activations/dead_fraction$", "activations: dead units",
+    (_exact(xai_keys.of("activations", "dead_fraction")), "activations: dead units",
      "share of the layer's channels that never activate on the pool"),
-    (r"^xai/max_min/change$", "max/min images: change",
+    (_exact(xai_keys.of("max_min", "change")), "max/min images: change",
      "Jaccard distance of the per-class top/bottom pool samples to the previous epoch's"),
-    (r"^xai/activation_max/gain$", "activation maximisation",
+    (_exact(xai_keys.of("activation_max", "gain")), "activation maximisation",
      "logit gained by the optimised input over its starting point"),
-    (r"^xai/activation_max/probability$", "activation maximisation",
+    (_exact(xai_keys.of("activation_max", "probability")), "activation maximisation",
      "softmax probability of the class for its optimised input"),
 ))
 
@@ -107,7 +118,7 @@ def describe(key: str) -> str:
     if i is None:
         return ""
     text = KEYS[i][2]
-    if key.startswith("xai/agreement/"):
+    if key.startswith(xai_keys.of(xai_keys.AGREEMENT, "")):
         pair = key.rsplit("/", 1)[-1].replace("_vs_", " and ")
         text = f"mean rank correlation between the maps of {pair}"
     return text
@@ -151,7 +162,7 @@ def custom_scalars_layout(keys: Iterable[str]) -> dict[str, dict[str, list]]:
     for key in sorted(set(keys)):
         if not isinstance(key, str):
             raise TypeError(f"`keys` must be str, got {key!r}")
-        chart = chart_of(key) if key.startswith("xai/") else None
+        chart = chart_of(key) if xai_keys.is_xai(key) else None
         if chart is not None:
             charts.setdefault(chart, []).append(key)
     order: dict[str, int] = {}

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lightning_xai import keys as xai_keys
+
 __all__ = ["RunData", "find_runs", "load_run"]
 
 _EVENTS = "events.out.tfevents."
@@ -43,7 +45,7 @@ class RunData:
         """The epoch explained at ``step``: from the monitor's own ``xai/drift`` text (``**epoch E, step S**``), else
         Lightning's ``epoch`` scalar (the smallest value logged at that step: at an epoch's last step the next
         epoch's first training metrics may share it), else ``None``."""
-        for s, text in self.texts.get("xai/drift", []):
+        for s, text in self.texts.get(xai_keys.DRIFT_TEXT, []):
             if s == step:
                 match = _EPOCH_STEP.search(text)
                 if match and int(match["step"]) == step:
@@ -71,7 +73,7 @@ def _csv_logger_has_xai(path: Path) -> bool:
         return False
     with metrics.open(newline="", encoding="utf-8") as f:
         header = next(csv.reader(f), [])
-    return any(column.startswith("xai/") for column in header)
+    return any(xai_keys.is_xai(column) for column in header)
 
 
 def find_runs(logdir: str | os.PathLike[str]) -> list[Path]:
@@ -128,12 +130,12 @@ def _from_events(path: Path) -> RunData:
     for tag in tags.get("scalars", []):
         data.scalars[tag] = [(e.step, float(e.value)) for e in acc.Scalars(tag)]
     for tag in tags.get("images", []):
-        if tag.startswith("xai/"):
+        if xai_keys.is_xai(tag):
             data.images[tag] = [(e.step, e.encoded_image_string) for e in acc.Images(tag)]
     for tag in tags.get("tensors", []):
         if tag == "custom_scalars__config__":
             data.layout = _layout_from_tensor(acc.Tensors(tag)[-1].tensor_proto)
-        elif tag.startswith("xai/"):
+        elif xai_keys.is_xai(tag):
             events = acc.Tensors(tag)
             if events and events[0].tensor_proto.string_val:  # text summaries
                 name = tag[: -len("/text_summary")] if tag.endswith("/text_summary") else tag
@@ -188,7 +190,7 @@ def _tag_from_dirname(name: str) -> str:
     if not name.startswith("xai_"):
         return name
     head, _, last = name[4:].rpartition("_")
-    return f"xai/{head}/{last}" if head else f"xai/{last}"
+    return xai_keys.of(head, last) if head else xai_keys.PREFIX + last
 
 
 def load_run(path: str | os.PathLike[str]) -> RunData:
@@ -201,7 +203,7 @@ def load_run(path: str | os.PathLike[str]) -> RunData:
     path = Path(path)
     if any(p.name.startswith(_EVENTS) for p in path.iterdir()):
         data = _from_events(path)
-        if any(tag.startswith("xai/") for tag in data.scalars):
+        if any(xai_keys.is_xai(tag) for tag in data.scalars):
             return data
     if (path / _SCALARS_FILE).is_file() or _csv_logger_has_xai(path):
         return _from_files(path)

@@ -5,11 +5,12 @@ Pure torch (no Lightning). Each view is a small class ``View(**options)`` called
 scalars, texts, embeddings) for a writer. Every forward runs inside
 :func:`~lightning_xai.attribution.preserved_state` with hooks that live for one call; activation maximisation
 works on a copy of the model. :data:`VIEWS` maps the names accepted by ``ExplanationMonitor(views=...)`` to the
-classes; :class:`ViewRunner` holds the chosen views, their pool and concepts, and runs them in a round.
+classes (subclasses of :class:`View`, added with :func:`register_view`: a view from outside the package is one class
+and one decorator); :class:`ViewRunner` holds the chosen views, their pool and concepts, and runs them in a round.
 Structured attention graphs (:func:`attention_graphs`) are offline work for the end of fit.
 """
 
-from lightning_xai.views._common import Embedding, ViewContext, ViewOutput, capture, to_spatial
+from lightning_xai.views._common import Embedding, View, ViewContext, ViewOutput, capture, register_view, to_spatial
 from lightning_xai.views.activation_max import ActivationMaxView, maximize_class
 from lightning_xai.views.activations import ActivationsView, strongest_channels
 from lightning_xai.views.attention_graphs import AttentionGraph, attention_graphs, render_attention_graphs
@@ -21,6 +22,7 @@ from lightning_xai.views.runner import (
     POOL_OPTIONS,
     VIEWS,
     ViewRunner,
+    available_views,
     check_view_options,
     concepts_of,
     view_option_spec,
@@ -38,10 +40,12 @@ __all__ = [
     "Embedding",
     "MaxMinView",
     "ProjectorView",
+    "View",
     "ViewContext",
     "ViewOutput",
     "ViewRunner",
     "attention_graphs",
+    "available_views",
     "capture",
     "check_view_options",
     "concepts_of",
@@ -49,6 +53,7 @@ __all__ = [
     "extremes",
     "maximize_class",
     "nearest_centroid_accuracy",
+    "register_view",
     "render_attention_graphs",
     "set_change",
     "silhouette",

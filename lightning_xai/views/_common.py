@@ -18,8 +18,8 @@ from lightning_xai.attribution import preserved_state, resolve_layer, unwrap_mod
 from lightning_xai.render import caption, denormalize, to_uint8, upscale_factor
 
 __all__ = [
-    "Embedding", "ViewContext", "ViewOutput", "capture", "checked", "display", "tile_grid",
-    "to_spatial",
+    "VIEWS", "Embedding", "View", "ViewContext", "ViewOutput", "capture", "checked", "display", "register_view",
+    "tile_grid", "to_spatial",
 ]
 
 OutputTransform = Callable[[Any], Tensor]
@@ -113,6 +113,38 @@ class ViewOutput:
     scalars: dict[str, float] = field(default_factory=dict)
     texts: dict[str, str] = field(default_factory=dict)
     embeddings: list[Embedding] = field(default_factory=list)
+
+
+class View:
+    """The base of every view: a class with a ``name`` (what ``ExplanationMonitor(views=...)`` accepts), its
+    ``options`` (name -> :class:`~lightning_xai._validation.Option`: the keyword arguments of ``__init__``, checked by
+    the one checker before the view is made) and ``__call__(ctx) -> ViewOutput``. A view that keeps state across
+    rounds adds ``state_dict()`` / ``load_state_dict(state)`` (plain values: it goes into the checkpoint).
+    Registered with :func:`register_view`; its docstring says what it costs.
+    """
+
+    name: str = ""
+    options: Mapping[str, Option] = {}
+
+    def __call__(self, ctx: ViewContext) -> ViewOutput:
+        raise NotImplementedError
+
+
+#: View name -> class, in the order a round runs them (the built-ins, then views registered from outside).
+VIEWS: dict[str, type[View]] = {}
+
+
+def register_view(cls: type[View]) -> type[View]:
+    """Class decorator: add a :class:`View` subclass under its ``name`` (a name can be registered once), so
+    ``ExplanationMonitor(views=(name,), view_options={name: {...}})`` accepts and runs it."""
+    if not (isinstance(cls, type) and issubclass(cls, View)):
+        raise TypeError(f"register_view takes a subclass of lightning_xai.views.View, got {cls!r}")
+    if not isinstance(cls.name, str) or not cls.name.isidentifier():
+        raise ValueError(f"{cls.__name__}.name must be an identifier (the name in `views=`), got {cls.name!r}")
+    if VIEWS.get(cls.name, cls) is not cls:
+        raise ValueError(f"a view named {cls.name!r} is already registered ({VIEWS[cls.name].__name__})")
+    VIEWS[cls.name] = cls
+    return cls
 
 
 def checked(owner: str, spec: Mapping[str, Option], **values: Any) -> dict[str, Any]:

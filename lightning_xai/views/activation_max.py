@@ -11,10 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_xai import keys
 from lightning_xai._validation import integer, number, seed
 from lightning_xai.attribution import preserved_state, unwrap_model
 from lightning_xai.views._common import (
     OutputTransform,
+    View,
     ViewContext,
     ViewOutput,
     _logits,
@@ -145,7 +147,7 @@ def _logits_with_grad(out: Any, output_transform: OutputTransform | None, rows: 
     return out.float()
 
 
-class ActivationMaxView:
+class ActivationMaxView(View):
     """For each class, the input that maximises its logit (:func:`maximize_class`), every ``every_n_epochs``.
 
     Same seed every time, so the images of successive epochs differ only because the model did. Captions give the
@@ -197,7 +199,7 @@ class ActivationMaxView:
                     for c, f, p in zip(classes, final, probs)]
         tiles = images if images.shape[1] == 3 else images[:, :1].expand(-1, 3, -1, -1)
         grid = tile_grid(tiles, captions, nrow=len(classes), upscale_to=96)
-        return ViewOutput(images={"xai/activation_max/classes": grid},
-                          scalars={"xai/activation_max/gain": float((final - start).mean()),
-                                   "xai/activation_max/probability": float(probs.mean())})
+        return ViewOutput(images={keys.of("activation_max", "classes"): grid},
+                          scalars={keys.of("activation_max", "gain"): float((final - start).mean()),
+                                   keys.of("activation_max", "probability"): float(probs.mean())})
 

@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_xai import keys
 from lightning_xai._validation import integer
 from lightning_xai.render import apply_colormap
-from lightning_xai.views._common import ViewContext, ViewOutput, checked, display, tile_grid
+from lightning_xai.views._common import View, ViewContext, ViewOutput, checked, display, tile_grid
 
 __all__ = ["ActivationsView", "strongest_channels"]
 
@@ -28,7 +29,7 @@ def strongest_channels(acts: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return idx, values
 
 
-class ActivationsView:
+class ActivationsView(View):
     """Tiles of the ``num_channels`` strongest channels of the layer for the first ``num_probes`` probes.
 
     One row per probe: the probe, then its strongest channels (largest spatial mean) coloured with ``inferno`` on a
@@ -72,5 +73,5 @@ class ActivationsView:
             tiles.extend(apply_colormap(maps01, "inferno"))
             captions.extend([f"ch{int(c)} {float(m):.2f}"] for c, m in zip(channels[i], means[i]))
         grid = tile_grid(torch.stack(tiles), captions, nrow=channels.shape[1] + 1)
-        return ViewOutput(images={"xai/activations/top_channels": grid},
-                          scalars={"xai/activations/dead_fraction": dead})
+        return ViewOutput(images={keys.of("activations", "top_channels"): grid},
+                          scalars={keys.of("activations", "dead_fraction"): dead})

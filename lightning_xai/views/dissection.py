@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_xai import keys
 from lightning_xai._validation import integer, number
-from lightning_xai.views._common import ViewContext, ViewOutput, checked, display, tile_grid
+from lightning_xai.views._common import View, ViewContext, ViewOutput, checked, display, tile_grid
 
 __all__ = ["Dissection", "DissectionView", "dissect"]
 
@@ -147,7 +148,7 @@ def dissect(
     return Dissection(names, iou, thresholds, label, best > iou_threshold)
 
 
-class DissectionView:
+class DissectionView(View):
     """Units of the layer that detect each concept of the pool, per epoch (:func:`dissect`).
 
     Concepts come from the context (``{name: (N, 1, H, W)}`` masks on the pool; e.g. for the shapes dataset one
@@ -186,16 +187,16 @@ class DissectionView:
         self.last = result
         out = ViewOutput()
         for name, count in result.units_per_concept().items():
-            out.scalars[f"xai/dissection/units/{name}"] = float(count)
-            out.scalars[f"xai/dissection/max_iou/{name}"] = float(result.iou[:, result.concepts.index(name)].max())
+            out.scalars[keys.of("dissection", f"units/{name}")] = float(count)
+            out.scalars[keys.of("dissection", f"max_iou/{name}")] = float(result.iou[:, result.concepts.index(name)].max())
         rows = ["| unit | concept | IoU | detector |", "|---:|---|---:|---|"]
         for unit, concept, value in result.top_units(self.top):
             rows.append(f"| {unit} | {concept} | {value:.3f} | {'yes' if value > self.iou_threshold else 'no'} |")
-        out.texts["xai/dissection/top_units"] = (
+        out.texts[keys.of("dissection", "top_units")] = (
             f"Layer `{ctx.layer}`, {acts.shape[1]} units, {acts.shape[0]} pool images, top quantile "
             f"{self.top_quantile}, IoU > {self.iou_threshold}:\n\n" + "\n".join(rows)
         )
-        out.images["xai/dissection/units"] = self._picture(ctx, acts, result)
+        out.images[keys.of("dissection", "units")] = self._picture(ctx, acts, result)
         return out
 
     def _picture(self, ctx: ViewContext, acts: Tensor, result: Dissection) -> Tensor:

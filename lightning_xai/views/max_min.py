@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_xai import keys
 from lightning_xai._validation import custom, integer, is_int
-from lightning_xai.views._common import ViewContext, ViewOutput, checked, display, tile_grid
+from lightning_xai.views._common import View, ViewContext, ViewOutput, checked, display, tile_grid
 
 __all__ = ["MaxMinView", "extremes", "set_change"]
 
@@ -35,7 +36,7 @@ def set_change(previous: Sequence[int], current: Sequence[int]) -> float:
     return 1.0 - len(a & b) / len(union) if union else 0.0
 
 
-class MaxMinView:
+class MaxMinView(View):
     """The ``k`` pool samples with the highest and lowest score for each class (and each unit in ``units``).
 
     The score of class ``c`` is its logit; of a unit (channel of the layer) its spatial mean activation. One
@@ -96,9 +97,9 @@ class MaxMinView:
                     value = f"p={float(probs[i, row]):.2f}" if row < num_classes else f"a={float(scores[i, row]):.2f}"
                     captions.append([f"{end} {name}"[:14], f"#{ids[i]} y={ctx.class_name(labels[i])}"[:14], value])
         self.previous = current
-        out = ViewOutput(images={"xai/max_min/grid": tile_grid(torch.stack(tiles), captions, nrow=2 * top.shape[1])})
+        out = ViewOutput(images={keys.of("max_min", "grid"): tile_grid(torch.stack(tiles), captions, nrow=2 * top.shape[1])})
         if changes:
-            out.scalars["xai/max_min/change"] = sum(changes) / len(changes)
+            out.scalars[keys.of("max_min", "change")] = sum(changes) / len(changes)
         return out
 
     def state_dict(self) -> dict[str, Any]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightning_xai import keys
 from lightning_xai._validation import integer
 from lightning_xai.render import to_uint8
-from lightning_xai.views._common import Embedding, ViewContext, ViewOutput, checked, display
+from lightning_xai.views._common import Embedding, View, ViewContext, ViewOutput, checked, display
 
 __all__ = ["ProjectorView", "nearest_centroid_accuracy", "silhouette"]
 
@@ -63,7 +64,7 @@ def silhouette(features: Tensor, labels: Tensor) -> float:
     return float(s.mean())
 
 
-class ProjectorView:
+class ProjectorView(View):
     """Features of the pool (the input of the model's last ``nn.Linear``) to TensorBoard's projector.
 
     Every ``every_n_epochs`` rounds an :class:`Embedding` with metadata columns ``id``, ``label``, ``prediction``,
@@ -99,7 +100,7 @@ class ProjectorView:
         for key, value in (("centroid_accuracy", nearest_centroid_accuracy(feats[known], labels[known])),
                            ("silhouette", silhouette(feats[known], labels[known]))):
             if value == value:  # no NaN in a log: undefined with a single class
-                out.scalars[f"xai/projector/{key}"] = value
+                out.scalars[keys.of("projector", key)] = value
         if ctx.epoch % self.every_n_epochs == 0:
             thumbs = display(ctx.pool_images, ctx.mean, ctx.std)
             if max(thumbs.shape[-2:]) > self.thumbnail_size:
@@ -109,6 +110,6 @@ class ProjectorView:
                 [str(int(i)), ctx.class_name(int(y)), ctx.class_name(int(p)), str(int(y) == int(p))]
                 for i, y, p in zip(ctx.pool_ids.cpu(), labels, preds)
             ]
-            out.embeddings.append(Embedding("xai/projector", feats.float(), metadata,
+            out.embeddings.append(Embedding(keys.PREFIX + "projector", feats.float(), metadata,
                                             ["id", "label", "prediction", "correct"], to_uint8(thumbs)))
         return out

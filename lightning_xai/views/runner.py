@@ -9,9 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_xai import keys
 from lightning_xai._validation import Option, check, check_options, integer, path
 from lightning_xai.probes import ProbeSet, select_probes
-from lightning_xai.views._common import OutputTransform, ViewContext, capture
+from lightning_xai.views._common import VIEWS, OutputTransform, ViewContext, capture, register_view
 from lightning_xai.views._write import write_view_output
 from lightning_xai.views.activation_max import ActivationMaxView
 from lightning_xai.views.activations import ActivationsView
@@ -25,19 +26,20 @@ from lightning_xai.views.dissection import DissectionView
 from lightning_xai.views.max_min import MaxMinView
 from lightning_xai.views.projector import ProjectorView
 
-__all__ = ["END_OF_FIT", "POOL_OPTIONS", "VIEWS", "ViewRunner", "check_view_options", "concepts_of", "view_option_spec"]
+__all__ = ["END_OF_FIT", "POOL_OPTIONS", "VIEWS", "ViewRunner", "available_views", "check_view_options", "concepts_of",
+           "view_option_spec"]
 
-#: View name -> class, in the order a round runs them.
-VIEWS: dict[str, type] = {
-    "activations": ActivationsView,
-    "max_min": MaxMinView,
-    "projector": ProjectorView,
-    "activation_max": ActivationMaxView,
-    "dissection": DissectionView,
-}
+# the built-ins, in the order a round runs them; views from outside the package follow in registration order
+for _view in (ActivationsView, MaxMinView, ProjectorView, ActivationMaxView, DissectionView):
+    register_view(_view)
 #: Offline work run once at the end of fit (expensive), named beside the views: options of
 #: :meth:`ViewRunner.attention_graphs`.
 END_OF_FIT = ("attention_graphs",)
+
+
+def available_views() -> tuple[str, ...]:
+    """Every name ``ExplanationMonitor(views=...)`` accepts: the registered views, then the end-of-fit work."""
+    return (*VIEWS, *END_OF_FIT)
 
 
 def _dataset_of(source: Any) -> Any:
@@ -243,8 +245,8 @@ class ViewRunner:
         preds = capture(model, images, output_transform=output_transform)[0].argmax(dim=1)
         graphs = attention_graphs(model, images, preds, output_transform=output_transform, **opts)
         picture, text = render_attention_graphs(images.cpu(), graphs, class_names=class_names, mean=mean, std=std)
-        writer.add_image("xai/attention_graphs/probes", picture, step)
-        writer.add_text("xai/attention_graphs/summary", text, step)
+        writer.add_image(keys.of(keys.ATTENTION_GRAPHS, "probes"), picture, step)
+        writer.add_text(keys.of(keys.ATTENTION_GRAPHS, "summary"), text, step)
         return picture, text
 
     def state_dict(self) -> dict[str, Any]:

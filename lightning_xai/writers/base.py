@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "BaseSink",
     "ItemsError",
     "Sink",
     "SinkError",
@@ -64,6 +65,60 @@ class Sink(Protocol):
     def flush(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class BaseSink:
+    """The base of a sink written outside the package: it stores nothing until a subclass says so. Override the
+    ``add_*`` methods of what it stores and set their capability flags (``supports_images = True`` ...); scalars are
+    always offered (``add_scalars`` returns the keys it skipped). Pass instances as ``ExplanationMonitor(sinks=[...])``
+    (beside the loggers' sinks), or register a factory for a kind of logger with
+    :func:`lightning_xai.writers.register_sink`.
+
+    Example::
+
+        >>> class Printed(BaseSink):
+        ...     def add_scalars(self, values, step):
+        ...         print(step, sorted(values))
+        ...         return []
+        >>> isinstance(Printed(), Sink), Printed().add_scalars({"xai/grad_cam/stability": 0.9}, step=3)
+        3 ['xai/grad_cam/stability']
+        (True, [])
+    """
+
+    supports_images = False
+    supports_text = False
+    supports_histograms = False
+    supports_embedding = False
+    supports_custom_scalars = False
+
+    @property
+    def log_dir(self) -> str | None:
+        return None
+
+    def add_image(self, tag: str, img: Tensor, step: int, caption: str | None = None) -> None:
+        """Called only with ``supports_images``."""
+
+    def add_scalars(self, values: Mapping[str, float], step: int) -> list[str]:
+        return []
+
+    def add_histogram(self, tag: str, values: Tensor, step: int) -> None:
+        """Called only with ``supports_histograms``."""
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        """Called only with ``supports_text``."""
+
+    def add_embedding(self, features: Tensor, metadata: Sequence[Any] | None = None, label_img: Tensor | None = None,
+                      step: int = 0, tag: str = "default", metadata_header: Sequence[str] | None = None) -> None:
+        """Called only with ``supports_embedding``."""
+
+    def add_custom_scalars_layout(self, layout: Mapping[str, Any]) -> None:
+        """Called only with ``supports_custom_scalars``."""
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 #: The v0.1 name of :class:`Sink`.

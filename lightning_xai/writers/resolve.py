@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from lightning_xai.writers.loggers import MetricsSink, MlflowSink, WandbSink, is
 from lightning_xai.writers.multi import MultiSink
 from lightning_xai.writers.tensorboard import TensorBoardSink, is_summary_writer
 
-__all__ = ["FALLBACK_DIRNAME", "ResolvedSinks", "sinks_for_loggers"]
+__all__ = ["FALLBACK_DIRNAME", "ResolvedSinks", "register_sink", "sinks_for_loggers"]
 
 #: Files of a run without a logger, or for a logger the monitor does not know, go to ``<root>/<this>/version_<n>``.
 FALLBACK_DIRNAME = "lightning_xai"
@@ -57,19 +57,68 @@ def _dir_of(logger: Any) -> str | None:
     return None
 
 
-def _classify(logger: Any) -> tuple[str, list[Sink]]:
-    if is_wandb_logger(logger):
-        return "wandb", [WandbSink(logger)]
-    if is_mlflow_logger(logger):
-        return "mlflow", [MlflowSink(logger)]
+#: ``(kind, factory)`` in the order they are asked: ``factory(logger)`` returns the sinks for a logger of its kind,
+#: or ``None`` for another kind. Factories registered from outside the package are asked first.
+SinkFactory = Callable[[Any], "list[Sink] | None"]
+_FACTORIES: list[tuple[str, SinkFactory]] = []
+
+
+def register_sink(kind: str, *, first: bool = True) -> Callable[[SinkFactory], SinkFactory]:
+    """Decorator: ``factory(logger) -> list[Sink] | None`` makes the sinks of one kind of logger (decided by what
+    the logger can do, never by its class name: both Lightning packages' loggers must match). Registered factories
+    are asked before the built-in ones (``first=False``: after them); the first that answers decides.
+
+    Example (a logger with a ``print_scalars`` method gets a ``PrintingSink``, a :class:`~.base.BaseSink`)::
+
+        @register_sink("printing")
+        def printing_sinks(logger):
+            return [PrintingSink(logger)] if callable(getattr(logger, "print_scalars", None)) else None
+    """
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(f"`kind` must be a non-empty string naming the kind of logger, got {kind!r}")
+
+    def add(factory: SinkFactory) -> SinkFactory:
+        if not callable(factory):
+            raise TypeError(f"register_sink({kind!r}) decorates a function logger -> list of sinks | None")
+        entry = (kind, factory)
+        _FACTORIES.insert(0, entry) if first else _FACTORIES.append(entry)
+        return factory
+
+    return add
+
+
+@register_sink("csv")
+def _csv(logger: Any) -> list[Sink] | None:
     experiment = _experiment(logger)
-    if is_summary_writer(experiment):
-        return "tensorboard", [TensorBoardSink(experiment)]
     log_dir = getattr(logger, "log_dir", None)
     if (callable(getattr(logger, "log_metrics", None)) and isinstance(log_dir, (str, os.PathLike))
             and hasattr(experiment, "metrics_file_path")):
         # a CSV logger: its version directory is this run's own
-        return "csv", [MetricsSink(logger), FileSink(log_dir, scalars=False)]
+        return [MetricsSink(logger), FileSink(log_dir, scalars=False)]
+    return None
+
+
+@register_sink("tensorboard")
+def _tensorboard(logger: Any) -> list[Sink] | None:
+    experiment = _experiment(logger)
+    return [TensorBoardSink(experiment)] if is_summary_writer(experiment) else None
+
+
+@register_sink("mlflow")
+def _mlflow(logger: Any) -> list[Sink] | None:
+    return [MlflowSink(logger)] if is_mlflow_logger(logger) else None
+
+
+@register_sink("wandb")
+def _wandb(logger: Any) -> list[Sink] | None:
+    return [WandbSink(logger)] if is_wandb_logger(logger) else None
+
+
+def _classify(logger: Any) -> tuple[str, list[Sink]]:
+    for kind, factory in list(_FACTORIES):
+        sinks = factory(logger)
+        if sinks is not None:
+            return kind, list(sinks)
     return "unknown", []
 
 
