@@ -340,3 +340,14 @@ def test_monitor_docstring_example():
 
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_callback_only_orchestrates():
+    """Issue 22: the callback file stays small and holds named collaborators, not their state."""
+    from pathlib import Path
+
+    import lightning_xai.callbacks.explanation_monitor as module
+
+    assert len(Path(module.__file__).read_text().splitlines()) <= 350
+    monitor = module.ExplanationMonitor(num_probes=2)
+    assert len(vars(monitor)) <= 10, sorted(vars(monitor))

@@ -271,7 +271,8 @@ def _renamed(args: dict[str, Any]) -> dict[str, str]:
     written = {}
     for new, old in RENAMED.items():
         written[new] = new
-        if args.get(old) is None:
+        # `metrics` keeps its 0.1 default (so `metrics=None` is still refused); the others' default is None
+        if (args.get(old, DEFAULT_METRICS) is DEFAULT_METRICS) if old == "metrics" else args.get(old) is None:
             continue
         check(args.get(new) is None, old, args[old], f"left out when `{new}=` is given (`{old}=` is its 0.1 name)")
         warnings.warn(f"lightning_xai 0.2: `{old}=` is deprecated and goes in 0.3; it is now `{new}=` (same "
@@ -284,7 +285,7 @@ def build_config(**args: Any) -> MonitorConfig:
     """Check every argument (each message names the argument as written, its value, what is allowed and the fix).
     The 0.1 names of renamed arguments (:data:`RENAMED`) are accepted with a DeprecationWarning."""
     written = _renamed(args)
-    if args.get("measures") is None:
+    if args.get("measures") is None and written["measures"] == "measures":
         args["measures"] = DEFAULT_METRICS
     methods = _tuple_of_names(args["methods"], "methods", known_methods(), empty_ok=False)
     top = check_options({k: args[k] for k in _TOP}, _TOP, "")

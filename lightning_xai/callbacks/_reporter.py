@@ -14,6 +14,7 @@ from torch import Tensor
 
 from lightning_xai import keys
 from lightning_xai.callbacks._compat import rank_zero_warn
+from lightning_xai.callbacks._results import maps_of
 from lightning_xai.callbacks._tags import TagNames
 from lightning_xai.probes import ProbeSet
 from lightning_xai.render import WARN_COLOR, ProbeRenderer, Timeline, display_order, id_range
@@ -177,7 +178,7 @@ class Reporter:
             # Rendering and PNG encoding overlap with training on a background thread (rank 0 only, no collectives);
             # the inputs are this epoch's own tensors, never modified afterwards. Submitted after this epoch's
             # scalars and text, so the job's final flush writes them too.
-            maps = {m: results[f"map/{m}"] for m in self.methods if f"map/{m}" in results}  # the methods that ran
+            maps = maps_of(results, self.methods)  # the methods that ran
             labels = captions(probes, results["pred"], results["prob"], class_names, results.get("target"))
             flagged = {m: list((flags or {}).get(m) or [False] * len(probes)) for m in maps}
             self._jobs.submit((trainer.current_epoch, step), self._write_overlays, sink, probes.images, maps, labels,

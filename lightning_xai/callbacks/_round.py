@@ -20,7 +20,7 @@ from torch import Tensor
 from lightning_xai._validation import is_int
 from lightning_xai.attribution import explain_detailed, preserved_state, to_heatmap
 from lightning_xai.callbacks._config import MonitorConfig, explain_options
-from lightning_xai.callbacks._results import MAP
+from lightning_xai.callbacks._results import MAP, map_key
 from lightning_xai.distributed import gather_shards, rank_zero_buffers, shard_bounds
 from lightning_xai.metrics.registry import Measure
 from lightning_xai.probes import ProbeSet
@@ -86,7 +86,7 @@ class ProbeExplainer:
         if "integrated_gradients" in methods:
             out["ig_error"] = torch.zeros(0)
         for m in methods:
-            out[f"map/{m}"] = torch.zeros(0, 1, h, w)
+            out[map_key(m)] = torch.zeros(0, 1, h, w)
         for measure in measures:
             for key in measure.shard_keys(methods):
                 out[key] = torch.zeros(0)
@@ -155,7 +155,7 @@ class ProbeExplainer:
         if ig_error is not None:
             out["ig_error"] = ig_error.float().cpu()
         for m in methods:
-            out[f"map/{m}"] = maps[m].cpu()
+            out[map_key(m)] = maps[m].cpu()
         return out
 
 

@@ -19,6 +19,7 @@ from lightning_xai.callbacks._compat import (
 )
 from lightning_xai.callbacks._config import (
     DEFAULT_METHODS,
+    DEFAULT_METRICS,
     RENAMED,
     DisplayOptions,
     DriftOptions,
@@ -84,8 +85,8 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         display_options: ``mean``, ``std`` (the inputs' normalisation), ``class_names``, ``colormap``, ``alpha``.
         probe_options: ``input_key``, ``label_key``, ``mask_key`` (``None`` guesses) and ``seed``.
         sinks: Your own sinks (:class:`lightning_xai.writers.BaseSink`), beside those of the Trainer's loggers.
-        metrics, metric_options, drift, display: The 0.1 names of ``measures``, ``measure_options``,
-            ``drift_options`` and ``display_options`` (deprecated, removed in 0.3).
+        metrics, metric_options, drift, display: deprecated 0.1 names of measures, measure_options, drift_options,
+            display_options.
 
     Logged (step = ``trainer.global_step``; every key: :mod:`lightning_xai.keys`): overlays, timelines, stability,
     top-k overlap, flagged probes, the drift alarm, the measures', ``xai/overhead``, the ``xai/drift`` text, the
@@ -110,7 +111,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         every_n_epochs: int = 1,
         target: int | Literal["label", "pred"] = "label",
         layer: str | None = None,
-        metrics: Sequence[str] | None = None,
+        metrics: Sequence[str] = DEFAULT_METRICS,
         log_images: bool = True,
         views: Sequence[str] = (),
         view_options: dict[str, dict[str, Any]] | None = None,
@@ -161,8 +162,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
     layer_name = property(lambda self: self._probes.layer_name, doc="The Grad-CAM layer in use, after setup.")
     class_names = property(lambda self: self._probes.class_names, doc="The class names, after setup.")
     history = property(lambda self: self._measures.tracker.history,
-                       doc="One plain record per explained epoch: epoch, step, per-probe stability/top-k/flags, "
-                           "measures, pred.")
+                       doc="One record per explained epoch: epoch, step, per-probe stability/top-k/flags, measures.")
     budget: CostBudget = property(  # type: ignore[assignment]
         lambda self: self._cost.budget, doc="The ``max_overhead`` budget (``_budget.CostBudget``): credit, measured "
         "costs, ``allow(kind, seconds)`` for optional work; identical on every rank.")
@@ -174,8 +174,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
 
     @property
     def latest(self) -> dict[str, Any] | None:
-        """The last explained epoch, on every rank: ``{"epoch", "step", "maps": {method: (N, 1, H, W)}, "pred",
-        "prob"}`` (heatmaps on the CPU, probe order), or ``None`` before the first one."""
+        """The last explained epoch on every rank: ``{"epoch", "step", "maps": {method: (N,1,H,W)}, "pred", "prob"}``."""
         latest = self._fit.latest
         if latest is None:
             return None
@@ -243,13 +242,16 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             raise MisconfigurationException(f"ExplanationMonitor: no method can explain this model:\n{why}")
         rank_zero_warn(f"ExplanationMonitor: explaining with {', '.join(working)} only; these methods cannot work on "
                        f"this model and are left out:\n{why}")
-        config = dataclasses.replace(self.config, methods=working, method_options={
-            m: o for m, o in self.config.method_options.items() if m in working})
+        options = {m: o for m, o in self.config.method_options.items() if m in working}
+        self._use(dataclasses.replace(self.config, methods=working, method_options=options))
+        # a callback monitoring a left-out method's key would wait forever: say so now
+        check_monitors(trainer.callbacks, self.logged_keys(), self.config.every_n_epochs, budget=self._cost.spaces_rounds)
+
+    def _use(self, config: MonitorConfig) -> None:
+        """Arguments narrowed at setup (methods left out, ...): every part reads the same ones."""
         for part in (self, self._probes, self._rounds, self._rounds.explainer, self._measures, self._views, self._cost):
             part.config = config
-        self._measures.tracker.methods = self._reporter.methods = working
-        # a callback monitoring a left-out method's key would wait forever: say so now
-        check_monitors(trainer.callbacks, self.logged_keys(), config.every_n_epochs, budget=self._cost.spaces_rounds)
+        self._measures.tracker.methods = self._reporter.methods = config.methods
 
     # ------------------------------------------------------------------ when to explain
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -325,7 +327,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         return self._reporter.write_report(trainer, sanity_threshold=self.config.metric_options["sanity"]["threshold"])
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._reporter.shutdown()
+        self._reporter.shutdown()  # the pending overlay jobs; what ended the run is not masked
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._reporter.shutdown()
