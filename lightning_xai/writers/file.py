@@ -88,7 +88,7 @@ class FileSink:
 
         >>> import tempfile, torch
         >>> with tempfile.TemporaryDirectory() as d:
-        ...     writer = FileWriter(d)
+        ...     writer = FileSink(d)
         ...     writer.add_image("xai/grad_cam/overlay", torch.zeros(3, 8, 8, dtype=torch.uint8), step=5)
         ...     writer.add_scalars({"xai/grad_cam/stability": 0.5}, step=5)
         ...     sorted(str(p.relative_to(d)) for p in Path(d).rglob("*.*"))
