@@ -3,11 +3,18 @@
 Every measure is a :class:`~lightning_xai.metrics.registry.Measure` subclass registered with
 :func:`~lightning_xai.metrics.registry.register_measure`; it computes from a
 :class:`~lightning_xai.metrics.registry.MeasureContext` and logs nothing non-finite: probes whose map or value is not
-finite are left out, and a measure with no usable probe logs no key. Imported in the order a round runs them.
+finite are left out, and a measure with no usable probe logs no key. Every module in this package is imported here
+(adding a measure is adding a file, as for the methods); the order below is the registry's, the order a round
+computes and logs them.
 """
 
-# ruff: noqa: I001  (the import order is the registry's, so the order a round computes and logs them)
-from lightning_xai.metrics.measures import completeness, agreement, localisation, faithfulness, sanity
+import importlib
+import pkgutil
+
+_FIRST = ("completeness", "agreement", "localisation", "faithfulness", "sanity")
+
+for _name in (*_FIRST, *sorted(m.name for m in pkgutil.iter_modules(__path__)
+                               if m.name not in _FIRST and not m.name.startswith("_"))):
+    importlib.import_module(f"{__name__}.{_name}")
 
 __all__: list[str] = []
-del completeness, agreement, localisation, faithfulness, sanity
