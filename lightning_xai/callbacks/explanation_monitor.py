@@ -313,8 +313,9 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         return self._probes.class_names
 
     @property
-    def history(self) -> list[dict[str, Any]]:
-        """One plain record per explained epoch: epoch, step, per-probe stability/top-k/flags, measures, pred."""
+    def history(self) -> Sequence[dict[str, Any]]:
+        """One plain record per explained epoch: epoch, step, per-probe stability/top-k/flags, measures, pred (a
+        compact :class:`~lightning_xai.callbacks._tracker.History` that reads like a list of dicts)."""
         return self._tracker.history
 
     @property
@@ -832,7 +833,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
     def _compared(self) -> set[str]:
         """The methods with an earlier map of this fit to compare with: the reference round's (the pinned ones) and
         every earlier round's."""
-        earlier = set().union(*(record.get("stability", {}) for record in self._tracker.history))
+        earlier = self._tracker.history.fields("stability")  # from the stored columns: no record rebuilt
         return earlier | (set(self._pinned) if self._tracker.has_reference else set())
 
     def _context(self, results: Mapping[str, Tensor], extras: Mapping[str, Tensor] | None = None) -> MeasureContext:
