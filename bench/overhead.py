@@ -165,10 +165,12 @@ def run(setting: str, variant: str | None, seed: int = 0) -> tuple[float, dict[s
     """One fit of ``setting``; ``variant=None``: without the monitor."""
     import pytorch_lightning as pl
 
+    import lightning_xai.callbacks._pool as pool_module
     import lightning_xai.callbacks._reporter as reporter
     import lightning_xai.callbacks._round as round_
     import lightning_xai.writers as writers
     from lightning_xai import ExplanationMonitor
+    from lightning_xai.drift import DriftDetector
 
     spec = SETTINGS[setting]
     pl.seed_everything(seed, workers=True)
@@ -198,6 +200,9 @@ def run(setting: str, variant: str | None, seed: int = 0) -> tuple[float, dict[s
         callbacks.insert(0, monitor)
         patch(round_, "explain_detailed", "explain")
         patch(reporter.ProbeRenderer, "render_groups", "render")
+        patch(DriftDetector, "update", "drift")  # the lead's detector: its share is reported, not cut here
+        patch(pool_module.DetectionPool, "samples", "pool_read")  # re-reading the pool's training samples
+        patch(pool_module.DetectionPool, "setup", "pool_setup")
         for cls in (writers.TensorBoardSink, writers.FileSink):
             for name in ("add_image", "add_scalars", "add_text", "flush"):
                 patch(cls, name, "write")
@@ -272,6 +277,11 @@ def _report(setting: str, variants: list[str | None], times: dict[str | None, li
         print(f"  [{variant}] non-explanation / explanation: {share} (per-round bookkeeping alone {share_rounds}; "
               "target <= 25%); rounds per method: " + ", ".join(f"{m} {k}/{n_rounds}" for m, k in ran.items())
               + (f"; xai/overhead mean {sum(info['overhead']) / len(info['overhead']):.1%}" if info["overhead"] else ""))
+        pool = monitor._pool
+        drift_share = f"{p['drift'] / explain:.0%} of the explanation" if explain > 0 else "n/a"
+        print(f"  [{variant}] detection pool {pool.size} samples (setup chose {pool.chosen} before the budget): setup "
+              f"{p['pool_setup']:.2f} s, reading its training samples {p['pool_read']:.2f} s in all; drift detector "
+              f"updates {p['drift']:.2f} s ({drift_share})")
         if budget.row_seconds is not None:
             print(f"  [{variant}] measured: one sample through the cheap methods (Grad-CAM + saliency pass) "
                   f"{budget.row_seconds * 1e3:.2f} ms; " + ", ".join(
