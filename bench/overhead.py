@@ -200,6 +200,7 @@ def run(setting: str, variant: str | None, seed: int = 0) -> tuple[float, dict[s
         callbacks.insert(0, monitor)
         patch(round_, "explain_detailed", "explain")
         patch(reporter.ProbeRenderer, "render_groups", "render")
+        patch(reporter.Reporter, "finish_images", "finish")  # waiting for the last overlays at the end of fit
         patch(DriftDetector, "update", "drift")  # the lead's detector: its share is reported, not cut here
         patch(pool_module.DetectionPool, "samples", "pool_read")  # re-reading the pool's training samples
         patch(pool_module.DetectionPool, "setup", "pool_setup")
@@ -262,7 +263,7 @@ def _report(setting: str, variants: list[str | None], times: dict[str | None, li
         monitor = info["monitor"]
         explain = p["explain"] + p["sanity/explain"]
         other = p["callback"] - explain
-        rounds = other - p["setup"] - p["end"] - (p["sanity"] - p["sanity/explain"])
+        rounds = other - p["setup"] - p["end"] - (p["sanity"] - p["sanity/explain"]) - p["finish"]
         n_rounds = max(len(monitor.history), 1)
         budget = monitor.budget
         ran = {m: sum(1 for r in monitor.history if m in r["stability"]) for m in monitor.methods}
@@ -270,7 +271,8 @@ def _report(setting: str, variants: list[str | None], times: dict[str | None, li
         print(f"  [{variant}] ratio {min(times[variant]) / base:.3f}{target}; callback {p['callback']:.2f} s blocking = "
               f"explanation {explain:.2f} + other {other:.2f}: setup {p['setup']:.2f}, per-round bookkeeping "
               f"{rounds:.2f} ({rounds / n_rounds * 1e3:.0f} ms x {n_rounds}), sanity check without its explanation "
-              f"{p['sanity'] - p['sanity/explain']:.2f}, end of fit (timelines, report) {p['end']:.2f}; background "
+              f"{p['sanity'] - p['sanity/explain']:.2f}, waiting for the last overlays {p['finish']:.2f}, end of fit (timelines, "
+              f"report) {p['end']:.2f}; background "
               f"render {p['render']:.2f} + write {p['write']:.2f}")
         share = f"{other / explain:.0%}" if explain > 0 else "n/a"
         share_rounds = f"{rounds / explain:.0%}" if explain > 0 else "n/a"

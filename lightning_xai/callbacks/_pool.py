@@ -34,7 +34,7 @@ __all__ = ["DetectionPool", "budget_pool_rows", "cheap_methods", "resolve_pool_s
 AUTO_SHARE = 1 / 16
 AUTO_MAX = 128
 #: samples read to choose class-balanced pool members (a multiple of the wanted count, not the whole dataset)
-_SCAN_FACTOR = 4
+_SCAN_FACTOR = 2
 #: Under a budget, the share of it that the cheap round (display probes + pool) may take at every explained epoch;
 #: the rest pays for the bookkeeping, the optional methods (Integrated Gradients...) and the views.
 POOL_BUDGET_SHARE = 0.5
