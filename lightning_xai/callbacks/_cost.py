@@ -74,7 +74,8 @@ class CostPlan:
             self._spent += seconds
         self._period_spent += seconds
 
-    def timing(self, round_start: float, background: float, timings: PassTimings) -> dict[str, Any]:
+    def timing(self, round_start: float, background: float, timings: PassTimings,
+               pool: float | None = None) -> dict[str, Any]:
         """This round's clock, to broadcast (rank 0's decides): the monitor's time this epoch (and so far in this
         round), the last overlay job's time on the background thread, the epoch's and the budget period's time."""
         now = time.perf_counter()
@@ -82,7 +83,7 @@ class CostPlan:
                 "elapsed": None if self._epoch_start is None else now - self._epoch_start,
                 "period": None if self._period_start is None else now - self._period_start,
                 "period_spent": self._period_spent + now - round_start,
-                "passes": timings, "views": self.views_seconds}
+                "passes": timings, "views": self.views_seconds, "pool": pool}
 
     @staticmethod
     def overhead(timing: Mapping[str, Any]) -> float | None:
@@ -113,6 +114,12 @@ class CostPlan:
         declared = get_method(method).options  # the monitor's own options (internal_batch_size) are not the method's
         return passes(method, {k: v for k, v in self.config.method_options.get(method, {}).items() if k in declared},
                       size)
+
+    def display_rows(self, probes: int, image_size: tuple[int, ...]) -> float:
+        """Rows (forward + backward of one sample) of the display probes' pinned pass: what an "auto" detection pool
+        is sized after (the pinned methods share one pass; a method of several passes adds its own)."""
+        costs = [self._passes(m, image_size) for m in self.pinned]
+        return probes * max(1.0, sum(c for c in costs if c > 1.0) + any(c <= 1.0 for c in costs))
 
     def due(self, epoch: int) -> bool:
         return epoch >= self.next_epoch  # spaced out by max_overhead
@@ -158,6 +165,8 @@ class CostPlan:
         optional = self.record_passes(timing["passes"])
         if timing["views"] is not None:
             self.budget.record("views", timing["views"])
+        if timing.get("pool") is not None:  # the pool's rows are spent like the methods' (in "spent"); its cost
+            self.budget.record("pool", timing["pool"])
         if timing["period"] is not None:
             self.budget.account(timing["period"] - timing["period_spent"], timing["period_spent"] + background)
         self._period_start, self._period_spent = time.perf_counter(), 0.0

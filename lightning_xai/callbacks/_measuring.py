@@ -75,7 +75,7 @@ class EpochMeasures:
     def compared(self, pinned: Sequence[str]) -> set[str]:
         """The methods with an earlier map of this fit to compare with: the reference round's (the pinned ones) and
         every earlier round's."""
-        earlier = set().union(*(record.get("stability", {}) for record in self.tracker.history))
+        earlier = self.tracker.history.fields("stability")  # from the stored columns: no record rebuilt
         return earlier | (set(pinned) if self.tracker.has_reference else set())
 
     def measure(self, trainer: Any, results: Mapping[str, Tensor], measures: Sequence[Measure], *, probes: ProbeSet,

@@ -83,7 +83,9 @@ class Rounds:
             if not reference:
                 self.publish(trainer, {}, epoch_keys)  # skipped: nothing stale stays behind
             return
-        extra = self.pool.explain(trainer, model, self._round, self._image_size())
+        tracked = self._measures.tracker.drift.num_samples
+        extra = self.pool.explain(trainer, model, self._round, self._image_size(),
+                                  tracked=None if tracked is None else tracked - len(probes))
         timings = [(t.methods, t.seconds, t.rows) for t in self.explainer.timings]
         if reference:
             self._measures.take_reference(trainer, results, extra)
@@ -99,7 +101,7 @@ class Rounds:
         # this epoch's time in the monitor, plus the last overlay job's (on a background thread: it overlaps
         # training but takes CPU from it); rank 0's clock decides
         background = self._reporter.background_seconds if self.config.log_images else 0.0
-        timing = self._cost.timing(start, background, timings)
+        timing = self._cost.timing(start, background, timings, pool=self.pool.seconds if extra is not None else None)
         # Identical decisions and monitored values on every rank, decided by rank 0 (no float drift between ranks).
         (scalars, report, record, histograms), timing = self._round.broadcast(trainer, (measured, timing))
         overhead = self._cost.overhead(timing)

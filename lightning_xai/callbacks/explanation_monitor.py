@@ -162,7 +162,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
     layer_name = property(lambda self: self._probes.layer_name, doc="The Grad-CAM layer in use, after setup.")
     class_names = property(lambda self: self._probes.class_names, doc="The class names, after setup.")
     history = property(lambda self: self._measures.tracker.history,
-                       doc="One record per explained epoch: epoch, step, per-probe stability/top-k/flags, measures.")
+                       doc="One record per explained epoch (a compact ``_tracker.History`` read like a list of dicts).")
     budget: CostBudget = property(  # type: ignore[assignment]
         lambda self: self._cost.budget, doc="The ``max_overhead`` budget (``_budget.CostBudget``): credit, measured "
         "costs, ``allow(kind, seconds)`` for optional work; identical on every rank.")
@@ -171,6 +171,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
     views_history = property(lambda self: self._views.runner.history,
                              doc='One record per explained epoch with views: ``{"epoch", "step", "scalars"}``.')
     state_key = property(lambda self: self._fit.state_key)
+    _pool = property(lambda self: self._rounds.pool.pool)  # the drift detection pool (_pool.DetectionPool)
 
     @property
     def latest(self) -> dict[str, Any] | None:
@@ -204,8 +205,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         monitors = [cb for cb in trainer.callbacks if isinstance(cb, ExplanationMonitor)]
         self._reporter.names.assign(monitors.index(self) if self in monitors else 0, self._measures.logged_keys(),
                                     [cb._measures.logged_keys() for cb in monitors if cb is not self])
-        check_monitors(trainer.callbacks, self.logged_keys(), self.config.every_n_epochs,
-                       budget=self._cost.spaces_rounds)
+        check_monitors(trainer.callbacks, self.logged_keys(), self.config.every_n_epochs, budget=self._cost.spaces_rounds)
         # Each fit starts its own history: new probes from this fit's data, a new reference, a fresh drift state.
         # A resumed fit restores the checkpoint's in load_state_dict, which Lightning calls after setup.
         self._fit.reset()
@@ -221,10 +221,10 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             failed = self._probes.dry_run(pl_module, self._rounds.explainer)  # one probe through every method
         self._leave_out(trainer, failed)
         watched = {cb.monitor for cb in trainer.callbacks if isinstance(getattr(cb, "monitor", None), str)}
-        self._cost.plan(watched, None if self.probe_set is None else tuple(self.probe_set.images.shape[-2:]),
+        self._cost.plan(watched, tuple(self.probe_set.images.shape[-2:]),
                         lambda methods: {self._reporter.names.scalar(k) for k in self._measures.logged_keys(methods)})
         # the drift detection pool (every rank selects the same samples from the same data; no collective)
-        self._rounds.pool.setup(trainer, self._probes, self.config.methods)
+        self._rounds.pool.setup(trainer, self._probes, self.config.methods, self._cost)
         self._views.setup(pl_module, self._probes)
         self._fit.check_restored_probes(self.probe_set, self._measures.tracker)
         self._cost.start(began)  # the budget's clock starts here: setup's own work counts as the monitor's
