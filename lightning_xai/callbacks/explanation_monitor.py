@@ -204,8 +204,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         monitors = [cb for cb in trainer.callbacks if isinstance(cb, ExplanationMonitor)]
         self._reporter.names.assign(monitors.index(self) if self in monitors else 0, self._measures.logged_keys(),
                                     [cb._measures.logged_keys() for cb in monitors if cb is not self])
-        check_monitors(trainer.callbacks, self.logged_keys(), self.config.every_n_epochs,
-                       budget=self._cost.spaces_rounds)
+        check_monitors(trainer.callbacks, self.logged_keys(), self.config.every_n_epochs, budget=self._cost.spaces_rounds)
         # Each fit starts its own history: new probes from this fit's data, a new reference, a fresh drift state.
         # A resumed fit restores the checkpoint's in load_state_dict, which Lightning calls after setup.
         self._fit.reset()
