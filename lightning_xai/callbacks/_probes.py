@@ -434,6 +434,23 @@ class ProbeSetup:
                                           "maps are reported as degenerate, never as stable.")
         return failed
 
+    def without_failing(self, failed: Mapping[str, str]) -> MonitorConfig:
+        """The dry run's findings, said once: its notes in one warning; methods that cannot work on this model left
+        out, with their causes (none working raises). Returns the arguments to use (``self.config`` if unchanged)."""
+        if self.notes:
+            rank_zero_warn("ExplanationMonitor (setup dry run on the first probe):\n"
+                           + "\n".join(f"- {note}" for note in self.notes))
+        if not failed:
+            return self.config
+        why = "\n".join(f"- {m}: {reason}" for m, reason in failed.items())
+        working = tuple(m for m in self.config.methods if m not in failed)
+        if not working:
+            raise MisconfigurationException(f"ExplanationMonitor: no method can explain this model:\n{why}")
+        rank_zero_warn(f"ExplanationMonitor: explaining with {', '.join(working)} only; these methods cannot work on "
+                       f"this model and are left out:\n{why}")
+        options = {m: o for m, o in self.config.method_options.items() if m in working}
+        return dataclasses.replace(self.config, methods=working, method_options=options)
+
 
 @dataclass
 class RoundEstimate:

@@ -3,7 +3,6 @@ by the named collaborators of ``callbacks/``, each testable without a Trainer (D
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -12,7 +11,6 @@ from torch import Tensor
 
 from lightning_xai.callbacks._compat import (
     CALLBACK_BASES,
-    MisconfigurationException,
     muted_logging,
     rank_zero_info,
     rank_zero_warn,
@@ -219,7 +217,10 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             self._rounds.explainer.layer_name = self._probes.layer_name
             self._rounds.explainer.layer_reshape = self._probes.layer_reshape
             failed = self._probes.dry_run(pl_module, self._rounds.explainer)  # one probe through every method
-        self._leave_out(trainer, failed)
+        config = self._probes.without_failing(failed)  # what cannot work fails now, once, with its cause
+        if config is not self.config:
+            self._use(config)  # a callback monitoring a left-out method's key would wait forever: say so now
+            check_monitors(trainer.callbacks, self.logged_keys(), config.every_n_epochs, budget=self._cost.spaces_rounds)
         watched = {cb.monitor for cb in trainer.callbacks if isinstance(getattr(cb, "monitor", None), str)}
         self._cost.plan(watched, tuple(self.probe_set.images.shape[-2:]),
                         lambda methods: {self._reporter.names.scalar(k) for k in self._measures.logged_keys(methods)})
@@ -228,24 +229,6 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self._views.setup(pl_module, self._probes)
         self._fit.check_restored_probes(self.probe_set, self._measures.tracker)
         self._cost.start(began)  # the budget's clock starts here: setup's own work counts as the monitor's
-
-    def _leave_out(self, trainer: pl.Trainer, failed: Mapping[str, str]) -> None:
-        """The setup dry run's findings: what cannot work fails now, once, with its cause (not every epoch)."""
-        if self._probes.notes:  # one warning for all of them
-            rank_zero_warn("ExplanationMonitor (setup dry run on the first probe):\n"
-                           + "\n".join(f"- {note}" for note in self._probes.notes))
-        if not failed:
-            return
-        why = "\n".join(f"- {m}: {reason}" for m, reason in failed.items())
-        working = tuple(m for m in self.config.methods if m not in failed)
-        if not working:
-            raise MisconfigurationException(f"ExplanationMonitor: no method can explain this model:\n{why}")
-        rank_zero_warn(f"ExplanationMonitor: explaining with {', '.join(working)} only; these methods cannot work on "
-                       f"this model and are left out:\n{why}")
-        options = {m: o for m, o in self.config.method_options.items() if m in working}
-        self._use(dataclasses.replace(self.config, methods=working, method_options=options))
-        # a callback monitoring a left-out method's key would wait forever: say so now
-        check_monitors(trainer.callbacks, self.logged_keys(), self.config.every_n_epochs, budget=self._cost.spaces_rounds)
 
     def _use(self, config: MonitorConfig) -> None:
         """Arguments narrowed at setup (methods left out, ...): every part reads the same ones."""
