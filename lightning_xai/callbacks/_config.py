@@ -71,6 +71,7 @@ class DriftOptions(TypedDict, total=False):
     event_factor: float
     settle: int
     gap_spread: float
+    prior_weight: float
     statistics: list[str]
     probe_sigmas: float
 
@@ -210,6 +211,8 @@ _DRIFT: dict[str, Option] = {
     "event_factor": number(_default("event_factor", 2.0), 1.0, 1e6, "threshold multiplier at a known event"),
     "settle": integer(_default("settle", 1), 0, 1000, "epochs after an event that relearn the floors"),
     "gap_spread": number(_default("gap_spread", 0.12), 0.0, 1e6, "smallest spread of the train/validation gap"),
+    "prior_weight": number(_default("prior_weight", 0.0), 0.0, 1e6,
+                           "epochs the prior spread weighs against a stream's own (0: the larger of the two)"),
     "statistics": custom(_default("statistics", STATISTICS), _statistics,
                          f"a non-empty list of distinct statistics from {STATISTICS}"),
     "probe_sigmas": number(_default("probe_sigmas", 3.0), 0.0, 1e6, "per-probe flag threshold, in spreads",
