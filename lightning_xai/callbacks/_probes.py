@@ -14,7 +14,7 @@ from torch import Tensor
 from lightning_xai._validation import is_int
 from lightning_xai.attribution import explain_detailed, get_method, gradcam_layer, gradient_blockers, preserved_state
 from lightning_xai.callbacks._compat import EARLY_STOPPING, MisconfigurationException, muted_logging, rank_zero_warn
-from lightning_xai.callbacks._config import MonitorConfig, explain_options, uses_layer
+from lightning_xai.callbacks._config import MonitorConfig, class_map_rule, explain_options, uses_layer
 from lightning_xai.callbacks._round import ProbeExplainer, module_device
 from lightning_xai.metrics.degenerate import DEGENERATE_KINDS, degenerate_kinds
 from lightning_xai.metrics.sanity import parameterized_layers
@@ -111,7 +111,7 @@ class ProbeSetup:
         try:
             probes = select_probes(source, self.config.num_probes, input_key=options["input_key"],
                                    label_key=options["label_key"], mask_key=options["mask_key"],
-                                   seed=options["seed"])
+                                   seed=options["seed"], class_maps=class_map_rule(self.config.segmentation))
         except (ValueError, TypeError) as err:
             raise MisconfigurationException(
                 f"ExplanationMonitor could not take probes from {what}: {err} Pass `probes=` explicitly, or set "

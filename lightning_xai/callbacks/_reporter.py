@@ -108,6 +108,7 @@ class Reporter:
         self._warned: set[str] = set()
         self._jobs = BackgroundWrites()
         self._renderer: ProbeRenderer | None = None  # made on the background thread at the first overlay
+        self.outlines: Tensor | None = None  # regions outlined on the overlays (a segmentation model's), set at setup
         self.timeline = Timeline()
         self._layout_written = False
 
@@ -195,7 +196,7 @@ class Reporter:
         if self._renderer is None:  # the probes never change within a fit: de-normalise and size them once
             d = self.display
             self._renderer = ProbeRenderer(images, alpha=d["alpha"], colormap=d["colormap"], mean=d["mean"],
-                                           std=d["std"])
+                                           std=d["std"], outlines=self.outlines)
         writes = []
         for m, heatmaps in maps.items():
             # groups of 8 probes: each panel fills TensorBoard's default image card at full size
