@@ -8,10 +8,10 @@ A bad value raises at ``__init__`` naming it as the user wrote it, e.g.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
