@@ -300,3 +300,36 @@ def test_region_targets_explain_each_probe_for_its_own_region():
                                  output_transform=RegionScores(classes[i:i + 1], regions[i:i + 1]))
         torch.testing.assert_close(both.maps["saliency"][i:i + 1], alone.maps["saliency"])
     assert NUM_CLASSES == 3
+
+
+def test_a_classifier_target_on_a_segmentation_model_fails_at_setup(tmp_path):
+    monitor = ExplanationMonitor(num_probes=2, methods=("grad_cam",), metrics=(), target="pred")
+    pl.seed_everything(0)
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1, limit_train_batches=1))
+    train, val = loaders()
+    with pytest.raises(MisconfigurationException, match=r"target='pred' applies to classifiers.*segmentation="):
+        trainer.fit(SegModule(TinyUNet()), train, val)
+
+
+def test_localisation_leaves_out_probes_without_ground_truth():
+    from lightning_xai.metrics.registry import MeasureContext, get_measure
+
+    maps = torch.zeros(3, 1, 4, 4)
+    maps[:, 0, 0, 0] = 1.0  # every map points at the top-left pixel
+    masks = torch.zeros(3, 1, 4, 4)
+    masks[0, 0, 0, 0] = 1.0  # a hit; probe 1 misses; probe 2 has no ground truth (background only)
+    masks[1, 0, 3, 3] = 1.0
+    ctx = MeasureContext(("grad_cam",), {"grad_cam": maps}, torch.zeros(3, dtype=torch.long),
+                         torch.zeros(3, dtype=torch.long), masks, {}, {}, 16)
+    measure = get_measure("localisation")
+    scalars = measure.compute(ctx).scalars
+    assert scalars["xai/grad_cam/pointing_game"] == 0.5
+
+
+def test_segmented_shapes_doctest():
+    import doctest
+
+    import lightning_xai.datasets.segmentation as module
+
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

@@ -72,7 +72,7 @@ class SegmentationTargets:
 
     @classmethod
     def detect(cls, model: torch.nn.Module, probes: ProbeSet, options: Mapping[str, Any],
-               transform: Any = None) -> SegmentationTargets | None:
+               transform: Any = None, target: Any = "label") -> SegmentationTargets | None:
         """One forward on the first probe: a segmentation model (output rank 4 with a spatial size, or a dict with
         ``"out"``) gets a :class:`SegmentationTargets`; anything else ``None`` (the usual checks apply). Raises when
         the rule needs masks the probes do not have."""
@@ -86,6 +86,12 @@ class SegmentationTargets:
             return None
         if segmentation_logits(value) is None:
             return None
+        if target != "label":
+            raise MisconfigurationException(
+                f"ExplanationMonitor: target={target!r} applies to classifiers; this is a segmentation model (its "
+                f"output is a map of class logits {tuple(segmentation_logits(value).shape)}), whose probes are each "
+                "explained for one class region. Leave `target` at 'label' and choose with segmentation={'target': "
+                "'mask' | 'predicted', 'class_index': None | int}.")
         if options["target"] == "mask" and probes.masks is None:
             raise MisconfigurationException(
                 "ExplanationMonitor: the model is a segmentation model (its output is a map of class logits "

@@ -519,7 +519,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         """A segmentation model (issue 24, callbacks/_segmentation.py): its probes' class regions are explained, and
         logits ``(N, K)`` for the setup checks are each class over the image."""
         found = SegmentationTargets.detect(model, self.probe_set, self.config.segmentation,
-                                           self.config.output_transform)
+                                           self.config.output_transform, self.config.target)
         self._explainer.segmentation = self._pool_explainer.segmentation = found
         self._reporter.outlines = None if found is None else self.probe_set.masks
         transform = SegmentationTargets.user_transform(self.config.output_transform)
