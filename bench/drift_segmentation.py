@@ -103,11 +103,12 @@ class PlantCue(pl.Callback):
             self.train.set_shortcut(1.0)
 
 
-def counter_accuracy(model: nn.Module, seed: int) -> tuple[float, float]:
+def counter_accuracy(model: nn.Module, seed: int, n: int = 128) -> tuple[float, float]:
     """Pixel accuracy on the shapes of clean validation images and of images with the wrong class's marker."""
     out = []
+    flags = [m.training for m in model.modules()]
     for marker, strength in (("class", 0.0), ("counter", 1.0)):
-        data = SegmentedShapes(ShapesDataset(128, image_size=SIZE, num_classes=NUM_SHAPES, seed=seed + 5000,
+        data = SegmentedShapes(ShapesDataset(n, image_size=SIZE, num_classes=NUM_SHAPES, seed=seed + 5000,
                                              marker=marker, shortcut_strength=strength))
         images = torch.stack([data[i][0] for i in range(len(data))])
         maps = torch.stack([data[i][1] for i in range(len(data))])
@@ -116,7 +117,22 @@ def counter_accuracy(model: nn.Module, seed: int) -> tuple[float, float]:
             pred = model(images).argmax(dim=1)
         shape = maps > 0
         out.append(float((pred[shape] == maps[shape]).float().mean()))
+    for module, flag in zip(model.modules(), flags):
+        module.training = flag
     return out[0], out[1]
+
+
+class Trace(pl.Callback):
+    """Per epoch (after the monitor's round): the drift score and the shape accuracy with the wrong class's marker
+    (when it falls below half the clean accuracy, the model reads the marker: it has taken the cue)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed, self.scores, self.accuracy = seed, [], []
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        score = trainer.callback_metrics.get("xai/drift/score")
+        self.scores.append(None if score is None else round(float(score), 2))
+        self.accuracy.append(counter_accuracy(pl_module.net, self.seed, n=64))
 
 
 def run(seed: int, cue: bool, epochs: int, change: int, root: Path) -> dict:
@@ -125,9 +141,10 @@ def run(seed: int, cue: bool, epochs: int, change: int, root: Path) -> dict:
     val = SegmentedShapes(ShapesDataset(128, image_size=SIZE, num_classes=NUM_SHAPES, seed=seed + 1000))
     alarms: list[int] = []
     monitor = ExplanationMonitor(on_drift=lambda report: alarms.append(int(report.epoch)))
+    trace = Trace(seed)
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(root),
-                         callbacks=[monitor, PlantCue(train, change if cue else None)])
+                         callbacks=[monitor, trace, PlantCue(train, change if cue else None)])
     model = Segmenter()
     began = time.perf_counter()
     with warnings.catch_warnings():
@@ -135,7 +152,8 @@ def run(seed: int, cue: bool, epochs: int, change: int, root: Path) -> dict:
         trainer.fit(model, DataLoader(train, batch_size=32, shuffle=True), DataLoader(val, batch_size=64))
     clean, counter = counter_accuracy(model.net, seed)
     return {"seed": seed, "run": "cue" if cue else "clean", "alarms": alarms, "clean_acc": clean,
-            "counter_acc": counter, "seconds": time.perf_counter() - began}
+            "counter_acc": counter, "seconds": time.perf_counter() - began, "scores": trace.scores,
+            "taken": next((e for e, (a, b) in enumerate(trace.accuracy) if b < 0.5 * a), None)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -157,7 +175,9 @@ def main(argv: list[str] | None = None) -> None:
                        f"{'none' if first is None else f'epoch {first} (+{first - args.change})'}; ")
             print(f"seed {seed} {row['run']:5s}: alarms at epochs {row['alarms']}; {verdict}false-alarm epochs "
                   f"{len(false)}; shape pixel accuracy clean {row['clean_acc']:.2f}, with the wrong class's marker "
-                  f"{row['counter_acc']:.2f}; {row['seconds']:.0f} s", flush=True)
+                  f"{row['counter_acc']:.2f}; cue taken (accuracy with the wrong marker < half the clean one) at epoch "
+                  f"{row['taken']}; {row['seconds']:.0f} s\n  drift score per epoch (alarm at >= 1): {row['scores']}",
+                  flush=True)
 
 
 if __name__ == "__main__":
