@@ -43,6 +43,9 @@ from lightning_xai.views import VIEWS as _VIEW_CLASSES
 #: Views of what a layer has learnt (:mod:`lightning_xai.views`), each round, then the end-of-fit work.
 VIEWS = (*_VIEW_CLASSES, *END_OF_FIT)
 DEFAULT_METHODS = METHODS  # the attribution registry's default selection (one definition)
+#: Added to the default selection at setup on the models they apply to (each costs one forward per probe):
+#: attention rollout on class-token vision transformers (issue 24).
+AUTOMATIC_METHODS = ("attention_rollout",)
 DEFAULT_METRICS = ("localisation", "agreement", "sanity")
 
 
@@ -284,6 +287,7 @@ class MonitorConfig:
     display: dict[str, Any]
     probe_options: dict[str, Any]
     segmentation: dict[str, Any] = dataclasses.field(default_factory=lambda: check_options(None, _SEGMENTATION, ""))
+    automatic: tuple[str, ...] = ()  # methods added at setup where the model allows them (`methods` left default)
 
     @property
     def detector_options(self) -> dict[str, Any]:
@@ -329,6 +333,7 @@ def build_config(**args: Any) -> MonitorConfig:
         display=_display_options(args["display"]),
         probe_options=check_options(args["probe_options"], _PROBE_OPTIONS, "probe_options"),
         segmentation=_segmentation_options(args.get("segmentation")),
+        automatic=tuple(m for m in AUTOMATIC_METHODS if m not in methods) if methods == DEFAULT_METHODS else (),
     )
 
 

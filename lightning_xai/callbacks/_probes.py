@@ -12,7 +12,14 @@ import torch
 from torch import Tensor
 
 from lightning_xai._validation import is_int
-from lightning_xai.attribution import explain_detailed, get_method, gradcam_layer, gradient_blockers, preserved_state
+from lightning_xai.attribution import (
+    NotApplicable,
+    explain_detailed,
+    get_method,
+    gradcam_layer,
+    gradient_blockers,
+    preserved_state,
+)
 from lightning_xai.callbacks._compat import EARLY_STOPPING, MisconfigurationException, muted_logging, rank_zero_warn
 from lightning_xai.callbacks._config import MonitorConfig, class_map_rule, explain_options, uses_layer
 from lightning_xai.callbacks._round import ProbeExplainer, module_device
@@ -381,6 +388,25 @@ class ProbeSetup:
                 f"({estimate.passes / samples:.0f}x the {samples} training samples of an epoch); lower "
                 f"{' or '.join(estimate.knobs) or 'num_probes'}, or explain less often (every_n_epochs, max_overhead)")
         return estimate
+
+    def applicable(self, model: torch.nn.Module, explainer: ProbeExplainer, methods: tuple[str, ...]
+                   ) -> tuple[str, ...]:
+        """Those of ``methods`` that apply to this model: each explains the first probe without raising
+        :class:`~lightning_xai.attribution.NotApplicable` (e.g. attention rollout off a class-token ViT)."""
+        probes = self.probe_set
+        assert probes is not None, "select() first"
+        device = module_device(model)
+        images = probes.images[:1].to(device)
+        found = []
+        with preserved_state(model):
+            targets = explainer.targets(model, images, probes.labels[:1].to(device))
+            options = explain_options(self.config, images, self.layer_name, None, layer_reshape=self.layer_reshape,
+                                      adaptive=False)
+            for method in methods:
+                explanation = explain_detailed(model, images, targets, (method,), errors="collect", **options)
+                if not isinstance(explanation.errors.get(method), NotApplicable):
+                    found.append(method)
+        return tuple(found)
 
     def dry_run(self, model: torch.nn.Module, explainer: ProbeExplainer) -> dict[str, str]:
         """Explain the first probe with each method on its own; ``{method: why it cannot work}`` for the failures.

@@ -506,6 +506,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                                   views=self._views, train_samples=lambda: train_samples(trainer))
         self._explainer.layer_name = self._probes.layer_name
         self._explainer.layer_reshape = self._probes.layer_reshape
+        self._add_automatic_methods(pl_module)
         self._dry_run(trainer, pl_module)
         self._plan_methods(trainer)
         self._setup_pool(trainer)
@@ -528,6 +529,20 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         config = dataclasses.replace(self.config, output_transform=transform if found is None else found.class_scores,
                                      layer=layer if self._segmentation_layer is None else self._segmentation_layer)
         self.config = self._probes.config = self._explainer.config = config
+
+    def _add_automatic_methods(self, model: torch.nn.Module) -> None:
+        """With `methods` left at the default: the automatic methods that apply to this model join them (attention
+        rollout on a class-token ViT); the others are left out silently (nothing was asked for)."""
+        config = self.config
+        wanted = tuple(m for m in config.automatic if m not in config.methods)
+        if not wanted:
+            return
+        with muted_logging(model):
+            added = self._probes.applicable(model, self._explainer, wanted)
+        if added:
+            config = dataclasses.replace(config, methods=config.methods + added)
+            self.config = self._probes.config = self._explainer.config = config
+            self._tracker.methods = self._reporter.methods = config.methods
 
     def _dry_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """One probe through every method: what cannot work fails now, once, with its cause (not every epoch)."""
