@@ -122,7 +122,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             or a ``DataLoader``.
         num_probes: Number of probes taken from ``probes`` or the validation data.
         methods: Attribution methods, names from :func:`lightning_xai.attribution.available_methods` (or
-            ``METHODS``).
+            ``METHODS``). Left at the default, ``attention_rollout`` joins them at setup on a class-token ViT.
         every_n_epochs: Explain after every n-th training epoch.
         target: Class explained: ``"label"`` (the probe's true label; its prediction where the label is unknown),
             ``"pred"`` (the current prediction) or a fixed class index.
