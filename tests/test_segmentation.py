@@ -333,3 +333,23 @@ def test_segmented_shapes_doctest():
 
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_configure_keeps_the_users_layer_and_transform_across_fits():
+    from lightning_xai.callbacks._segmentation import SegmentationTargets
+
+    def user(out):
+        return out
+
+    found = SegmentationTargets({"target": "mask", "background": 0}, user)
+    found.layer = "net.dec"
+    config = ExplanationMonitor(output_transform=user).config
+    first, chosen = SegmentationTargets.configure(config, found)
+    assert (first.layer, chosen) == ("net.dec", "net.dec")
+    assert isinstance(first.output_transform, ClassScores) and first.output_transform.transform is user
+    again, chosen = SegmentationTargets.configure(first, found, chosen)  # a second fit: no ClassScores of ClassScores
+    assert again.output_transform.transform is user and again.layer == "net.dec"
+    classifier, chosen = SegmentationTargets.configure(again, None, chosen)  # then a classifier: all the user's
+    assert (classifier.output_transform, classifier.layer, chosen) == (user, None, None)
+    mine, chosen = SegmentationTargets.configure(ExplanationMonitor(layer="net.enc").config, found)
+    assert mine.layer == "net.enc" and chosen is None  # the user's layer wins

@@ -16,6 +16,7 @@ DeepLabV3 / LRASPP return) is found at setup by one forward (:meth:`Segmentation
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -106,6 +107,19 @@ class SegmentationTargets:
         except Exception:  # no better layer than the usual automatic choice (which names what is wrong)
             found.layer = None
         return found
+
+    @staticmethod
+    def configure(config: Any, found: SegmentationTargets | None, chosen_before: str | None = None
+                  ) -> tuple[Any, str | None]:
+        """The monitor's config for this fit and the layer chosen here: for a segmentation model the
+        ``output_transform`` becomes :class:`ClassScores` and ``layer=None`` its :attr:`layer`; for any other model
+        the user's own transform and layer come back (``chosen_before``: the layer an earlier fit chose here, which
+        is not the user's)."""
+        user_layer = None if config.layer == chosen_before else config.layer
+        chosen = None if found is None or user_layer is not None else found.layer  # the user's layer wins
+        transform = SegmentationTargets.user_transform(config.output_transform)
+        return dataclasses.replace(config, output_transform=transform if found is None else found.class_scores,
+                                   layer=user_layer if chosen is None else chosen), chosen
 
     def prepare(self, model: torch.nn.Module, images: Tensor, probes: ProbeSet,
                 classes: Tensor | None = None) -> PreparedTargets:

@@ -523,11 +523,8 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                                            self.config.output_transform, self.config.target)
         self._explainer.segmentation = self._pool_explainer.segmentation = found
         self._reporter.outlines = None if found is None else self.probe_set.masks
-        transform = SegmentationTargets.user_transform(self.config.output_transform)
-        layer = None if self.config.layer == getattr(self, "_segmentation_layer", None) else self.config.layer
-        self._segmentation_layer = None if found is None or layer is not None else found.layer  # (the user's wins)
-        config = dataclasses.replace(self.config, output_transform=transform if found is None else found.class_scores,
-                                     layer=layer if self._segmentation_layer is None else self._segmentation_layer)
+        config, self._segmentation_layer = SegmentationTargets.configure(
+            self.config, found, getattr(self, "_segmentation_layer", None))
         self.config = self._probes.config = self._explainer.config = config
 
     def _add_automatic_methods(self, model: torch.nn.Module) -> None:
