@@ -91,6 +91,8 @@ class ProbeExplainer:
         for measure in measures:
             for key in measure.shard_keys(methods):
                 out[key] = torch.zeros(0)
+        if self.segmentation is not None:
+            out["region"] = torch.zeros(0, 1, h, w)
         return out
 
     def explain(self, model: torch.nn.Module, probes: ProbeSet, *, targets: Tensor | None = None,
@@ -160,9 +162,10 @@ class ProbeExplainer:
             out["prob"] = logits.sigmoid().gather(1, targets[:, None].to(logits.device))[:, 0].cpu()
         else:
             out["prob"] = logits.softmax(dim=1).gather(1, pred[:, None])[:, 0].cpu()
-        if segmented is not None:  # the class explained, and what the model predicts in its region
+        if segmented is not None:  # the class explained, its region, and what the model predicts in the region
             pred, targets = segmented.pred, segmented.classes
             out["prob"] = segmented.prob.float().cpu()
+            out["region"] = segmented.regions_at(images.shape[-2:]).cpu()
         out["pred"] = pred.cpu()
         out["target"] = targets.cpu()
         if ig_error is not None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_xai.attribution import preserved_state
@@ -48,6 +49,13 @@ class PreparedTargets:
     regions: Tensor
     pred: Tensor
     prob: Tensor
+
+    def regions_at(self, size: tuple[int, int] | torch.Size) -> Tensor:
+        """The regions ``(N, 1, H, W)`` at the images' size (nearest), e.g. for the overlays' outline."""
+        regions = self.regions[:, None].float()
+        if regions.shape[-2:] != tuple(size):
+            regions = F.interpolate(regions, size=tuple(size), mode="nearest")
+        return regions
 
 
 class SegmentationTargets:

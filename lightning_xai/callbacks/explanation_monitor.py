@@ -522,7 +522,6 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         found = SegmentationTargets.detect(model, self.probe_set, self.config.segmentation,
                                            self.config.output_transform, self.config.target)
         self._explainer.segmentation = self._pool_explainer.segmentation = found
-        self._reporter.outlines = None if found is None else self.probe_set.masks
         config, self._segmentation_layer = SegmentationTargets.configure(
             self.config, found, getattr(self, "_segmentation_layer", None))
         self.config = self._probes.config = self._explainer.config = config

@@ -156,6 +156,10 @@ class ProbeRenderer:
         self._alpha, self._lut = float(alpha), _cpu_lut(colormap)
         self._edges = None if outlines is None else _region_edges(outlines, n, self._size)
 
+    def set_outlines(self, outlines: Tensor | None) -> None:
+        """Outline these regions from now on (``(N, 1, H', W')``, see the class docstring), or none."""
+        self._edges = None if outlines is None else _region_edges(outlines, self.num_probes, self._size)
+
     def _tiles_hwc(self, heatmaps: Tensor) -> tuple[Tensor, Tensor]:
         _check_maps(heatmaps, "heatmaps")
         n = self.num_probes
