@@ -13,7 +13,7 @@ Also printed, to tell whether the model really took the cue: pixel accuracy on t
 carry the *wrong* class's marker (``marker="counter"``): a model reading the marker labels the shape as the marker's
 class, so this falls far below the clean accuracy.
 
-    python bench/drift_segmentation.py                   # clean + cue for each seed (about 2 min per run per core)
+    python bench/drift_segmentation.py                   # clean + cue for each seed (2-6 min per run, one core)
     python bench/drift_segmentation.py --seeds 301 --epochs 10 --change 5
 
 Results (2026-12-03, CPU, change at epoch 7; README "Segmentation models"): seed 301, 14 epochs: clean no alarm;
