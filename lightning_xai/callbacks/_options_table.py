@@ -7,7 +7,14 @@ from collections.abc import Mapping
 
 from lightning_xai._validation import Option
 from lightning_xai.attribution import get_method
-from lightning_xai.callbacks._config import _DISPLAY, _PROBE_OPTIONS, _TOP, DRIFT_OPTIONS, method_option_spec
+from lightning_xai.callbacks._config import (
+    _DISPLAY,
+    _PROBE_OPTIONS,
+    _SEGMENTATION,
+    _TOP,
+    DRIFT_OPTIONS,
+    method_option_spec,
+)
 from lightning_xai.metrics.registry import available_measures, get_measure
 from lightning_xai.views import VIEWS, view_option_spec
 
@@ -50,6 +57,7 @@ def options_markdown() -> str:
     out += _table("drift", DRIFT_OPTIONS)
     out += _table("display", _DISPLAY)
     out += _table("probe_options", _PROBE_OPTIONS)
+    out += _table("segmentation", _SEGMENTATION)
     for name in ("pool", *VIEWS):
         spec = view_option_spec(name)
         if spec:

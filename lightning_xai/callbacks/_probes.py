@@ -13,9 +13,16 @@ from torch import Tensor
 
 from lightning_xai import keys as xai_keys
 from lightning_xai._validation import is_int
-from lightning_xai.attribution import explain_detailed, get_method, gradcam_layer, gradient_blockers, preserved_state
+from lightning_xai.attribution import (
+    NotApplicable,
+    explain_detailed,
+    get_method,
+    gradcam_layer,
+    gradient_blockers,
+    preserved_state,
+)
 from lightning_xai.callbacks._compat import EARLY_STOPPING, MisconfigurationException, muted_logging, rank_zero_warn
-from lightning_xai.callbacks._config import MonitorConfig, explain_options, uses_layer
+from lightning_xai.callbacks._config import MonitorConfig, class_map_rule, explain_options, uses_layer
 from lightning_xai.callbacks._round import ProbeExplainer, module_device
 from lightning_xai.metrics.degenerate import DEGENERATE_KINDS, degenerate_kinds
 from lightning_xai.metrics.sanity import parameterized_layers
@@ -112,7 +119,7 @@ class ProbeSetup:
         try:
             probes = select_probes(source, self.config.num_probes, input_key=options["input_key"],
                                    label_key=options["label_key"], mask_key=options["mask_key"],
-                                   seed=options["seed"])
+                                   seed=options["seed"], class_maps=class_map_rule(self.config.segmentation))
         except (ValueError, TypeError) as err:
             raise MisconfigurationException(
                 f"ExplanationMonitor could not take probes from {what}: {err} Pass `probes=` explicitly, or set "
@@ -383,6 +390,25 @@ class ProbeSetup:
                 f"{' or '.join(estimate.knobs) or 'num_probes'}, or explain less often (every_n_epochs, max_overhead)")
         return estimate
 
+    def applicable(self, model: torch.nn.Module, explainer: ProbeExplainer, methods: tuple[str, ...]
+                   ) -> tuple[str, ...]:
+        """Those of ``methods`` that apply to this model: each explains the first probe without raising
+        :class:`~lightning_xai.attribution.NotApplicable` (e.g. attention rollout off a class-token ViT)."""
+        probes = self.probe_set
+        assert probes is not None, "select() first"
+        device = module_device(model)
+        images = probes.images[:1].to(device)
+        found = []
+        with preserved_state(model):
+            targets = explainer.targets(model, images, probes.labels[:1].to(device))
+            options = explain_options(self.config, images, self.layer_name, None, layer_reshape=self.layer_reshape,
+                                      adaptive=False)
+            for method in methods:
+                explanation = explain_detailed(model, images, targets, (method,), errors="collect", **options)
+                if not isinstance(explanation.errors.get(method), NotApplicable):
+                    found.append(method)
+        return tuple(found)
+
     def dry_run(self, model: torch.nn.Module, explainer: ProbeExplainer) -> dict[str, str]:
         """Explain the first probe with each method on its own; ``{method: why it cannot work}`` for the failures.
 
@@ -433,6 +459,14 @@ class ProbeSetup:
                                           "head is initialised to zero, so every map is all zero until it learns; such "
                                           "maps are reported as degenerate, never as stable.")
         return failed
+
+    def with_automatic_methods(self, model: torch.nn.Module, explainer: ProbeExplainer) -> MonitorConfig:
+        """With `methods` left at the default: the automatic methods that apply to this model join them (attention
+        rollout on a class-token ViT); the others are left out silently (nothing was asked for)."""
+        config = self.config
+        wanted = tuple(m for m in config.automatic if m not in config.methods)
+        added = self.applicable(model, explainer, wanted) if wanted else ()
+        return dataclasses.replace(config, methods=config.methods + added) if added else config
 
     def without_failing(self, failed: Mapping[str, str]) -> MonitorConfig:
         """The dry run's findings, said once: its notes in one warning; methods that cannot work on this model left

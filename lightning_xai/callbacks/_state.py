@@ -33,6 +33,7 @@ class FitState:
     failures: FailureLog
     last_explained_epoch: int | None = None
     latest: dict[str, Any] | None = None
+    segmentation_layer: str | None = None  # the layer a segmentation model's setup chose (kept across fits)
     _loaded_fingerprint: str | None = None
 
     def reset(self) -> None:

@@ -23,6 +23,7 @@ from lightning_xai.callbacks._config import (
     DriftOptions,
     MonitorConfig,
     ProbeOptions,
+    SegmentationOptions,
     build_config,
 )
 from lightning_xai.callbacks._cost import CostPlan
@@ -33,6 +34,7 @@ from lightning_xai.callbacks._reporter import Reporter
 from lightning_xai.callbacks._results import maps_of
 from lightning_xai.callbacks._round import DistributedRound
 from lightning_xai.callbacks._rounds import Rounds
+from lightning_xai.callbacks._segmentation import SegmentationTargets
 from lightning_xai.callbacks._state import FitState
 from lightning_xai.callbacks._view_stage import ViewStage
 
@@ -57,7 +59,8 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         probes: The probe set: ``None`` (``num_probes`` class-balanced samples of the validation data, else the
             training data), images ``(N, C, H, W)``, ``(images, labels[, masks])``, a ``Dataset`` or a ``DataLoader``.
         num_probes: Number of probes taken from ``probes`` or the validation data.
-        methods: Attribution methods (:func:`lightning_xai.attribution.available_methods`).
+        methods: Attribution methods (:func:`lightning_xai.attribution.available_methods`); left at the default,
+            ``attention_rollout`` joins them on a class-token ViT.
         every_n_epochs: Explain after every n-th training epoch.
         target: Class explained: ``"label"`` (the prediction where unknown), ``"pred"`` or a class index.
         layer: Grad-CAM layer (dotted name); ``None`` picks the last 4-D output before the head.
@@ -79,10 +82,12 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         drift_options: ``size``, ``topk``, ``pool_size``, ``pool_from`` and the drift detector's keywords
             ``warmup_epochs``, ``window``, ``horizon``, ``threshold``, ``slack``, ``cusum_threshold``,
             ``learn_below``, ``min_spread``, ``event_factor``, ``settle``, ``gap_spread``, ``statistics``,
-            ``probe_sigmas``.
+            ``probe_sigmas``, ``prior_weight``.
         display_options: ``mean``, ``std`` (the inputs' normalisation), ``class_names``, ``colormap``, ``alpha``.
         probe_options: ``input_key``, ``label_key``, ``mask_key`` (``None`` guesses) and ``seed``.
         sinks: Your own sinks (:class:`lightning_xai.writers.BaseSink`), beside those of the Trainer's loggers.
+        segmentation: A segmentation model (found at setup, nothing to set): ``target`` (``"mask"`` or
+            ``"predicted"`` region), ``class_index`` per probe (README "Segmentation models").
         metrics, metric_options, drift, display: deprecated 0.1 names of measures, measure_options, drift_options,
             display_options.
 
@@ -127,6 +132,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         measure_options: dict[str, dict[str, Any]] | None = None,
         drift_options: DriftOptions | None = None,
         display_options: DisplayOptions | None = None,
+        segmentation: SegmentationOptions | None = None,
     ) -> None:
         super().__init__()
         c = self.config = build_config(
@@ -135,7 +141,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             on_drift=on_drift, on_error=on_error, max_overhead=max_overhead, output_transform=output_transform,
             method_options=method_options, metric_options=metric_options, drift=drift, display=display,
             probe_options=probe_options, sinks=sinks, measures=measures, measure_options=measure_options,
-            drift_options=drift_options, display_options=display_options,
+            drift_options=drift_options, display_options=display_options, segmentation=segmentation,
         )
         failures = FailureLog(rank_zero_warn)  # a persistent failure warns once, repeats are summed up
         self._fit = FitState(self._generate_state_key(methods=c.methods, num_probes=c.num_probes, layer=c.layer,
@@ -211,11 +217,19 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self._measures.tracker.reset()
         self._reporter.reset()
         self._probes.select_for(trainer)
+        # a segmentation model (issue 24): its probes' class regions are explained, its setup checks see (N, K) logits
+        found = SegmentationTargets.detect(pl_module, self.probe_set, self.config.segmentation,
+                                           self.config.output_transform, self.config.target)
+        self._rounds.explainer.segmentation = found
+        config, self._fit.segmentation_layer = SegmentationTargets.configure(self.config, found,
+                                                                             self._fit.segmentation_layer)
+        self._use(config)
         with muted_logging(pl_module):  # setup's forwards: a self.log() in forward would fail here
             self._probes.validate(pl_module, lambda: train_batch_size(trainer), world_size=trainer.world_size,
                                   views=self._views.runner, train_samples=lambda: train_samples(trainer))
             self._rounds.explainer.layer_name = self._probes.layer_name
             self._rounds.explainer.layer_reshape = self._probes.layer_reshape
+            self._use(self._probes.with_automatic_methods(pl_module, self._rounds.explainer))
             failed = self._probes.dry_run(pl_module, self._rounds.explainer)  # one probe through every method
         config = self._probes.without_failing(failed)  # what cannot work fails now, once, with its cause
         if config is not self.config:
@@ -226,6 +240,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                         lambda methods: {self._reporter.names.scalar(k) for k in self._measures.logged_keys(methods)})
         # the drift detection pool (every rank selects the same samples from the same data; no collective)
         self._rounds.pool.setup(trainer, self._probes, self.config.methods, self._cost)
+        self._rounds.pool.explainer.segmentation = self._rounds.explainer.segmentation
         self._views.setup(pl_module, self._probes)
         self._fit.check_restored_probes(self.probe_set, self._measures.tracker)
         self._cost.start(began)  # the budget's clock starts here: setup's own work counts as the monitor's

@@ -22,9 +22,11 @@ class Localisation(Measure):
         out = MeasureResult()
         if ctx.masks is None:
             return out
+        # a probe without ground truth (an empty mask: a segmentation probe showing no class) says nothing here
+        has_truth = ctx.masks.flatten(1).gt(0.5).any(dim=1).cpu()
         for m in ctx.methods:
             maps = ctx.maps[m]
-            ok = finite_rows(maps)
+            ok = finite_rows(maps) & has_truth.to(maps.device)
             if bool(ok.any()):
                 out.scalars[keys.of(m, keys.POINTING_GAME)] = float(
                     pointing_game(maps[ok], ctx.masks[ok]).float().mean())
