@@ -545,6 +545,8 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self._pool_explainer.layer_reshape = self._probes.layer_reshape
         if self._pool.notes:
             rank_zero_warn("ExplanationMonitor: " + "; ".join(self._pool.notes))
+        if self._pool.budget_note:
+            rank_zero_info(f"ExplanationMonitor: {self._pool.budget_note}.")
 
     def _explain_pool(self, trainer: pl.Trainer, model: torch.nn.Module) -> DetectionRows | None:
         """The pool's rows this round (every rank its shard, gathered); NaN maps (left out) if it failed."""
