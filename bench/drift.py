@@ -188,7 +188,7 @@ def print_summary(summary: dict[str, Any], label: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("record", "report", "curve", "pool", "list", "trace", "tune"))
-    parser.add_argument("--part", choices=("tune", "eval", "all"), default="eval")
+    parser.add_argument("--part", choices=("tune", "eval", "demo", "all"), default="eval")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--cache", default=os.environ.get("DRIFT_BENCH_CACHE", "/tmp/drift_suite_cache"))
     parser.add_argument("--detector", nargs="*", default=[], metavar="KEY=VALUE",
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "tune":
         if args.part != "tune":
             parser.error("constants are chosen on the tuning part only: --part tune")
-        for caught, quiet, pre, rule in grid_search(runs, max_false=3)[:25]:
+        for caught, quiet, pre, rule in grid_search(runs, max_false=1)[:25]:
             print(f"caught {caught}, false {quiet} quiet + {pre} pre-change: {rule}")
     elif args.command == "trace":
         for run in runs:
@@ -248,7 +248,7 @@ def default_rule(**overrides: Any) -> tuple[dict[str, Any], Any]:
     """The default detector's rule constants and its stream filter (what DriftDetector() decides with)."""
     det = DriftDetector()
     rule = {k: getattr(det, k) for k in ("window", "threshold", "slack", "cusum_threshold", "learn_below",
-                                         "min_spread", "event_factor", "settle", "gap_spread")}
+                                         "min_spread", "event_factor", "settle", "gap_spread", "prior_weight")}
     rule.update(overrides)
     stats = det.statistics
     return rule, (lambda key: key.split("|", 1)[1].split("/")[0] in stats)
@@ -321,15 +321,15 @@ def grid_search(runs: list[dict[str, Any]], max_false: int) -> list[tuple[int, i
     import itertools
 
     values = stream_values(runs)
-    stats_options = {"all": ("lag", "class", "mass", "gap"), "lag+class+gap": ("lag", "class", "gap"),
-                     "class+mass+gap": ("class", "mass", "gap"), "lag+class+mass": ("lag", "class", "mass")}
+    base = ("lag", "class", "mass", "gap")
+    stats_options = {"lag+class+mass+gap": base, "+common": base + ("common",)}
     results = []
-    grid = itertools.product((4.0, 5.0, 6.0), (1.0, 1.5), (5.0, 8.0), (0.5, 1.0), (0.35, 0.5), (0.05, 0.08, 0.12),
-                             stats_options)
-    for threshold, slack, cusum, learn, spread, gap_spread, stats in grid:
+    grid = itertools.product((4.5, 5.0, 5.5, 6.0), (1.5, 2.0), (8.0, 12.0, 1e5), (0.3, 0.35, 0.45), (0.08, 0.12),
+                             (0.0, 2.0), stats_options)
+    for threshold, slack, cusum, spread, gap_spread, prior_weight, stats in grid:
         rule = {"window": 4, "threshold": threshold, "slack": slack, "cusum_threshold": cusum,
-                "learn_below": learn, "min_spread": spread, "event_factor": 2.0, "settle": 1,
-                "gap_spread": gap_spread}
+                "learn_below": 0.5, "min_spread": spread, "event_factor": 2.0, "settle": 1,
+                "gap_spread": gap_spread, "prior_weight": prior_weight}
         allowed = stats_options[stats]
 
         def keep(key: str, allowed=allowed) -> bool:

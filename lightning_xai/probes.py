@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-__all__ = ["read_samples_at", "ProbeSet", "agree_on_probes", "select_probes"]
+__all__ = ["ClassMapRule", "read_samples_at", "ProbeSet", "agree_on_probes", "select_probes"]
 
 #: ``select_probes`` reads at most ``MAX_SCAN_FACTOR * num_probes`` samples unless ``max_scan`` says otherwise.
 MAX_SCAN_FACTOR = 50
@@ -297,6 +297,50 @@ def _as_mask(value: Any, image: Tensor) -> Tensor | None:
     return value.to(torch.float32)
 
 
+@dataclass(frozen=True)
+class ClassMapRule:
+    """How a segmentation sample's class map (``(H, W)`` integer class ids) becomes a probe's label and mask.
+
+    The probe is explained for one class present in its map: ``class_index`` if given, else the most frequent class
+    other than ``background`` and ``ignore_index`` (ties: the lower id). Its mask is that class's region. A map with
+    no such class gives an unknown label (``-1``) and an empty mask: the monitor then explains the predicted region.
+
+    Args:
+        background: the background class id (never chosen unless named by ``class_index``), or None.
+        ignore_index: the "void" id (e.g. 255 in Pascal VOC), never chosen and never in a region, or None.
+        class_index: explain this class on every probe (its region, empty where absent), or None.
+    """
+
+    background: int | None = 0
+    ignore_index: int | None = 255
+    class_index: int | None = None
+
+    def label_and_mask(self, class_map: Tensor) -> tuple[int | None, Tensor]:
+        """``(label or None, (1, H, W) float mask)`` of a ``(H, W)`` (or ``(1, H, W)``) class map."""
+        ids = class_map.reshape(class_map.shape[-2:]).long()
+        if self.class_index is not None:
+            return int(self.class_index), (ids == self.class_index).float()[None]
+        counts = torch.bincount(ids[ids >= 0].flatten(), minlength=1)
+        for excluded in (self.background, self.ignore_index):
+            if excluded is not None and 0 <= excluded < counts.numel():
+                counts[excluded] = 0
+        if int(counts.max()) == 0:
+            return None, torch.zeros(1, *ids.shape)
+        label = int(counts.argmax())  # argmax returns the first maximum: ties go to the lower id
+        return label, (ids == label).float()[None]
+
+
+def _as_class_map(value: Any, image: Tensor) -> Tensor | None:
+    """``value`` as an ``(H, W)`` class map if it is an integer tensor of the image's size (a segmentation label)."""
+    if not isinstance(value, Tensor) or value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+        return None
+    if value.dim() == 3 and value.shape[0] == 1:
+        value = value[0]
+    if value.dim() != 2 or value.shape != image.shape[1:]:
+        return None
+    return value
+
+
 # ---------------------------------------------------------------------------------------------------- sources
 def _samples_from_tensors(source: Any) -> tuple[Iterable[tuple[int, Any]], int | None]:
     """(index, (image, label, mask)) pairs from a tensor or a tuple of tensors."""
@@ -315,9 +359,11 @@ def _samples_from_tensors(source: Any) -> tuple[Iterable[tuple[int, Any]], int |
     if labels is not None:
         labels = torch.as_tensor(labels)
         multi_hot = labels.dim() == 2 and labels.shape[0] == n and labels.shape[1] >= 2 and _is_multi_hot(labels)
-        if not multi_hot and (labels.dim() != 1 or labels.shape[0] != n):
-            raise ValueError(f"`source` labels must have shape ({n},) (class indices) or ({n}, K) (multi-hot), "
-                             f"got {_describe(labels)}")
+        class_maps = labels.dim() == 3 and labels.shape == (n, *images.shape[2:]) and not labels.is_floating_point()
+        if not (multi_hot or class_maps) and (labels.dim() != 1 or labels.shape[0] != n):
+            raise ValueError(f"`source` labels must have shape ({n},) (class indices), ({n}, K) (multi-hot) or "
+                             f"({n}, {images.shape[2]}, {images.shape[3]}) (segmentation class maps), got "
+                             f"{_describe(labels)}")
     if masks is not None:
         if not isinstance(masks, Tensor) or masks.shape[0] != n:
             raise ValueError(f"`source` masks must be a tensor with {n} rows, got {_describe(masks)}")
@@ -396,6 +442,7 @@ def select_probes(
     mask_key: Selector = None,
     seed: int = 0,
     max_scan: int | None = None,
+    class_maps: ClassMapRule | None = None,
 ) -> ProbeSet:
     """Choose a fixed, class-balanced probe set, deterministically and without touching the global RNGs.
 
@@ -436,6 +483,10 @@ def select_probes(
         mask_key: which field is the ground-truth mask (same kinds); must be ``(1, H, W)`` or ``(H, W)``.
         seed: seed of the isolated RNG streams used while reading samples.
         max_scan: read at most this many samples (default ``50 * num_probes``).
+        class_maps: how a segmentation label (an integer class map ``(H, W)`` or ``(1, H, W)`` of the image's size,
+            as the label or, without a label, as the mask) becomes the probe's class and mask (default
+            :class:`ClassMapRule`: the most frequent class other than background 0 and void 255). Probes are then
+            balanced over those classes; samples without such a class come last, labelled ``-1``.
 
     Returns:
         A :class:`ProbeSet` with CPU tensors (cloned, detached, normal tensors even if the source was created under
@@ -470,15 +521,16 @@ def select_probes(
             raise TypeError(f"`{name}` must be None, an int, a str or a callable, got {key!r}")
 
     with _isolated_rng(seed), torch.inference_mode(False), torch.no_grad():
-        samples = _read_samples(source, max_scan, input_key, label_key, mask_key)
+        segmented: list[bool] = []
+        samples = _read_samples(source, max_scan, input_key, label_key, mask_key, class_maps, segmented)
         if not samples:
             raise ValueError(f"`source` is empty: no samples to choose probes from ({_describe(source)})")
-        chosen = _choose(samples, num_probes)
+        chosen = _choose(samples, num_probes, unknown_last=bool(segmented))
         return _build(samples, chosen)
 
 
 def read_samples_at(dataset: Any, ids: Sequence[int], *, input_key: Selector = None, label_key: Selector = None,
-                    mask_key: Selector = None, seed: int = 0) -> ProbeSet:
+                    mask_key: Selector = None, seed: int = 0, class_maps: ClassMapRule | None = None) -> ProbeSet:
     """Read the samples ``ids`` of a map-style dataset as they are *now*, as a :class:`ProbeSet` (labels as stored).
 
     For watching training data that may change between epochs (a planted cue, a new augmentation, relabelled
@@ -493,7 +545,7 @@ def read_samples_at(dataset: Any, ids: Sequence[int], *, input_key: Selector = N
                         f"{type(dataset).__name__}")
     ids = [int(i) for i in ids]
     with _isolated_rng(seed), torch.inference_mode(False), torch.no_grad():
-        samples = _read_samples(_Indexed(dataset, ids), len(ids), input_key, label_key, mask_key)
+        samples = _read_samples(_Indexed(dataset, ids), len(ids), input_key, label_key, mask_key, class_maps)
     samples = [(ids[pos], image, label, mask) for pos, (_, image, label, mask) in enumerate(samples)]
     return _build(samples, [(pos, label if isinstance(label, int) else None) for pos, (_, _, label, _) in
                             enumerate(samples)])
@@ -517,8 +569,12 @@ class _Indexed(Sequence):
 
 
 def _read_samples(
-    source: Any, max_scan: int, input_key: Selector, label_key: Selector, mask_key: Selector
+    source: Any, max_scan: int, input_key: Selector, label_key: Selector, mask_key: Selector,
+    class_maps: ClassMapRule | None = None, segmented: list[bool] | None = None,
 ) -> list[tuple[int, Tensor, int | Tensor | None, Tensor | None]]:
+    """Samples as ``(index, image, label, mask)``; a segmentation class map becomes ``class_maps``' label and mask
+    (``segmented``, if given, gets one entry per such sample)."""
+    rule = ClassMapRule() if class_maps is None else class_maps
     tensor_source = isinstance(source, Tensor) or (
         isinstance(source, tuple) and len(source) > 0 and isinstance(source[0], Tensor)
     )
@@ -566,6 +622,19 @@ def _read_samples(
             raise ValueError(
                 f"{where}: image shape {tuple(image.shape)} differs from the first sample's {tuple(shape)}"
             )
+        # A segmentation label: an integer class map of the image's size, as the label (or, without a label, as the
+        # mask: {"image": ..., "mask": class ids}). It becomes one class and that class's region (ClassMapRule).
+        class_map = _as_class_map(raw_label, image) if has_label else None
+        if class_map is None and not has_label and raw_mask is not None:
+            class_map = _as_class_map(raw_mask, image)
+        if class_map is not None:
+            label, mask = rule.label_and_mask(class_map)
+            out.append((index, image, label, mask))
+            if segmented is not None:
+                segmented.append(True)
+            if len(out) >= max_scan:
+                break
+            continue
         label: int | Tensor | None = _to_label(raw_label) if has_label else None
         if has_label and label is None:
             label = _to_multi_hot(raw_label)
@@ -576,8 +645,8 @@ def _read_samples(
                     raise ValueError(f"{where}: a multi-hot label of {label.numel()} classes after one of "
                                      f"{num_labels}")
         if has_label and label is None and label_key is not None:
-            raise ValueError(f"{where}: `label_key`={label_key!r} selects {_describe(raw_label)}, not a class index "
-                             "or a multi-hot vector")
+            raise ValueError(f"{where}: `label_key`={label_key!r} selects {_describe(raw_label)}, not a class index, "
+                             "a multi-hot vector or an integer class map of the image's size (segmentation)")
         mask = None
         if raw_mask is not None:
             mask = _as_mask(raw_mask, image)
@@ -614,8 +683,8 @@ def _round_robin(queues: list[list[int]], num_probes: int) -> list[tuple[int, in
     return chosen
 
 
-def _choose(samples: list[tuple[int, Tensor, int | Tensor | None, Tensor | None]], num_probes: int
-            ) -> list[tuple[int, int | None]]:
+def _choose(samples: list[tuple[int, Tensor, int | Tensor | None, Tensor | None]], num_probes: int,
+            unknown_last: bool = False) -> list[tuple[int, int | None]]:
     """``(position into samples, class explained)`` of the chosen probes, in round-robin class order.
 
     Multi-label samples belong to each of their positive classes; a sample chosen for class ``c`` is explained for
@@ -634,6 +703,13 @@ def _choose(samples: list[tuple[int, Tensor, int | Tensor | None, Tensor | None]
         taken = {pos for pos, _ in picked}
         rest = [pos for pos, label in enumerate(labels) if pos not in taken and not label.any()]  # type: ignore[union-attr]
         return picked + [(pos, None) for pos in rest[: num_probes - len(picked)]]
+    if unknown_last and any(label is not None for label in labels):
+        # segmentation: balanced over the classes present; maps without a class (background only) fill the set last
+        known = [(pos, label) for pos, label in enumerate(labels) if label is not None]
+        picked = _choose([samples[pos] for pos, _ in known], num_probes)
+        picked = [(known[p][0], label) for p, label in picked]
+        rest = [(pos, None) for pos, label in enumerate(labels) if label is None]
+        return picked + rest[: num_probes - len(picked)]
     if any(label is None for label in labels):  # labels unknown (for some): the first samples, known labels kept
         return [(pos, labels[pos]) for pos in range(min(num_probes, len(samples)))]  # type: ignore[misc]
     by_label: dict[int, list[int]] = {}

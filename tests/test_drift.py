@@ -216,3 +216,26 @@ def test_degenerate_rule():
     attr[0, 0, 0, 0], attr[0, 1, 0, 0] = 1.0, -1.0
     assert not degenerate_rows(attr).item()
     assert degenerate_rows(torch.zeros(2, 7)).tolist() == [True, True]  # flattened rows
+
+
+def test_common_statistic_tells_a_shared_move_from_independent_ones():
+    """``common`` is about 1/N when maps move independently (objects at different places) and near 1 when every
+    map gains the same place (a cue at a fixed position)."""
+    det = DriftDetector(warmup_epochs=0)
+    first = _blobs(64, 0)
+    det.update(0, {"grad_cam": first})
+    independent = det.update(1, {"grad_cam": _blobs(64, 1)}).statistics["grad_cam|common/validation"]
+    cue = _blobs(64, 2, where=(0.9, 0.9))
+    shared = det.update(2, {"grad_cam": 0.5 * _blobs(64, 1) + cue}).statistics["grad_cam|common/validation"]
+    assert independent < 0.1, independent
+    assert shared > 0.5, shared
+    assert 0.0 <= independent <= 1.0 and 0.0 <= shared <= 1.0
+
+
+def test_a_cue_at_one_place_is_seen_by_the_common_statistic_alone():
+    """With only the ``common`` stream, a shared jump to one corner alarms at that epoch and noise does not."""
+    base = _blobs(N, 0)
+    frames = [_noisy(base, e, seed=3) for e in range(9)]
+    frames += [_noisy(0.6 * base + _blobs(N, 5, where=(0.85, 0.85)), e, seed=3) for e in range(9, 12)]
+    reports = _series(DriftDetector(warmup_epochs=3, statistics=("common",)), frames)
+    assert [r.epoch for r in reports if r.alarm] == [9]

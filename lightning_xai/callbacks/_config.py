@@ -8,6 +8,7 @@ A bad value raises at ``__init__`` naming it as the user wrote it, e.g.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +43,9 @@ from lightning_xai.views import VIEWS as _VIEW_CLASSES
 #: Views of what a layer has learnt (:mod:`lightning_xai.views`), each round, then the end-of-fit work.
 VIEWS = (*_VIEW_CLASSES, *END_OF_FIT)
 DEFAULT_METHODS = METHODS  # the attribution registry's default selection (one definition)
+#: Added to the default selection at setup on the models they apply to (each costs one forward per probe):
+#: attention rollout on class-token vision transformers (issue 24).
+AUTOMATIC_METHODS = ("attention_rollout",)
 DEFAULT_METRICS = ("localisation", "agreement", "sanity")
 
 
@@ -71,8 +75,16 @@ class DriftOptions(TypedDict, total=False):
     event_factor: float
     settle: int
     gap_spread: float
+    prior_weight: float
     statistics: list[str]
     probe_sigmas: float
+
+
+class SegmentationOptions(TypedDict, total=False):
+    target: Literal["mask", "predicted"]
+    background: int | None
+    ignore_index: int | None
+    class_index: int | None
 
 
 class ProbeOptions(TypedDict, total=False):
@@ -171,6 +183,28 @@ _PROBE_OPTIONS: dict[str, Option] = {
     "seed": seed(0, "probe selection and the sanity check's re-initialisation"),
 }
 
+# The `segmentation` group: used when the model's output is a map of class logits (N, K, H, W) (see
+# lightning_xai.attribution.targets and lightning_xai.probes.ClassMapRule).
+_SEGMENTATION: dict[str, Option] = {
+    "target": choice("mask", ("mask", "predicted"), "the region explained: the probe's ground-truth region of its "
+                     "class (else the predicted one), or the pixels predicted as that class (else the ground truth)"),
+    "background": integer(0, 0, 2**31 - 1, "the class never explained unless named by `class_index`",
+                          none="no background class"),
+    "ignore_index": integer(255, 0, 2**31 - 1, "the void label, never a class and never in a region",
+                            none="no void label"),
+    "class_index": integer(None, 0, 2**31 - 1, "explain this class on every probe",
+                           none="each probe's most frequent class other than background and void"),
+}
+
+
+def class_map_rule(segmentation: Mapping[str, Any]) -> Any:
+    """The ``segmentation`` options' :class:`~lightning_xai.probes.ClassMapRule` (how class maps become probes)."""
+    from lightning_xai.probes import ClassMapRule
+
+    return ClassMapRule(background=segmentation["background"], ignore_index=segmentation["ignore_index"],
+                        class_index=segmentation["class_index"])
+
+
 # The `drift` group: the monitor's own keys, then DriftDetector's keywords (defaults read from its signature, so
 # they cannot disagree). A new key is one line here; tests check that every DriftDetector keyword has one.
 _DETECTOR_DEFAULTS = {name: p.default for name, p in inspect.signature(DriftDetector.__init__).parameters.items()
@@ -210,6 +244,8 @@ _DRIFT: dict[str, Option] = {
     "event_factor": number(_default("event_factor", 2.0), 1.0, 1e6, "threshold multiplier at a known event"),
     "settle": integer(_default("settle", 1), 0, 1000, "epochs after an event that relearn the floors"),
     "gap_spread": number(_default("gap_spread", 0.12), 0.0, 1e6, "smallest spread of the train/validation gap"),
+    "prior_weight": number(_default("prior_weight", 0.0), 0.0, 1e6,
+                           "epochs the prior spread weighs against a stream's own (0: the larger of the two)"),
     "statistics": custom(_default("statistics", STATISTICS), _statistics,
                          f"a non-empty list of distinct statistics from {STATISTICS}"),
     "probe_sigmas": number(_default("probe_sigmas", 3.0), 0.0, 1e6, "per-probe flag threshold, in spreads",
@@ -253,6 +289,8 @@ class MonitorConfig:
     drift: dict[str, Any]
     display: dict[str, Any]
     probe_options: dict[str, Any]
+    segmentation: dict[str, Any] = dataclasses.field(default_factory=lambda: check_options(None, _SEGMENTATION, ""))
+    automatic: tuple[str, ...] = ()  # methods added at setup where the model allows them (`methods` left default)
 
     @property
     def detector_options(self) -> dict[str, Any]:
@@ -297,7 +335,17 @@ def build_config(**args: Any) -> MonitorConfig:
         drift=_drift_options(args["drift"]),
         display=_display_options(args["display"]),
         probe_options=check_options(args["probe_options"], _PROBE_OPTIONS, "probe_options"),
+        segmentation=_segmentation_options(args.get("segmentation")),
+        automatic=tuple(m for m in AUTOMATIC_METHODS if m not in methods) if methods == DEFAULT_METHODS else (),
     )
+
+
+def _segmentation_options(given: Any) -> dict[str, Any]:
+    out = check_options(given, _SEGMENTATION, "segmentation")
+    named = out["class_index"]
+    check(named is None or named != out["ignore_index"], path("segmentation", "class_index"), named,
+          f"a class other than `segmentation['ignore_index']` ({out['ignore_index']})")
+    return out
 
 
 def _check_probe_tensors(probes: tuple[Tensor, ...]) -> None:

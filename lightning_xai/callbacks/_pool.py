@@ -23,7 +23,7 @@ from torch import Tensor
 
 from lightning_xai.attribution import get_method, is_cheap
 from lightning_xai.callbacks._compat import MisconfigurationException
-from lightning_xai.callbacks._config import MonitorConfig
+from lightning_xai.callbacks._config import MonitorConfig, class_map_rule
 from lightning_xai.callbacks._probes import train_samples
 from lightning_xai.probes import ProbeSet, _is_map_style, read_samples_at, select_probes
 
@@ -173,7 +173,8 @@ class DetectionPool:
                               "validation samples only")
         n_train = 0 if train_dataset is None else (size // 2 if where == "both" else size)
         n_val = 0 if where == "training" else size - n_train
-        keys = {"input_key": probe["input_key"], "label_key": probe["label_key"], "mask_key": probe["mask_key"]}
+        keys = {"input_key": probe["input_key"], "label_key": probe["label_key"], "mask_key": probe["mask_key"],
+                "class_maps": class_map_rule(self.config.segmentation)}
         seed = int(probe["seed"])
         try:
             if n_val > 0 and display_source is not None:
@@ -232,7 +233,8 @@ class DetectionPool:
         if self.train_ids:
             probe = self.config.probe_options
             train = read_samples_at(self._train_dataset, self.train_ids, input_key=probe["input_key"],
-                                    label_key=probe["label_key"], mask_key=probe["mask_key"], seed=int(probe["seed"]))
+                                    label_key=probe["label_key"], mask_key=probe["mask_key"], seed=int(probe["seed"]),
+                                    class_maps=class_map_rule(self.config.segmentation))
             parts.append(train)
             origin.append(torch.ones(len(train), dtype=torch.long))
         if not parts:

@@ -12,9 +12,16 @@ import torch
 from torch import Tensor
 
 from lightning_xai._validation import is_int
-from lightning_xai.attribution import explain_detailed, get_method, gradcam_layer, gradient_blockers, preserved_state
+from lightning_xai.attribution import (
+    NotApplicable,
+    explain_detailed,
+    get_method,
+    gradcam_layer,
+    gradient_blockers,
+    preserved_state,
+)
 from lightning_xai.callbacks._compat import EARLY_STOPPING, MisconfigurationException, muted_logging, rank_zero_warn
-from lightning_xai.callbacks._config import MonitorConfig, explain_options, uses_layer
+from lightning_xai.callbacks._config import MonitorConfig, class_map_rule, explain_options, uses_layer
 from lightning_xai.callbacks._round import ProbeExplainer, module_device
 from lightning_xai.metrics.degenerate import DEGENERATE_KINDS, degenerate_kinds
 from lightning_xai.metrics.sanity import parameterized_layers
@@ -111,7 +118,7 @@ class ProbeSetup:
         try:
             probes = select_probes(source, self.config.num_probes, input_key=options["input_key"],
                                    label_key=options["label_key"], mask_key=options["mask_key"],
-                                   seed=options["seed"])
+                                   seed=options["seed"], class_maps=class_map_rule(self.config.segmentation))
         except (ValueError, TypeError) as err:
             raise MisconfigurationException(
                 f"ExplanationMonitor could not take probes from {what}: {err} Pass `probes=` explicitly, or set "
@@ -381,6 +388,25 @@ class ProbeSetup:
                 f"({estimate.passes / samples:.0f}x the {samples} training samples of an epoch); lower "
                 f"{' or '.join(estimate.knobs) or 'num_probes'}, or explain less often (every_n_epochs, max_overhead)")
         return estimate
+
+    def applicable(self, model: torch.nn.Module, explainer: ProbeExplainer, methods: tuple[str, ...]
+                   ) -> tuple[str, ...]:
+        """Those of ``methods`` that apply to this model: each explains the first probe without raising
+        :class:`~lightning_xai.attribution.NotApplicable` (e.g. attention rollout off a class-token ViT)."""
+        probes = self.probe_set
+        assert probes is not None, "select() first"
+        device = module_device(model)
+        images = probes.images[:1].to(device)
+        found = []
+        with preserved_state(model):
+            targets = explainer.targets(model, images, probes.labels[:1].to(device))
+            options = explain_options(self.config, images, self.layer_name, None, layer_reshape=self.layer_reshape,
+                                      adaptive=False)
+            for method in methods:
+                explanation = explain_detailed(model, images, targets, (method,), errors="collect", **options)
+                if not isinstance(explanation.errors.get(method), NotApplicable):
+                    found.append(method)
+        return tuple(found)
 
     def dry_run(self, model: torch.nn.Module, explainer: ProbeExplainer) -> dict[str, str]:
         """Explain the first probe with each method on its own; ``{method: why it cannot work}`` for the failures.

@@ -176,7 +176,8 @@ class Reporter:
             flagged = {m: list((flags or {}).get(m) or [False] * len(probes)) for m in maps}
             self._jobs.submit((trainer.current_epoch, step), self._write_overlays, sink, probes.images, maps, labels,
                               step, trainer.current_epoch, flagged, probes.ids.tolist(),
-                              any(v > 0.5 for k, v in scalars.items() if k.startswith("xai/drift/alarm")))
+                              any(v > 0.5 for k, v in scalars.items() if k.startswith("xai/drift/alarm")),
+                              results.get("region"))
         if errors:  # an earlier epoch's overlay failure is named too, never dropped
             errors += [(f"overlays of epoch {epoch}", err) for (epoch, _), err in earlier]
             raise SinkError(f"epoch {trainer.current_epoch}'s results", errors)
@@ -190,12 +191,14 @@ class Reporter:
 
     def _write_overlays(self, sink: MultiSink, images: Tensor, maps: Mapping[str, Tensor], labels: list[list[Any]],
                         step: int, epoch: int, flagged: Mapping[str, list[bool]], ids: list[int],
-                        alarm: bool = False) -> None:
+                        alarm: bool = False, regions: Tensor | None = None) -> None:
         began = time.perf_counter()
         if self._renderer is None:  # the probes never change within a fit: de-normalise and size them once
             d = self.display
             self._renderer = ProbeRenderer(images, alpha=d["alpha"], colormap=d["colormap"], mean=d["mean"],
                                            std=d["std"])
+        if regions is not None:  # a segmentation model's explained regions, outlined on the tiles
+            self._renderer.set_outlines(regions)
         writes = []
         for m, heatmaps in maps.items():
             # groups of 8 probes: each panel fills TensorBoard's default image card at full size

@@ -60,6 +60,8 @@ class ProbeExplainer:
         self.errors: dict[str, str] = {}  # methods that failed in the last call, with the cause
         self.train_batch_size: int | None = None
         self.timings: list[PassTiming] = []
+        # a segmentation model's region rule (callbacks/_segmentation.py), set at setup; None for a classifier
+        self.segmentation: Any = None
 
     def targets(self, model: torch.nn.Module, images: Tensor, labels: Tensor) -> Tensor:
         """The class explained for each probe: the fixed index, the label (prediction where unknown) or the pred."""
@@ -89,6 +91,8 @@ class ProbeExplainer:
         for measure in measures:
             for key in measure.shard_keys(methods):
                 out[key] = torch.zeros(0)
+        if self.segmentation is not None:
+            out["region"] = torch.zeros(0, 1, h, w)
         return out
 
     def explain(self, model: torch.nn.Module, probes: ProbeSet, *, targets: Tensor | None = None,
@@ -111,7 +115,15 @@ class ProbeExplainer:
         device = module_device(model)
         images = probes.images.to(device)
         with preserved_state(model):  # eval mode, grads on; RNG, flags and every buffer restored on exit
-            targets = self.targets(model, images, probes.labels.to(device)) if targets is None else targets.to(device)
+            segmented = None  # a segmentation model: each probe's class region becomes its own target column
+            if self.segmentation is not None:
+                segmented = self.segmentation.prepare(model, images, probes, targets)
+                targets = segmented.targets
+            elif targets is None:
+                targets = self.targets(model, images, probes.labels.to(device))
+            else:
+                targets = targets.to(device)
+            transform = config.output_transform if segmented is None else segmented.transform
             found: dict[str, Tensor] = {}
             errors: dict[str, BaseException] = {}
             logits: Tensor | None = None
@@ -119,6 +131,7 @@ class ProbeExplainer:
             # (a method's options reach only that method, so one set of keywords serves every group)
             options = explain_options(config, images, self.layer_name, self.train_batch_size,
                                       layer_reshape=self.layer_reshape, adaptive=adaptive)
+            options["output_transform"] = transform
             for group in groups:
                 began = time.perf_counter()
                 # A method that fails is reported and its maps are NaN (left out of every metric, never logged as a
@@ -140,7 +153,7 @@ class ProbeExplainer:
             for measure in measures:
                 if measure.shard is not None:
                     out.update(measure.shard(model, images, targets, maps, config.metric_options.get(measure.name, {}),
-                                             config.output_transform))
+                                             transform))
         assert logits is not None
         logits = logits.float()
         pred = logits.argmax(dim=1)
@@ -149,6 +162,10 @@ class ProbeExplainer:
             out["prob"] = logits.sigmoid().gather(1, targets[:, None].to(logits.device))[:, 0].cpu()
         else:
             out["prob"] = logits.softmax(dim=1).gather(1, pred[:, None])[:, 0].cpu()
+        if segmented is not None:  # the class explained, its region, and what the model predicts in the region
+            pred, targets = segmented.pred, segmented.classes
+            out["prob"] = segmented.prob.float().cpu()
+            out["region"] = segmented.regions_at(images.shape[-2:]).cpu()
         out["pred"] = pred.cpu()
         out["target"] = targets.cpu()
         if ig_error is not None:

@@ -42,6 +42,7 @@ from lightning_xai.callbacks._config import (
     DriftOptions,
     MonitorConfig,
     ProbeOptions,
+    SegmentationOptions,
     build_config,
 )
 from lightning_xai.callbacks._failures import FailureLog
@@ -55,6 +56,7 @@ from lightning_xai.callbacks._probes import (
 )
 from lightning_xai.callbacks._reporter import Reporter, drift_text
 from lightning_xai.callbacks._round import DistributedRound, ProbeExplainer, module_device
+from lightning_xai.callbacks._segmentation import SegmentationTargets
 from lightning_xai.callbacks._tracker import DetectionRows, DriftTracker, lr_event
 from lightning_xai.distributed import shard_bounds
 from lightning_xai.drift import DriftDetector, DriftReport
@@ -120,7 +122,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             or a ``DataLoader``.
         num_probes: Number of probes taken from ``probes`` or the validation data.
         methods: Attribution methods, names from :func:`lightning_xai.attribution.available_methods` (or
-            ``METHODS``).
+            ``METHODS``). Left at the default, ``attention_rollout`` joins them at setup on a class-token ViT.
         every_n_epochs: Explain after every n-th training epoch.
         target: Class explained: ``"label"`` (the probe's true label; its prediction where the label is unknown),
             ``"pred"`` (the current prediction) or a fixed class index.
@@ -183,6 +185,12 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         probe_options: How probes are read: ``input_key``, ``label_key``, ``mask_key`` (index, key or callable
             selecting the field of a dataset item; ``None`` guesses) and ``seed`` (0; probe selection and the sanity
             check's re-initialisation).
+        segmentation: For a segmentation model (output ``(N, K, H, W)`` class logits, or a dict with ``"out"``; found
+            at setup, nothing to set): ``target`` (``"mask"``: each probe's ground-truth region of its class, else
+            the predicted one; ``"predicted"``: the pixels predicted as that class, else the ground truth), the
+            class explained per probe (``class_index``; ``None``: its most frequent class other than
+            ``background`` (0) and ``ignore_index`` (255)). The scalar explained is that class's logits summed over
+            the region (pytorch-grad-cam's ``SemanticSegmentationTarget``). See README "Segmentation models".
 
     Logged keys (step = ``trainer.global_step``):
         - ``xai/{method}/overlay`` (image): one panel per explained epoch (:class:`lightning_xai.render.ProbeRenderer`):
@@ -245,6 +253,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         drift: DriftOptions | None = None,
         display: DisplayOptions | None = None,
         probe_options: ProbeOptions | None = None,
+        segmentation: SegmentationOptions | None = None,
     ) -> None:
         super().__init__()
         config = build_config(
@@ -253,6 +262,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
             on_drift=on_drift, on_error=on_error,
             max_overhead=max_overhead, output_transform=output_transform, method_options=method_options,
             metric_options=metric_options, drift=drift, display=display, probe_options=probe_options,
+            segmentation=segmentation,
         )
         self.config: MonitorConfig = config
         self._probes = ProbeSetup(config)
@@ -492,11 +502,13 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self._reporter.reset()
         self._failures.reset()
         self._probes.select_for(trainer)
+        self._setup_segmentation(pl_module)
         with muted_logging(pl_module):  # setup's forwards: a self.log() in forward would fail here
             self._probes.validate(pl_module, lambda: train_batch_size(trainer), world_size=trainer.world_size,
                                   views=self._views, train_samples=lambda: train_samples(trainer))
         self._explainer.layer_name = self._probes.layer_name
         self._explainer.layer_reshape = self._probes.layer_reshape
+        self._add_automatic_methods(pl_module)
         self._dry_run(trainer, pl_module)
         self._plan_methods(trainer)
         self._setup_pool(trainer)
@@ -505,6 +517,30 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self._check_restored_probes()
         # the budget's clock starts here: setup's own work counts as the monitor's
         self._period_start, self._period_spent = began, time.perf_counter() - began
+
+    def _setup_segmentation(self, model: torch.nn.Module) -> None:
+        """A segmentation model (issue 24, callbacks/_segmentation.py): its probes' class regions are explained, and
+        logits ``(N, K)`` for the setup checks are each class over the image."""
+        found = SegmentationTargets.detect(model, self.probe_set, self.config.segmentation,
+                                           self.config.output_transform, self.config.target)
+        self._explainer.segmentation = self._pool_explainer.segmentation = found
+        config, self._segmentation_layer = SegmentationTargets.configure(
+            self.config, found, getattr(self, "_segmentation_layer", None))
+        self.config = self._probes.config = self._explainer.config = config
+
+    def _add_automatic_methods(self, model: torch.nn.Module) -> None:
+        """With `methods` left at the default: the automatic methods that apply to this model join them (attention
+        rollout on a class-token ViT); the others are left out silently (nothing was asked for)."""
+        config = self.config
+        wanted = tuple(m for m in config.automatic if m not in config.methods)
+        if not wanted:
+            return
+        with muted_logging(model):
+            added = self._probes.applicable(model, self._explainer, wanted)
+        if added:
+            config = dataclasses.replace(config, methods=config.methods + added)
+            self.config = self._probes.config = self._explainer.config = config
+            self._tracker.methods = self._reporter.methods = config.methods
 
     def _dry_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """One probe through every method: what cannot work fails now, once, with its cause (not every epoch)."""
@@ -543,6 +579,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                          share=self._budget.share, display_rows=display_rows)
         self._pool_explainer = ProbeExplainer(self._pool.explainer_config(), self._probes.layer_name)
         self._pool_explainer.layer_reshape = self._probes.layer_reshape
+        self._pool_explainer.segmentation = self._explainer.segmentation
         if self._pool.notes:
             rank_zero_warn("ExplanationMonitor: " + "; ".join(self._pool.notes))
         if self._pool.budget_note:

@@ -5,6 +5,8 @@ is) and an optional class-correlated marker that can be planted as a shortcut mi
 """
 
 from lightning_xai.datasets.folder import export_image_folder
+from lightning_xai.datasets.segmentation import SegmentedShapes
 from lightning_xai.datasets.shapes import MARKER_COLORS, SHAPE_NAMES, SHAPES_MEAN, SHAPES_STD, ShapesDataset
 
-__all__ = ["MARKER_COLORS", "SHAPES_MEAN", "SHAPES_STD", "SHAPE_NAMES", "ShapesDataset", "export_image_folder"]
+__all__ = ["MARKER_COLORS", "SHAPES_MEAN", "SHAPES_STD", "SHAPE_NAMES", "SegmentedShapes", "ShapesDataset",
+           "export_image_folder"]

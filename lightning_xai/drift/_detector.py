@@ -21,7 +21,7 @@ from lightning_xai.metrics.stability import topk_overlap
 __all__ = ["PARTS", "STATISTICS", "DriftDetector", "DriftReport"]
 
 #: The per-epoch statistics of each method and part of the pool (see :class:`DriftDetector`).
-STATISTICS: tuple[str, ...] = ("lag", "class", "mass", "gap")
+STATISTICS: tuple[str, ...] = ("lag", "class", "mass", "gap", "common")
 
 _STATE_VERSION = 4
 
@@ -35,6 +35,7 @@ _STAT_TEXT = {
     "class": "the per-class average map moved since the previous epoch",
     "mass": "the share of evidence on the object fell",
     "gap": "the training samples' maps moved more than the validation samples' (the training data changed)",
+    "common": "the maps of all samples moved the same way (towards one place, as a cue at a fixed position does)",
 }
 
 
@@ -262,7 +263,12 @@ class DriftDetector:
     - ``class``: the mean over classes of ``1 - Spearman`` between the class's average (sum-normalised) map and the
       same average at the previous epoch: per-sample jitter averages out, a systematic move (a cue at a place, each
       class to its own place) stays;
-    - ``mass`` (masks given): the share of the evidence inside the masks; its *fall* is the evidence.
+    - ``mass`` (masks given): the share of the evidence inside the masks; its *fall* is the evidence;
+    - ``gap``: the training part's ``lag`` over the validation part's (the training data changed);
+    - ``common``: how much the samples' map changes point the same way, ``|mean_i d_i|^2 / mean_i |d_i|^2`` with
+      ``d_i`` the change of sample i's sum-normalised map since the previous epoch (about ``1/N`` when the maps move
+      independently, as objects at different places make them; towards 1 when every map gains the same place, as a
+      cue at a fixed position makes them).
 
     **Floors that do not learn from suspicious epochs.** Each stream is a z-score against the mean and spread of its
     last ``window`` quiet epochs (spread at least ``rel_spread`` of the mean and ``min_spread``); an epoch joins the
@@ -293,7 +299,10 @@ class DriftDetector:
         slack: CUSUM allowance per epoch, in z units (>= 0).
         cusum_threshold: accumulated excess that alarms (> 0).
         learn_below: an epoch joins a stream's floor only below this z-score (> 0).
-        min_spread: smallest spread of a stream, in log units (0.25: a quarter of an e-fold, about 28 %; >= 0).
+        min_spread: smallest spread of a stream, in log units (0.25: a quarter of an e-fold, about 28 %; >= 0); with
+            ``prior_weight`` > 0, the prior spread the window's own spread is shrunk towards.
+        prior_weight: how many epochs the prior spread weighs against the window's (0: the spread is the larger of
+            the two; >= 0).
         event_factor: threshold multiplier at a known event (>= 1).
         settle: epochs after an event that relearn the floors and do not feed the CUSUMs (>= 0).
         probe_sigmas: per-probe flag: ``1 - s`` above the probe's normal mean by this many of its spreads (> 0).
@@ -319,14 +328,15 @@ class DriftDetector:
         *,
         window: int = 4,
         horizon: int = 3,
-        threshold: float = 5.0,
+        threshold: float = 5.5,
         slack: float = 1.5,
-        cusum_threshold: float = 8.0,
+        cusum_threshold: float = 12.0,
         learn_below: float = 0.5,
         min_spread: float = 0.35,
         event_factor: float = 2.0,
         settle: int = 1,
         gap_spread: float = 0.12,
+        prior_weight: float = 0.0,
         statistics: Sequence[str] = STATISTICS,
         probe_sigmas: float = 3.0,
         topk: float = 0.1,
@@ -348,6 +358,8 @@ class DriftDetector:
                 problems.append(f"`{name}` must be a finite number in [0, 1e6], got {value!r}")
         if not _is_number(event_factor) or not 1 <= event_factor <= 1e6:
             problems.append(f"`event_factor` must be a finite number in [1, 1e6], got {event_factor!r}")
+        if not _is_number(prior_weight) or not 0 <= prior_weight <= 1e6:
+            problems.append(f"`prior_weight` must be a finite number in [0, 1e6], got {prior_weight!r}")
         if not _is_number(gap_spread) or not 0 <= gap_spread <= 1e6:
             problems.append(f"`gap_spread` must be a finite number in [0, 1e6], got {gap_spread!r}")
         stats_ok = (isinstance(statistics, Sequence) and not isinstance(statistics, str) and len(statistics) > 0
@@ -369,6 +381,7 @@ class DriftDetector:
         self.event_factor = float(event_factor)
         self.settle = int(settle)
         self.gap_spread = float(gap_spread)
+        self.prior_weight = float(prior_weight)
         self.statistics = tuple(statistics) if stats_ok else STATISTICS
         self.probe_sigmas = float(probe_sigmas)
         self.topk = float(topk)
@@ -393,7 +406,7 @@ class DriftDetector:
         self.rule = AlarmRule(window=self.window, threshold=self.threshold, slack=self.slack,
                               cusum_threshold=self.cusum_threshold, learn_below=self.learn_below,
                               min_spread=self.min_spread, event_factor=self.event_factor, settle=self.settle,
-                              gap_spread=self.gap_spread)
+                              gap_spread=self.gap_spread, prior_weight=self.prior_weight)
         self.num_samples: int | None = None
         self.prev_pred: Tensor | None = None
         self.episode_epoch = -1
@@ -616,6 +629,11 @@ class DriftDetector:
                 keep = (counts >= 2) & torch.isfinite(rho)
                 if bool(keep.any()):
                     out["class"] = float((1.0 - rho[keep]).mean())
+            if int(valid.sum()) >= 2:
+                change = normalised(mm["current"][valid]) - normalised(mm["prev"][valid])
+                spread = float(change.square().sum(1).mean())
+                if spread > 0:
+                    out["common"] = float(change.mean(0).square().sum()) / spread
         if masks is not None:
             valid = ~mm["degenerate_all"] & in_part
             if int(valid.sum()) >= 2:
@@ -789,7 +807,7 @@ class DriftDetector:
                 f"horizon={self.horizon}, threshold={self.threshold}, slack={self.slack}, "
                 f"cusum_threshold={self.cusum_threshold}, learn_below={self.learn_below}, "
                 f"min_spread={self.min_spread}, event_factor={self.event_factor}, "
-                f"settle={self.settle}, gap_spread={self.gap_spread}, statistics={self.statistics}, probe_sigmas={self.probe_sigmas}, topk={self.topk}, size={self.size})")
+                f"settle={self.settle}, gap_spread={self.gap_spread}, prior_weight={self.prior_weight}, statistics={self.statistics}, probe_sigmas={self.probe_sigmas}, topk={self.topk}, size={self.size})")
 
 
 def _keep_usable(previous: Tensor | None, current: Tensor) -> Tensor:

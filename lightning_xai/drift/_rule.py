@@ -53,7 +53,8 @@ class AlarmRule:
 
     Each stream is compared in log space (its changes are multiplicative: a map that moves twice as much is the same
     news at any scale) with the mean and spread of its last ``window`` quiet epochs (the spread at least
-    ``min_spread``; ``gap_spread`` for the training/validation ratio, which moves far less); an epoch joins a floor only when its z-score is below ``learn_below``. *Sudden*: the largest z
+    ``min_spread``; ``gap_spread`` for the training/validation ratio, which moves far less; with ``prior_weight``
+    > 0 the window's spread is instead shrunk towards that prior spread, weighing it as ``prior_weight`` epochs); an epoch joins a floor only when its z-score is below ``learn_below``. *Sudden*: the largest z
     reaches ``threshold``. *Accumulated*: a per-stream CUSUM ``C = max(0, C + z - slack)`` reaches
     ``cusum_threshold``. After an alarm, an *episode*: only a fresh sudden change (after a calm epoch) alarms again,
     and the floors relearn the new behaviour's own noise (as after an event).
@@ -62,8 +63,10 @@ class AlarmRule:
     """
 
     def __init__(self, *, window: int, threshold: float, slack: float, cusum_threshold: float, learn_below: float,
-                 min_spread: float, event_factor: float, settle: int, gap_spread: float = 0.08) -> None:
+                 min_spread: float, event_factor: float, settle: int, gap_spread: float = 0.08,
+                 prior_weight: float = 0.0) -> None:
         self.window = window
+        self.prior_weight = prior_weight
         self.threshold = threshold
         self.slack = slack
         self.cusum_threshold = cusum_threshold
@@ -88,8 +91,15 @@ class AlarmRule:
         hist = stream.history
         mu = sum(hist) / len(hist)
         sd = math.sqrt(sum((v - mu) ** 2 for v in hist) / len(hist))
-        floor = self.gap_spread if "|gap/" in key else self.min_spread
-        z = (log_value - mu) / max(sd, floor)
+        prior = self.gap_spread if "|gap/" in key else self.min_spread
+        if self.prior_weight > 0:
+            # the window's spread shrunk towards the prior spread: a few calm epochs make a stream more sensitive,
+            # never as sensitive as four noisy numbers alone would claim
+            n, n0 = len(hist), self.prior_weight
+            spread = math.sqrt((n * sd * sd + n0 * prior * prior) / (n + n0))
+        else:
+            spread = max(sd, prior)
+        z = (log_value - mu) / spread
         return -z if falls(key) else z
 
     def decide(self, values: Mapping[str, float], *, warmup: bool, event: bool = False) -> Decision:

@@ -83,9 +83,11 @@ def _localisation(ctx: MeasureContext) -> MeasureResult:
     out = MeasureResult()
     if ctx.masks is None:
         return out
+    # a probe without ground truth (an empty mask: a segmentation probe showing no class) says nothing here
+    has_truth = ctx.masks.flatten(1).gt(0.5).any(dim=1).cpu()
     for m in ctx.methods:
         maps = ctx.maps[m]
-        ok = _finite_rows(maps)
+        ok = _finite_rows(maps) & has_truth.to(maps.device)
         if bool(ok.any()):
             out.scalars[f"xai/{m}/pointing_game"] = float(pointing_game(maps[ok], ctx.masks[ok]).float().mean())
             out.scalars[f"xai/{m}/relevance_mass"] = float(relevance_mass(maps[ok], ctx.masks[ok]).mean())

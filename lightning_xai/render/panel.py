@@ -114,6 +114,8 @@ class ProbeRenderer:
         colormap: ``"jet"``, ``"inferno"`` or ``"viridis"``.
         mean: per-channel mean used to normalise ``images``, or ``None``.
         std: per-channel std used to normalise ``images``, or ``None``.
+        outlines: ``(N, 1, H', W')`` regions (``> 0.5`` inside, any resolution) whose boundary is drawn on each tile
+            in :data:`OUTLINE_COLOR` (a segmentation probe's explained class region), or ``None``.
 
     Shape:
         - ``images``: ``(N, C, H, W)``; tiles are ``(N, 3, th, tw)`` with ``(th, tw) = tile_shape(H, W, tile)``.
@@ -135,6 +137,7 @@ class ProbeRenderer:
         colormap: str = "jet",
         mean: Sequence[float] | Tensor | None = None,
         std: Sequence[float] | Tensor | None = None,
+        outlines: Tensor | None = None,
     ) -> None:
         _check_alpha(alpha)
         _check_name(colormap)
@@ -151,6 +154,11 @@ class ProbeRenderer:
         self._size = (h, w) if self._k else (th, tw)
         self._base = _resize(images01, self._size).permute(0, 2, 3, 1).contiguous()  # (N, h, w, 3)
         self._alpha, self._lut = float(alpha), _cpu_lut(colormap)
+        self._edges = None if outlines is None else _region_edges(outlines, n, self._size)
+
+    def set_outlines(self, outlines: Tensor | None) -> None:
+        """Outline these regions from now on (``(N, 1, H', W')``, see the class docstring), or none."""
+        self._edges = None if outlines is None else _region_edges(outlines, self.num_probes, self._size)
 
     def _tiles_hwc(self, heatmaps: Tensor) -> tuple[Tensor, Tensor]:
         _check_maps(heatmaps, "heatmaps")
@@ -162,6 +170,8 @@ class ProbeRenderer:
         colours = self._lut[maps01[:, 0].mul_(255.0).round_().long()]  # (N, h, w, 3): the gather is channels-last
         blended = torch.lerp(self._base, colours, self._alpha)
         blended = torch.where(degenerate.view(-1, 1, 1, 1), self._base, blended)
+        if self._edges is not None:
+            blended = torch.where(self._edges[..., None], blended.new_tensor(OUTLINE_COLOR) / 255.0, blended)
         return blended.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8), degenerate
 
     def tiles(self, heatmaps: Tensor) -> tuple[Tensor, Tensor]:
@@ -250,6 +260,21 @@ class ProbeRenderer:
         return compose_panel(tiles.permute(0, 3, 1, 2), captions, title=title, flagged=flagged,
                              degenerate=degenerate, ncol=ncol, caption_lines=caption_lines, font_size=font_size,
                              scale=max(1, self._k))
+
+
+#: Colour of a region's boundary on a tile (:class:`ProbeRenderer`'s ``outlines``).
+OUTLINE_COLOR = (255, 255, 255)
+
+
+def _region_edges(outlines: Tensor, n: int, size: tuple[int, int]) -> Tensor:
+    """``(N, h, w)`` bool: the boundary of each region at blending size, two pixels wide (one each side)."""
+    if not isinstance(outlines, Tensor) or outlines.dim() != 4 or outlines.shape[:2] != (n, 1):
+        raise ValueError(f"`outlines` must be None or a tensor of shape ({n}, 1, H, W), got "
+                         f"{tuple(outlines.shape) if isinstance(outlines, Tensor) else type(outlines).__name__}")
+    inside = F.interpolate((outlines.detach().cpu().float() > 0.5).float(), size=size, mode="nearest")
+    grown = F.max_pool2d(inside, 3, stride=1, padding=1)
+    shrunk = -F.max_pool2d(-inside, 3, stride=1, padding=1)
+    return ((grown - shrunk) > 0.5)[:, 0] & (grown.amax(dim=(2, 3)) > 0.5)[:, :, None]
 
 
 def overlay_tiles(
