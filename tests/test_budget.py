@@ -194,8 +194,28 @@ def test_an_auto_pool_is_sized_by_the_budget_and_tracked_unchanged(tmp_path):
     assert monitor.drift_detector.num_samples == 4 + expected  # the reference and every round: the same rows
     assert monitor._pool.origin.tolist() == [0] * 10 + [1] * 10
     assert monitor.budget.last("pool") is not None and monitor.budget.last("pool") > 0
+    assert "watches 20 samples besides the display probes instead of 60" in monitor._pool.budget_note
     unlimited = _pool_fit(tmp_path / "none", max_overhead=None)  # no budget: 1/16 of the training set
     # 30 training samples, and the 20 validation samples the 24 have besides the display probes
     assert unlimited._pool.size == 50 and unlimited.drift_detector.num_samples == 54
     fixed = _pool_fit(tmp_path / "fixed", drift={"pool_size": 32})  # a size the user asked for is kept
     assert fixed._pool.size == 32 and fixed.drift_detector.num_samples == 36
+    assert unlimited._pool.budget_note is None and fixed._pool.budget_note is None
+
+
+def test_a_pool_cut_to_a_resumed_checkpoints_size_keeps_both_parts_in_order():
+    import torch
+
+    from lightning_xai.callbacks._pool import DetectionPool
+    from lightning_xai.probes import ProbeSet
+
+    pool = DetectionPool(ExplanationMonitor().config)
+    pool.extra_validation = ProbeSet(images=torch.rand(6, 3, 4, 4), labels=torch.arange(6) % 3, ids=torch.arange(6))
+    pool.train_ids, pool.size, pool.pending = list(range(100, 106)), 12, True
+    pool.fit(None)  # a fresh fit: as chosen
+    assert pool.size == 12 and not pool.pending
+    pool.fit(8)  # the checkpoint's detector tracks 8: the first samples of each part, in the same order
+    assert pool.size == 8 and pool.extra_validation.ids.tolist() == [0, 1, 2, 3] and pool.train_ids == [100, 101, 102, 103]
+    assert pool.origin.tolist() == [0] * 4 + [1] * 4
+    pool.fit(0)
+    assert pool.size == 0 and pool.extra_validation is None and not pool.enabled

@@ -128,6 +128,7 @@ class DetectionPool:
         self._train_dataset: Any = None
         self.methods: tuple[str, ...] = ()
         self.notes: list[str] = []
+        self.budget_note: str | None = None  # said once (info) when the budget made an "auto" pool smaller
         self.size = 0
         self.origin = torch.zeros(0, dtype=torch.long)
         self.chosen = 0  # the size setup chose, before the budget
@@ -161,6 +162,10 @@ class DetectionPool:
                                            int(self.config.every_n_epochs))
         if budget_rows is not None and budget_rows < size:
             size = budget_rows if where != "both" or budget_rows < 2 else budget_rows // 2 * 2
+            self.budget_note = (
+                f"the drift detection pool watches {size} samples besides the display probes instead of {self.chosen}"
+                f": what max_overhead={share:g} of this run's training pays for (drift={{'pool_size': "
+                f"{self.chosen}}} or max_overhead=None keeps them all)")
         if not self.methods or size == 0:
             return
         if where == "both" and train_dataset is None:

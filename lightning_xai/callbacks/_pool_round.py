@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_xai.callbacks._compat import muted_logging, rank_zero_warn
+from lightning_xai.callbacks._compat import muted_logging, rank_zero_info, rank_zero_warn
 from lightning_xai.callbacks._config import MonitorConfig
 from lightning_xai.callbacks._cost import CostPlan
 from lightning_xai.callbacks._pool import DetectionPool
@@ -40,6 +40,8 @@ class PoolRound:
         self.explainer.layer_reshape = probes.layer_reshape
         if self.pool.notes:
             rank_zero_warn("ExplanationMonitor: " + "; ".join(self.pool.notes))
+        if self.pool.budget_note:  # the budget made an auto pool smaller: say so once, and how to keep it
+            rank_zero_info(f"ExplanationMonitor: {self.pool.budget_note}.")
 
     def explain(self, trainer: Any, model: nn.Module, round: DistributedRound, image_size: tuple[int, ...], *,
                 tracked: int | None = None) -> DetectionRows | None:
