@@ -153,3 +153,69 @@ def test_the_budgeted_schedule_changes_nothing_in_training(tmp_path):
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
     opt_a, opt_b = plain.optimizers[0].state_dict()["state"], watched.optimizers[0].state_dict()["state"]
     assert all(torch.equal(opt_a[i]["momentum_buffer"], opt_b[i]["momentum_buffer"]) for i in opt_a)
+
+
+# ------------------------------------------------------------------------------------------- the detection pool
+def test_the_pool_takes_the_methods_the_registry_calls_cheap_with_their_options():
+    from lightning_xai.callbacks._pool import cheap_methods
+
+    methods = ("grad_cam", "integrated_gradients", "saliency", "smoothgrad")
+    assert cheap_methods(methods) == ("grad_cam", "saliency")
+    # one noisy sample makes SmoothGrad a one-pass method; the monitor's own keys are not the method's options
+    options = {"smoothgrad": {"n_samples": 1}, "grad_cam": {"internal_batch_size": 8}}
+    assert cheap_methods(methods, options, (32, 32)) == ("grad_cam", "saliency", "smoothgrad")
+
+
+def test_the_pool_size_the_budget_pays_for():
+    from lightning_xai.callbacks._pool import POOL_BUDGET_SHARE, budget_pool_rows
+
+    assert budget_pool_rows(None, 2048, 16) is None and budget_pool_rows(0.05, None, 16) is None
+    assert budget_pool_rows(0.05, 2048, 16) == int(POOL_BUDGET_SHARE * 0.05 * 2048 - 16)
+    assert budget_pool_rows(0.05, 2048, 16, every_n_epochs=4) == int(POOL_BUDGET_SHARE * 0.05 * 4 * 2048 - 16)
+    assert budget_pool_rows(0.05, 256, 16) == 0  # a short run: the display probes alone fill the share
+    assert budget_pool_rows(0.05, 2048, 16 * 17) == 0  # a pinned Integrated Gradients pass takes it all
+
+
+def _pool_fit(tmp_path, **monitor_kwargs):
+    monitor = ExplanationMonitor(num_probes=4, methods=("grad_cam", "saliency"), metrics=(), log_images=False,
+                                 **monitor_kwargs)
+    pl.seed_everything(0)
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1, limit_train_batches=None))
+    trainer.fit(TinyCNN(), datamodule=TinyDataModule(n_train=960, batch_size=32))
+    return monitor
+
+
+def test_an_auto_pool_is_sized_by_the_budget_and_tracked_unchanged(tmp_path):
+    from lightning_xai.callbacks._pool import budget_pool_rows
+
+    monitor = _pool_fit(tmp_path / "auto")  # max_overhead="auto": 960 image-steps an epoch pay for 20 samples
+    expected = budget_pool_rows(AUTO_SHARE, 960, 4)
+    assert expected == 20 and monitor._pool.size == expected and monitor._pool.chosen == 60
+    assert monitor.drift_detector.num_samples == 4 + expected  # the reference and every round: the same rows
+    assert monitor._pool.origin.tolist() == [0] * 10 + [1] * 10
+    assert monitor.budget.last("pool") is not None and monitor.budget.last("pool") > 0
+    assert "watches 20 samples besides the display probes instead of 60" in monitor._pool.budget_note
+    unlimited = _pool_fit(tmp_path / "none", max_overhead=None)  # no budget: 1/16 of the training set
+    # 30 training samples, and the 20 validation samples the 24 have besides the display probes
+    assert unlimited._pool.size == 50 and unlimited.drift_detector.num_samples == 54
+    fixed = _pool_fit(tmp_path / "fixed", drift={"pool_size": 32})  # a size the user asked for is kept
+    assert fixed._pool.size == 32 and fixed.drift_detector.num_samples == 36
+    assert unlimited._pool.budget_note is None and fixed._pool.budget_note is None
+
+
+def test_a_pool_cut_to_a_resumed_checkpoints_size_keeps_both_parts_in_order():
+    import torch
+
+    from lightning_xai.callbacks._pool import DetectionPool
+    from lightning_xai.probes import ProbeSet
+
+    pool = DetectionPool(ExplanationMonitor().config)
+    pool.extra_validation = ProbeSet(images=torch.rand(6, 3, 4, 4), labels=torch.arange(6) % 3, ids=torch.arange(6))
+    pool.train_ids, pool.size, pool.pending = list(range(100, 106)), 12, True
+    pool.fit(None)  # a fresh fit: as chosen
+    assert pool.size == 12 and not pool.pending
+    pool.fit(8)  # the checkpoint's detector tracks 8: the first samples of each part, in the same order
+    assert pool.size == 8 and pool.extra_validation.ids.tolist() == [0, 1, 2, 3] and pool.train_ids == [100, 101, 102, 103]
+    assert pool.origin.tolist() == [0] * 4 + [1] * 4
+    pool.fit(0)
+    assert pool.size == 0 and pool.extra_validation is None and not pool.enabled

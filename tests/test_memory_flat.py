@@ -91,3 +91,63 @@ def test_the_timeline_keeps_a_spread_of_epochs_within_its_cap():
     assert {0, 150, 299} <= set(kept)  # the start, the change, the latest
     assert max(np.diff(kept)) <= 3 * 300 // 16  # spread over the whole run, not only its end
     assert timeline.nbytes == 16 * tiles.numel()
+
+
+def _record(epoch: int, g: torch.Generator, optional: bool) -> dict:
+    """A record as the default monitor keeps one: 16 probes, Grad-CAM + saliency every epoch, IG when paid for."""
+    methods = ("grad_cam", "saliency", "integrated_gradients") if optional else ("grad_cam", "saliency")
+    record = {"epoch": epoch, "step": 4 * epoch, "alarm": epoch == 7}
+    for key in ("stability", "topk_overlap"):
+        record[key] = {m: torch.rand(16, generator=g).tolist() for m in methods}
+    record["flags"] = {m: (torch.rand(16, generator=g) > 0.9).tolist() for m in methods}
+    if optional:
+        record["completeness_error"] = torch.rand(int(epoch % 16), generator=g).tolist()  # only the finite ones
+    record["pred"] = torch.randint(0, 10, (16,), generator=g).tolist()
+    return record
+
+
+def test_the_history_keeps_a_few_bytes_per_value_and_reads_back_exactly():
+    """The per-epoch record (issue 20, item 8: ~6 KiB per epoch as lists of Python floats) is held column by column
+    in tensors; bounded growth per epoch, counted in bytes (not timed), and every record reads back unchanged."""
+    import io
+
+    from lightning_xai.callbacks._tracker import History
+
+    g = torch.Generator().manual_seed(0)
+    records = [_record(epoch, g, optional=epoch % 3 == 0) for epoch in range(300)]
+    history = History()
+    for record in records:
+        history.append(record)
+    assert history == records and history[-1] == records[-1] and history[10:12] == records[10:12]
+    assert history.fields("stability") == {"grad_cam", "saliency", "integrated_gradients"}
+    # numbers stored: 16 probes x (2 scalars + 1 flag) x 2-3 methods + pred + IG errors; 4 bytes a float, 1 a flag
+    exact = sum(16 * len(r["stability"]) * 9 + 16 * 4 + 4 * len(r.get("completeness_error", [])) + 13 for r in records)
+    assert history.nbytes() <= 2.2 * exact  # buffers grow by doubling, plus (start, length) per row and field
+    assert history.nbytes() / len(records) < 1_200, history.nbytes() / len(records)
+
+    tracemalloc.start(1)
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        as_lists = [_record(epoch, g, optional=epoch % 3 == 0) for epoch in range(300)]
+        lists_bytes = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(as_lists) == 300 and history.nbytes() * 4 < lists_bytes, (history.nbytes(), lists_bytes)
+
+    buffer = io.BytesIO()  # the checkpoint form: tensors and plain lists, loadable with weights_only=True
+    torch.save(history.state_dict(), buffer)
+    buffer.seek(0)
+    restored = History.from_state(torch.load(buffer, weights_only=True))
+    assert restored == records
+    restored.append(records[0])
+    assert restored[-1] == records[0] and History.from_state(records) == records  # older checkpoints: lists
+
+
+def test_the_history_keeps_any_value_a_custom_measure_puts_in_a_record():
+    from lightning_xai.callbacks._tracker import History
+
+    records = [{"epoch": 0, "note": None, "values": [1, 2], "big": 2**40, "x": {}, "wide": [0.1]},
+               {"epoch": 1, "note": "text", "values": [0.5, 2.5], "big": -(2**40), "x": {}, "wide": []},
+               {"epoch": 2, "values": 3}]
+    history = History(records)
+    assert list(history) == records and isinstance(history[0]["wide"][0], float) and history[0]["wide"] == [0.1]

@@ -6,6 +6,11 @@ samples (the same indices, **re-read every round** under a fixed seed: a cue, a 
 appears in the training data is seen directly, while random augmentations repeat exactly). Only the methods that
 cost one forward and backward per sample explain the pool (Grad-CAM, saliency, ...); the expensive ones stay on the
 display probes.
+
+Under a budget (``max_overhead="auto"`` or a number) an ``"auto"`` pool is as large as the budget pays for
+(:func:`budget_pool_rows`): its size is chosen once per fit at setup, before any sample is read (the detector needs
+the same samples in the same order at every update, so the size never changes within a fit). Its rows are spent from
+the budget like the methods' (the monitor's clock covers reading and explaining them).
 """
 
 from __future__ import annotations
@@ -16,32 +21,67 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_xai.attribution import get_method
+from lightning_xai.attribution import get_method, is_cheap
 from lightning_xai.callbacks._compat import MisconfigurationException
 from lightning_xai.callbacks._config import MonitorConfig, class_map_rule
+from lightning_xai.callbacks._probes import train_samples
 from lightning_xai.probes import ProbeSet, _is_map_style, read_samples_at, select_probes
 
-__all__ = ["DetectionPool", "cheap_methods", "resolve_pool_size"]
+__all__ = ["DetectionPool", "budget_pool_rows", "cheap_methods", "resolve_pool_size"]
 
 #: ``drift={"pool_size": "auto"}``: this share of the training set's samples (at most :data:`AUTO_MAX`), so the
 #: pool's cost stays a small share of an epoch's training (one forward + backward per pool sample and cheap method).
 AUTO_SHARE = 1 / 16
 AUTO_MAX = 128
 #: samples read to choose class-balanced pool members (a multiple of the wanted count, not the whole dataset)
-_SCAN_FACTOR = 4
+_SCAN_FACTOR = 2
+#: Under a budget, the share of it that the cheap round (display probes + pool) may take at every explained epoch;
+#: the rest pays for the bookkeeping, the optional methods (Integrated Gradients...) and the views.
+POOL_BUDGET_SHARE = 0.5
+#: A training image-step (forward, backward, optimizer step) in units of one sample through the cheap methods (one
+#: forward + input-gradient backward): 1.2-1.6 measured (``bench/overhead.py --per-sample``: demo CNN, resnet18,
+#: small ViT); 1 is the lower end, so the epoch's training time estimated from it errs low and the pool small.
+TRAIN_ROWS_PER_SAMPLE = 1.0
 
 
-def cheap_methods(methods: tuple[str, ...]) -> tuple[str, ...]:
-    """The configured methods that cost one forward and backward per sample (the detection pool's methods)."""
+def cheap_methods(methods: tuple[str, ...], method_options: dict[str, dict[str, Any]] | None = None,
+                  image_size: tuple[int, int] = (224, 224)) -> tuple[str, ...]:
+    """The configured methods that cost one forward and backward per sample with their options (the registry's
+    :func:`~lightning_xai.attribution.is_cheap`): the detection pool's methods."""
     out = []
     for m in methods:
         try:
-            cost = str(getattr(get_method(m), "cost", ""))
-        except (KeyError, ValueError):
+            declared = get_method(m).options  # the monitor's own options (internal_batch_size) are not the method's
+            options = {k: v for k, v in (method_options or {}).get(m, {}).items() if k in declared}
+            if is_cheap(m, options, image_size):
+                out.append(m)
+        except (KeyError, ValueError, TypeError):
             continue
-        if cost.startswith("1"):
-            out.append(m)
     return tuple(out)
+
+
+def budget_pool_rows(share: float | None, train_samples: int | None, display_rows: float,
+                     every_n_epochs: int = 1) -> int | None:
+    """Extra pool samples the budget pays for at every explained epoch, or ``None`` when it cannot say (no budget,
+    the number of training samples per epoch unknown).
+
+    The cheap round may take :data:`POOL_BUDGET_SHARE` of ``share`` of the training time between two explained
+    epochs: ``every_n_epochs`` epochs of ``train_samples`` image-steps (all ranks together), each
+    :data:`TRAIN_ROWS_PER_SAMPLE` rows; the display probes' pass takes ``display_rows`` of it (probes x passes of the
+    round's pinned methods), each pool sample one more row. Both sides are in rows (one sample through the cheap
+    methods, ``CostBudget.row_seconds``), so the rule needs no clock and every rank decides alike, at setup.
+
+    Example::
+
+        >>> budget_pool_rows(0.05, train_samples=2048, display_rows=16)   # 2.5% of 2048 image-steps, 16 probes
+        35
+        >>> budget_pool_rows(0.05, train_samples=256, display_rows=16)    # a short run: the probes only
+        0
+    """
+    if share is None or not train_samples:
+        return None
+    rows = POOL_BUDGET_SHARE * share * every_n_epochs * train_samples * TRAIN_ROWS_PER_SAMPLE - display_rows
+    return max(0, int(rows))
 
 
 def resolve_pool_size(option: Any, train_len: int | None) -> int:
@@ -88,22 +128,44 @@ class DetectionPool:
         self._train_dataset: Any = None
         self.methods: tuple[str, ...] = ()
         self.notes: list[str] = []
+        self.budget_note: str | None = None  # said once (info) when the budget made an "auto" pool smaller
         self.size = 0
         self.origin = torch.zeros(0, dtype=torch.long)
+        self.chosen = 0  # the size setup chose, before the budget
+        self.pending = False  # the size is still to be fitted to the budget (before the pool's first round)
+        self.auto = False
 
     @property
     def enabled(self) -> bool:
         return bool(self.methods) and self.size > 0
 
-    def setup(self, trainer: Any, display: ProbeSet, display_source: Any, methods: tuple[str, ...]) -> None:
-        """Choose the pool (deterministic, RNG-neutral, identical on every rank that sees the same data)."""
+    def setup(self, trainer: Any, display: ProbeSet, display_source: Any, methods: tuple[str, ...],
+              share: float | None = None, display_rows: float = 0.0) -> None:
+        """Choose the pool (deterministic, RNG-neutral, identical on every rank that sees the same data). With
+        ``pool_size="auto"`` and a budget ``share``, at most what :func:`budget_pool_rows` allows after the display
+        probes' ``display_rows``."""
         self.reset()
         options, probe = self.config.drift, self.config.probe_options
-        self.methods = cheap_methods(methods)
+        method_options = {m: o for m, o in self.config.method_options.items() if m in methods}
+        self.methods = cheap_methods(methods, method_options, tuple(display.images.shape[-2:]))
+        self.auto = options.get("pool_size", "auto") == "auto"
         where = options.get("pool_from", "both")
         train_dataset = _training_dataset(trainer) if where in ("both", "training") else None
         train_len = len(train_dataset) if train_dataset is not None else None
         size = resolve_pool_size(options.get("pool_size", "auto"), train_len)
+        self.chosen = size
+        budget_rows = None
+        if self.auto and share is not None:
+            per_rank = train_samples(trainer)  # after limit_train_batches; every rank trains its share
+            world = int(getattr(trainer, "world_size", 1) or 1)
+            budget_rows = budget_pool_rows(share, per_rank * world if per_rank else train_len, display_rows,
+                                           int(self.config.every_n_epochs))
+        if budget_rows is not None and budget_rows < size:
+            size = budget_rows if where != "both" or budget_rows < 2 else budget_rows // 2 * 2
+            self.budget_note = (
+                f"the drift detection pool watches {size} samples besides the display probes instead of {self.chosen}"
+                f": what max_overhead={share:g} of this run's training pays for (drift={{'pool_size': "
+                f"{self.chosen}}} or max_overhead=None keeps them all)")
         if not self.methods or size == 0:
             return
         if where == "both" and train_dataset is None:
@@ -140,6 +202,26 @@ class DetectionPool:
         n_val = 0 if self.extra_validation is None else len(self.extra_validation)
         self.size = n_val + len(self.train_ids)
         self.origin = torch.cat([torch.zeros(n_val, dtype=torch.long), torch.ones(len(self.train_ids), dtype=torch.long)])
+        self.pending = self.size > 0
+
+    def fit(self, rows: int | None) -> None:
+        """Keep at most ``rows`` samples (``None``: all), in the validation and training parts' proportions; called
+        once per fit before the pool's first round (a resumed fit: the size its checkpoint's detector tracks)."""
+        self.pending = False
+        if rows is None or rows >= self.size:
+            return
+        rows = max(0, int(rows))
+        n_val = 0 if self.extra_validation is None else len(self.extra_validation)
+        n_train = min(len(self.train_ids), round(rows * len(self.train_ids) / self.size))
+        n_val = min(n_val, rows - n_train)
+        if self.extra_validation is not None:
+            v = self.extra_validation
+            self.extra_validation = None if n_val == 0 else ProbeSet(
+                images=v.images[:n_val], labels=v.labels[:n_val], ids=v.ids[:n_val],
+                masks=None if v.masks is None else v.masks[:n_val])
+        self.train_ids = self.train_ids[:n_train]
+        self.size = n_val + n_train
+        self.origin = torch.cat([torch.zeros(n_val, dtype=torch.long), torch.ones(n_train, dtype=torch.long)])
 
     def samples(self) -> tuple[ProbeSet | None, Tensor]:
         """This round's pool beyond the display probes (training samples read as they are now) and each row's

@@ -6,7 +6,7 @@ maps to :class:`lightning_xai.drift.DriftDetector`, which owns the references, t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +16,7 @@ from torch import Tensor
 from lightning_xai.drift import DriftDetector, DriftReport
 from lightning_xai.metrics.stability import downsample
 
-_STATE_VERSION = 3
+_STATE_VERSION = 4
 
 
 def pool(maps: Tensor, size: int) -> Tensor:
@@ -42,6 +42,233 @@ class DetectionRows:
 
     def maps(self, method: str, size: int) -> Tensor:
         return pool(self.heatmaps[method], size)
+
+
+# ------------------------------------------------------------------------------------------------- the history
+_KINDS = ("float", "int", "bool", "dict", "object")
+_GROW = 64  # first capacity of a column's buffers (rows and values); doubled when full
+
+
+def _kind(value: Any) -> str:
+    """How a record's value is stored: numbers and lists of one kind of number in tensors; a (possibly empty) dict as
+    the presence of its key (its entries are columns of their own); anything else as the object itself."""
+    if isinstance(value, Mapping):
+        return "dict"
+    items = value if isinstance(value, list) else [value]
+    if all(isinstance(v, bool) for v in items):
+        return "bool"
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        return "int"
+    if all(isinstance(v, float) for v in items):
+        return "float"
+    return "object"
+
+
+class _Column:
+    """One field of the history records (e.g. ``stability`` of ``grad_cam``): every row's values in one flat tensor
+    that grows by doubling, and per row where they start and how many there are (``-1``: the row lacks the field).
+    Floats are held as float32 while every value is exactly a float32 (the maps and similarities are), else float64;
+    integers as int32 while they fit, else int64: reading a row back gives the values that were stored."""
+
+    def __init__(self, kind: str, scalar: bool) -> None:
+        self.kind, self.scalar = kind, scalar
+        self.rows = 0
+        self.bounds = torch.full((_GROW, 2), -1, dtype=torch.int32)  # (start, length) per row
+        self.used = 0
+        dtype = {"float": torch.float32, "int": torch.int32, "bool": torch.bool}.get(kind)
+        self.values = None if dtype is None else torch.empty(_GROW, dtype=dtype)
+        self.objects: dict[int, Any] = {}  # kind "object": row -> value (rare: strings, None, mixed lists)
+
+    def nbytes(self) -> int:
+        held = self.bounds.numel() * self.bounds.element_size()
+        return held + (0 if self.values is None else self.values.numel() * self.values.element_size())
+
+    def _reserve_row(self, row: int) -> None:
+        if row >= self.bounds.shape[0]:
+            grown = torch.full((max(2 * self.bounds.shape[0], row + 1), 2), -1, dtype=torch.int32)
+            grown[: self.bounds.shape[0]] = self.bounds
+            self.bounds = grown
+        self.rows = row + 1
+
+    def _widen(self, values: Tensor) -> Tensor:
+        """The values in this column's dtype, widening the column (losslessly) when they need more."""
+        assert self.values is not None
+        if self.kind == "float" and self.values.dtype == torch.float32:
+            narrow = values.to(torch.float32)
+            if not bool(((narrow.double() == values) | (narrow.isnan() & values.isnan())).all()):
+                self.values = self.values.double()
+        elif self.kind == "int" and self.values.dtype == torch.int32 and values.numel() and (
+                int(values.min()) < -2**31 or int(values.max()) >= 2**31):
+            self.values = self.values.long()
+        return values.to(self.values.dtype)
+
+    def put(self, row: int, value: Any) -> None:
+        self._reserve_row(row)
+        if self.kind in ("dict", "object"):  # a dict's entries are columns of their own
+            if self.kind == "object":
+                self.objects[row] = value
+            self.bounds[row, 0], self.bounds[row, 1] = 0, 0
+            return
+        assert self.values is not None
+        items = [value] if self.scalar else value
+        wide = {"float": torch.float64, "int": torch.int64, "bool": torch.bool}[self.kind]
+        values = self._widen(torch.tensor(items, dtype=wide))
+        n = values.numel()
+        if self.used + n > self.values.numel():
+            grown = torch.empty(max(2 * self.values.numel(), self.used + n), dtype=self.values.dtype)
+            grown[: self.used] = self.values[: self.used]
+            self.values = grown
+        self.values[self.used : self.used + n] = values
+        self.bounds[row, 0], self.bounds[row, 1] = self.used, n
+        self.used += n
+
+    def has(self, row: int) -> bool:
+        return row < self.rows and int(self.bounds[row, 1]) >= 0
+
+    def get(self, row: int) -> Any:
+        if self.kind == "dict":
+            return {}
+        if self.kind == "object":
+            return self.objects[row]
+        assert self.values is not None
+        start, n = (int(v) for v in self.bounds[row])
+        items = self.values[start : start + n].tolist()
+        return items[0] if self.scalar else items
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": self.kind, "scalar": self.scalar, "rows": self.rows,
+                "bounds": self.bounds[: self.rows].clone(),
+                "values": None if self.values is None else self.values[: self.used].clone(),
+                "objects": [[row, value] for row, value in self.objects.items()]}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> _Column:
+        column = cls(str(state["kind"]), bool(state["scalar"]))
+        column.rows = int(state["rows"])
+        column.bounds = state["bounds"].to(torch.int32).clone()
+        if column.bounds.shape[0] == 0:
+            column.bounds = torch.full((_GROW, 2), -1, dtype=torch.int32)
+        if state["values"] is not None:
+            column.values = state["values"].clone()
+            column.used = column.values.numel()
+        column.objects = {int(row): value for row, value in state["objects"]}
+        return column
+
+
+class History(Sequence):
+    """The monitor's per-epoch history records, stored compactly.
+
+    Reads like the list of plain records it replaces (``history[-1]["stability"]["grad_cam"]`` is a list of floats,
+    ``len``, iteration, slicing, ``==`` with a list), but holds them column by column in tensors (float32 where the
+    values are exact float32, int32, bool; see :class:`_Column`): about 4 bytes per stored number against 32 for a
+    Python float in a list, so a long run keeps a few hundred bytes per epoch (16 probes, 3 methods) instead of
+    several KiB. A record is rebuilt on each access (keep it if you read it often).
+    """
+
+    def __init__(self, records: Sequence[Mapping[str, Any]] = ()) -> None:
+        self._columns: dict[tuple[str, ...], _Column] = {}
+        self._rows = 0
+        for record in records:
+            self.append(record)
+
+    # ---------------------------------------------------------------- writing
+    def append(self, record: Mapping[str, Any]) -> None:
+        """Keep ``record`` (a dict of numbers, lists of numbers and nested dicts of those; other values are kept as
+        they are)."""
+        row = self._rows
+        self._put(row, (), record)
+        self._rows += 1
+
+    def _put(self, row: int, prefix: tuple[str, ...], record: Mapping[str, Any]) -> None:
+        for key, value in record.items():
+            path = (*prefix, str(key))
+            if isinstance(value, Tensor):
+                value = value.tolist()
+            scalar = not isinstance(value, (list, Mapping))
+            column = self._columns.get(path)
+            if column is None:
+                kind = "float" if isinstance(value, list) and not value else _kind(value)
+                column = self._columns[path] = _Column(kind, scalar)
+            elif column.kind != "object" and (column.scalar != scalar or (
+                    _kind(value) != column.kind and not (isinstance(value, list) and not value))):
+                column = self._retype(path, column)  # a field that changes kind: kept as objects from now on
+            column.put(row, value)
+            if isinstance(value, Mapping):
+                self._put(row, path, value)
+
+    def _retype(self, path: tuple[str, ...], column: _Column) -> _Column:
+        """A column whose values change kind keeps every row as a Python object from now on (never seen in the
+        monitor's own records; a custom measure's per-probe values could)."""
+        if column.kind == "object":
+            return column
+        objects = _Column("object", scalar=False)
+        for row in range(column.rows):
+            if column.has(row):
+                objects.put(row, column.get(row))
+        objects._reserve_row(max(column.rows - 1, 0))
+        self._columns[path] = objects
+        return objects
+
+    # ---------------------------------------------------------------- reading
+    def __len__(self) -> int:
+        return self._rows
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self._record(i) for i in range(*index.indices(self._rows))]
+        i = index + self._rows if index < 0 else index
+        if not 0 <= i < self._rows:
+            raise IndexError(f"history index {index} out of range ({self._rows} records)")
+        return self._record(i)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (self._record(i) for i in range(self._rows))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (History, list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"History({self._rows} records, {self.nbytes()} bytes)"
+
+    def _record(self, row: int) -> dict[str, Any]:
+        record: dict[str, Any] = {}
+        for path, column in self._columns.items():
+            if not column.has(row):
+                continue
+            parent = record
+            for key in path[:-1]:
+                parent = parent[key]
+            parent[path[-1]] = column.get(row)
+        return record
+
+    def fields(self, key: str) -> set[str]:
+        """The entries any record held under ``key`` (e.g. ``fields("stability")``: every method that was ever
+        compared), without rebuilding the records."""
+        return {path[1] for path, column in self._columns.items()
+                if len(path) == 2 and path[0] == key and bool((column.bounds[: column.rows, 1] >= 0).any())}
+
+    def nbytes(self) -> int:
+        """Bytes held in the columns' tensors (objects kept as they are not counted)."""
+        return sum(column.nbytes() for column in self._columns.values())
+
+    # ---------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors, lists, strings and numbers only (``torch.load(weights_only=True)`` reads it)."""
+        return {"rows": self._rows, "columns": [[list(path), column.state()] for path, column in self._columns.items()]}
+
+    @classmethod
+    def from_state(cls, state: Any) -> History:
+        """From :meth:`state_dict`, or from the plain list of records that older checkpoints hold."""
+        if isinstance(state, Mapping) and "columns" in state:
+            history = cls()
+            history._rows = int(state["rows"])
+            history._columns = {tuple(path): _Column.from_state(column) for path, column in state["columns"]}
+            return history
+        return cls(list(state))
 
 
 def lr_event(previous: Sequence[float] | None, current: Sequence[float], factor: float = 2.0) -> str | None:
@@ -82,7 +309,7 @@ class DriftTracker:
     def reset(self) -> None:
         """A fresh history: the next update takes the reference."""
         self.drift = new_drift(self._detector_options, self.size, self._topk)
-        self.history: list[dict[str, Any]] = []
+        self.history = History()
         self.has_reference = False
 
     def keys(self) -> set[str]:
@@ -130,11 +357,11 @@ class DriftTracker:
         return dict(report.scalars), report, record
 
     def state_dict(self) -> dict[str, Any]:
-        return {"version": _STATE_VERSION, "history": self.history, "drift": self.drift.state_dict(),
+        return {"version": _STATE_VERSION, "history": self.history.state_dict(), "drift": self.drift.state_dict(),
                 "has_reference": self.has_reference}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.history = list(state["history"])
+        self.history = History.from_state(state["history"])
         drift = state["drift"]
         self.drift = new_drift(self._detector_options, self.size, self._topk)
         if "method_states" in drift:

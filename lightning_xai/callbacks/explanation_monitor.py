@@ -294,6 +294,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         self._period_start: float | None = None  # the budget's clock: since the last accounting
         self._period_spent = 0.0
         self._views_seconds: float | None = None  # rank 0's last views run, broadcast with the next round
+        self._pool_seconds = 0.0  # this round's detection pool (read + explain), rank 0's clock
         self._views_ran = False
         self._world_size = 1
         # As constructed: the setup dry run may leave methods out, the checkpoint key must not change with it.
@@ -323,8 +324,9 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         return self._probes.class_names
 
     @property
-    def history(self) -> list[dict[str, Any]]:
-        """One plain record per explained epoch: epoch, step, per-probe stability/top-k/flags, measures, pred."""
+    def history(self) -> Sequence[dict[str, Any]]:
+        """One plain record per explained epoch: epoch, step, per-probe stability/top-k/flags, measures, pred (a
+        compact :class:`~lightning_xai.callbacks._tracker.History` that reads like a list of dicts)."""
         return self._tracker.history
 
     @property
@@ -566,22 +568,37 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
 
     def _setup_pool(self, trainer: pl.Trainer) -> None:
         """The drift detection pool (every rank selects the same samples from the same data; no collective)."""
-        self._pool.setup(trainer, self.probe_set, self._probes.source, self.config.methods)
+        # under a budget an "auto" pool is what it pays for after the display probes' pass (issue 21, _pool.py)
+        size = tuple(self.probe_set.images.shape[-2:])
+        options = {m: {k: v for k, v in self.config.method_options.get(m, {}).items() if k in get_method(m).options}
+                   for m in self._pinned}
+        display_rows = len(self.probe_set) * max(1.0, sum(passes(m, options[m], size) for m in self._pinned
+                                                          if passes(m, options[m], size) > 1.0)
+                                                 + any(passes(m, options[m], size) <= 1.0 for m in self._pinned))
+        self._pool.setup(trainer, self.probe_set, self._probes.source, self.config.methods,
+                         share=self._budget.share, display_rows=display_rows)
         self._pool_explainer = ProbeExplainer(self._pool.explainer_config(), self._probes.layer_name)
         self._pool_explainer.layer_reshape = self._probes.layer_reshape
         self._pool_explainer.segmentation = self._explainer.segmentation
         if self._pool.notes:
             rank_zero_warn("ExplanationMonitor: " + "; ".join(self._pool.notes))
+        if self._pool.budget_note:
+            rank_zero_info(f"ExplanationMonitor: {self._pool.budget_note}.")
 
     def _explain_pool(self, trainer: pl.Trainer, model: torch.nn.Module) -> DetectionRows | None:
         """The pool's rows this round (every rank its shard, gathered); NaN maps (left out) if it failed."""
+        if self._pool.pending:  # a resumed fit: the pool its checkpoint's detector tracks (never another size)
+            tracked = self._tracker.drift.num_samples
+            self._pool.fit(None if tracked is None else tracked - len(self.probe_set))
         if not self._pool.enabled:
             return None
+        began = time.perf_counter()
         ok, read = self._round.agreed(trainer, self._pool.samples, what="reading the drift detection pool")
         results = None
         if ok and read[0] is not None:
             with muted_logging(model):
                 results = self._round.explain(trainer, model, read[0], self._pool_explainer)
+        self._pool_seconds = time.perf_counter() - began
         methods, n, origin = self._pool.methods, self._pool.size, self._pool.origin
         if results is None:
             h, w = self.probe_set.images.shape[-2:]
@@ -809,7 +826,8 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
                   # the budget's period: since the last accounting (epochs not explained included)
                   "period": None if self._period_start is None else now - self._period_start,
                   "period_spent": self._period_spent + now - start,
-                  "passes": self._pass_timings(), "views": self._views_seconds}
+                  "passes": self._pass_timings(), "views": self._views_seconds,
+                  "pool": self._pool_seconds if extra is not None else None}
         # Identical decisions and monitored values on every rank, decided by rank 0 (no float drift between ranks).
         (scalars, report, record, histograms), timing = self._round.broadcast(trainer, (measured, timing))
         spent, background, elapsed = timing["spent"], timing["background"], timing["elapsed"]
@@ -869,7 +887,7 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
     def _compared(self) -> set[str]:
         """The methods with an earlier map of this fit to compare with: the reference round's (the pinned ones) and
         every earlier round's."""
-        earlier = set().union(*(record.get("stability", {}) for record in self._tracker.history))
+        earlier = self._tracker.history.fields("stability")  # from the stored columns: no record rebuilt
         return earlier | (set(self._pinned) if self._tracker.has_reference else set())
 
     def _context(self, results: Mapping[str, Tensor], extras: Mapping[str, Tensor] | None = None) -> MeasureContext:
@@ -909,6 +927,8 @@ class ExplanationMonitor(*CALLBACK_BASES):  # a Callback of every installed Ligh
         optional = self._record_passes(timing["passes"])
         if timing["views"] is not None:
             self._budget.record("views", timing["views"])
+        if timing.get("pool") is not None:  # the pool's rows are spent like the methods' (in "spent"); its cost
+            self._budget.record("pool", timing["pool"])
         if timing["period"] is not None:
             self._budget.account(timing["period"] - timing["period_spent"], timing["period_spent"] + background)
         self._period_start, self._period_spent = time.perf_counter(), 0.0
