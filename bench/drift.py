@@ -11,6 +11,7 @@ detector by default: Grad-CAM and saliency on the detection pool (the 16 display
     python bench/drift.py report --part tune       # ... on the tuning part (where its constants were chosen)
     python bench/drift.py curve --part eval        # detection per family vs false-alarm epochs, threshold varied
     python bench/drift.py pool --part eval         # what the detection pool size buys
+    python bench/drift.py segmentation --seeds 301 # a cue in a segmentation model's training images (U-Net)
 
 Targets (evaluation part, default detector): at most 1 false-alarm epoch in >= 100 post-warm-up epochs of clean and
 LR-step runs; sudden changes (cue on the probes, domain shift, label swap, re-initialisation, a change at an LR step)
@@ -187,7 +188,8 @@ def print_summary(summary: dict[str, Any], label: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("record", "report", "curve", "pool", "list", "trace", "tune"))
+    parser.add_argument("command", choices=("record", "report", "curve", "pool", "list", "trace", "tune",
+                                            "segmentation"))
     parser.add_argument("--part", choices=("tune", "eval", "demo", "all"), default="eval")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--cache", default=os.environ.get("DRIFT_BENCH_CACHE", "/tmp/drift_suite_cache"))
@@ -198,7 +200,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool-sizes", type=int, nargs="+", default=[16, 32, 64, 128],
                         help="pool: detection pool sizes to compare (16: the display probes only)")
     parser.add_argument("--json", default=None)
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "segmentation":  # a cue planted in a segmentation model's training images (its own script)
+        from drift_segmentation import main as segmentation_main
+
+        segmentation_main(rest)
+        return
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     global NO_MASKS, CACHE
     NO_MASKS, CACHE = args.no_masks, args.cache
     scenarios = [sc for sc in suite() if args.part == "all" or sc.part == args.part]

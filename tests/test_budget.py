@@ -185,9 +185,14 @@ def _pool_fit(tmp_path, **monitor_kwargs):
     return monitor
 
 
-def test_an_auto_pool_is_sized_by_the_budget_and_tracked_unchanged(tmp_path):
+def test_an_auto_pool_is_sized_by_the_budget_and_tracked_unchanged(tmp_path, monkeypatch):
+    from lightning_xai.callbacks import _pool
     from lightning_xai.callbacks._pool import budget_pool_rows
 
+    floored = _pool_fit(tmp_path / "floor")  # 60 chosen, below the floor of 64: detection keeps them all
+    # 60 chosen, and all that the data has of them kept (30 training + the 20 validation samples besides the probes)
+    assert floored._pool.chosen == 60 and floored._pool.size == 50 and floored._pool.budget_note is None
+    monkeypatch.setattr(_pool, "AUTO_BUDGET_FLOOR", 8)  # a small floor: the budget decides
     monitor = _pool_fit(tmp_path / "auto")  # max_overhead="auto": 960 image-steps an epoch pay for 20 samples
     expected = budget_pool_rows(AUTO_SHARE, 960, 4)
     assert expected == 20 and monitor._pool.size == expected and monitor._pool.chosen == 60

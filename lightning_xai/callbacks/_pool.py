@@ -38,6 +38,11 @@ _SCAN_FACTOR = 2
 #: Under a budget, the share of it that the cheap round (display probes + pool) may take at every explained epoch;
 #: the rest pays for the bookkeeping, the optional methods (Integrated Gradients...) and the views.
 POOL_BUDGET_SHARE = 0.5
+#: ... but an ``"auto"`` pool keeps at least this many samples (or all it chose, when fewer): the drift alarm's recall
+#: falls steeply below it (``bench/drift.py pool``: the display probes alone catch 2 of 8 held-out changes in the
+#: demo's regime and 6 of 27 in the evaluation part, against 3-4 of 8 and 11-14 of 27 with 64-128 samples). The
+#: drift issue and the cost issue share this budget; detection wins below this floor.
+AUTO_BUDGET_FLOOR = 64
 #: A training image-step (forward, backward, optimizer step) in units of one sample through the cheap methods (one
 #: forward + input-gradient backward): 1.2-1.6 measured (``bench/overhead.py --per-sample``: demo CNN, resnet18,
 #: small ViT); 1 is the lower end, so the epoch's training time estimated from it errs low and the pool small.
@@ -160,6 +165,8 @@ class DetectionPool:
             world = int(getattr(trainer, "world_size", 1) or 1)
             budget_rows = budget_pool_rows(share, per_rank * world if per_rank else train_len, display_rows,
                                            int(self.config.every_n_epochs))
+        if budget_rows is not None and budget_rows < size:
+            budget_rows = max(budget_rows, min(size, AUTO_BUDGET_FLOOR))
         if budget_rows is not None and budget_rows < size:
             size = budget_rows if where != "both" or budget_rows < 2 else budget_rows // 2 * 2
             self.budget_note = (
