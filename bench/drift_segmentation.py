@@ -16,9 +16,10 @@ class, so this falls far below the clean accuracy.
     python bench/drift_segmentation.py                   # clean + cue for each seed (2-6 min per run, one core)
     python bench/drift_segmentation.py --seeds 301 --epochs 10 --change 5
 
-Results (2026-12-03, CPU, change at epoch 7; README "Segmentation models"): seed 301, 14 epochs: clean no alarm;
-cue taken at epoch 11, alarm at 12. Seed 302, 18 epochs (at 14 it took the cue only at the last epoch): clean one
-false alarm (epoch 9); cue taken at epoch 13, alarm at 15.
+Results (2026-12-03, CPU, change at epoch 7, detector defaults threshold 5.5 / CUSUM 12; README "Segmentation
+models"): seed 301, 14 epochs: clean no alarm; cue taken at epoch 11, no alarm (scores 0.55-0.81; with the previous
+defaults 5 / 8 it alarmed at 12). Seed 302, 18 epochs: clean one false alarm (epoch 9); cue taken at epoch 13, alarm
+at 15.
 """
 
 from __future__ import annotations
