@@ -39,8 +39,8 @@ _SCAN_FACTOR = 2
 #: the rest pays for the bookkeeping, the optional methods (Integrated Gradients...) and the views.
 POOL_BUDGET_SHARE = 0.5
 #: ... but an ``"auto"`` pool keeps at least this many samples (or all it chose, when fewer): the drift alarm's recall
-#: falls steeply below it (``bench/drift.py pool``: the display probes alone catch 2 of 8 held-out changes in the
-#: demo's regime and 6 of 27 in the evaluation part, against 3-4 of 8 and 11-14 of 27 with 64-128 samples). The
+#: falls steeply below it (``bench/drift.py pool``: the display probes alone catch 1 of 8 held-out changes in the
+#: demo's regime and 5 of 27 in the evaluation part, against 3-4 of 8 and 11 of 27 with 64-128 samples). The
 #: drift issue and the cost issue share this budget; detection wins below this floor.
 AUTO_BUDGET_FLOOR = 64
 #: A training image-step (forward, backward, optimizer step) in units of one sample through the cheap methods (one
