@@ -506,6 +506,36 @@ class DriftDetector:
                              class_names=None if class_names is None else list(class_names),
                              labels=None if labels_t is None else labels_t[:display], event=event, pool_size=n)
         # ---- measure every stream
+        values, per_method = self._measure_streams(pooled, report, display, labels_t, masks_t, origin_t)
+        report.statistics = dict(values)
+        # ---- decide (the rule learns its floors from this epoch unless it looks suspicious)
+        in_event = event is not None
+        counted = {k: v for k, v in values.items() if k.split("|", 1)[1].split("/")[0] in self.statistics}
+        decision = self.rule.decide(counted, warmup=warmup, event=in_event)
+        threshold = decision.threshold
+        report.evidence = decision.evidence
+        report.alarm = decision.alarm
+        self._explain(report, decision, pooled, warmup, event)
+        if report.alarm:
+            self.episode_epoch = int(epoch)
+            self.alarm_epochs.append(int(epoch))
+        report.active = self.episode
+        # ---- where it moved: against the frame before the change (alarm) or the episode's reference (active)
+        self._describe_movement(report, pooled, per_method, labels_t, masks_t)
+        sudden = decision.evidence.get("sudden", 0.0) * threshold
+        self._learn(pooled, per_method, report, display, quiet=not report.alarm and sudden < self.learn_below)
+        self._scalars(report, per_method, masks_t)
+        report.reference_epoch = next((s.ref_epoch for s in self.methods.values() if s.ref is not None), None)
+        self.num_updates += 1
+        self.last_epoch = int(epoch)
+        if pred_t is not None:
+            self.prev_pred = pred_t
+        return report
+
+    def _measure_streams(self, pooled: Mapping[str, Tensor], report: DriftReport, display: int,
+                         labels_t: Tensor | None, masks_t: Tensor | None,
+                         origin_t: Tensor) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+        """Every stream's value this epoch (``"method|stat/part"`` -> number) and each method's measurements."""
         for name, state in self.methods.items():
             state.gap = name not in pooled or state.missed
             state.missed = name not in pooled
@@ -534,14 +564,12 @@ class DriftDetector:
             train, val = values.get(f"{name}|lag/training"), values.get(f"{name}|lag/validation")
             if train is not None and val is not None and val > 0:
                 values[f"{name}|gap/training"] = train / val
-        report.statistics = dict(values)
-        # ---- decide (the rule learns its floors from this epoch unless it looks suspicious)
-        in_event = event is not None
-        counted = {k: v for k, v in values.items() if k.split("|", 1)[1].split("/")[0] in self.statistics}
-        decision = self.rule.decide(counted, warmup=warmup, event=in_event)
-        z, threshold = decision.z, decision.threshold
-        report.evidence = decision.evidence
-        report.alarm = decision.alarm
+        return values, per_method
+
+    def _explain(self, report: DriftReport, decision: Any, pooled: Mapping[str, Tensor], warmup: bool,
+                 event: str | None) -> None:
+        """Each method's share of the evidence (``scores``) and the reasons of the decision."""
+        z, threshold, in_event = decision.z, decision.threshold, event is not None
         for name in pooled:
             sc = {key.split("|", 1)[1]: v / threshold for key, v in z.items() if key.split("|", 1)[0] == name}
             sc["score"] = max(sc.values(), default=0.0)
@@ -558,11 +586,11 @@ class DriftDetector:
         if in_event:
             report.reasons.append(f"known change: {event}; the alarm threshold is x{self.event_factor:g} this epoch "
                                   "and the floors relearn the new pace")
-        if report.alarm:
-            self.episode_epoch = int(epoch)
-            self.alarm_epochs.append(int(epoch))
-        report.active = self.episode
-        # ---- where it moved: against the frame before the change (alarm) or the episode's reference (active)
+
+    def _describe_movement(self, report: DriftReport, pooled: Mapping[str, Tensor],
+                           per_method: Mapping[str, dict[str, Any]], labels_t: Tensor | None,
+                           masks_t: Tensor | None) -> None:
+        """Where each method's maps moved: against the frame before the change (an alarm) or the reference."""
         for name, current in pooled.items():
             state, mm = self.methods[name], per_method[name]
             before, what = None, ""
@@ -577,15 +605,6 @@ class DriftDetector:
                 report.movement[name] = movement(name, before, current, valid, flagged, reference=what,
                                                  labels=None if labels_t is None else labels_t[:rows],
                                                  masks=None if masks_t is None else masks_t[:rows])
-        sudden = decision.evidence.get("sudden", 0.0) * threshold
-        self._learn(pooled, per_method, report, display, quiet=not report.alarm and sudden < self.learn_below)
-        self._scalars(report, per_method, masks_t)
-        report.reference_epoch = next((s.ref_epoch for s in self.methods.values() if s.ref is not None), None)
-        self.num_updates += 1
-        self.last_epoch = int(epoch)
-        if pred_t is not None:
-            self.prev_pred = pred_t
-        return report
 
     # ------------------------------------------------------------------ measuring
     def _measure(self, state: _Method, current: Tensor, display: int) -> dict[str, Any]:
