@@ -568,19 +568,14 @@ class _Indexed(Sequence):
         return self.dataset[self.ids[i]]
 
 
-def _read_samples(
-    source: Any, max_scan: int, input_key: Selector, label_key: Selector, mask_key: Selector,
-    class_maps: ClassMapRule | None = None, segmented: list[bool] | None = None,
-) -> list[tuple[int, Tensor, int | Tensor | None, Tensor | None]]:
-    """Samples as ``(index, image, label, mask)``; a segmentation class map becomes ``class_maps``' label and mask
-    (``segmented``, if given, gets one entry per such sample)."""
-    rule = ClassMapRule() if class_maps is None else class_maps
+def _sample_pairs(source: Any, max_scan: int) -> tuple[Any, bool]:
+    """``(index, item)`` pairs of any supported source, and whether items are already ``(image, label, mask)``."""
     tensor_source = isinstance(source, Tensor) or (
         isinstance(source, tuple) and len(source) > 0 and isinstance(source[0], Tensor)
     )
     if tensor_source:
         pairs, _ = _samples_from_tensors(source)
-        prepared = True
+        return pairs, True
     elif isinstance(source, DataLoader):
         prepared = False
         pairs = _iter_map_style(source.dataset, max_scan) if _is_map_style(source.dataset) else _iter_batches(source)
@@ -595,26 +590,59 @@ def _read_samples(
             "`source` must be a tensor of images, a tuple (images, labels[, masks]), a map-style Dataset, an "
             f"IterableDataset or a DataLoader, got {type(source).__name__}"
         )
+    return pairs, prepared
+
+
+def _unpack(item: Any, prepared: bool, where: str, input_key: Selector, label_key: Selector,
+            mask_key: Selector) -> tuple[Any, Any, bool, Any]:
+    """``(image, raw label, whether a label was found, raw mask or None)`` of one sample."""
+    if prepared:
+        image, raw_label, raw_mask = item
+        return image, raw_label, raw_label is not None, raw_mask
+    image, found = _select(item, input_key, _IMAGE_KEYS, 0, "input")
+    if not found:
+        raise TypeError(
+            f"{where}: cannot find the image in a sample of type {type(item).__name__} "
+            f"(pass `input_key`); dict keys tried: {_IMAGE_KEYS}"
+        )
+    raw_label, has_label = _select(item, label_key, _LABEL_KEYS, 1, "label")
+    raw_mask, has_mask = _select(item, mask_key, _MASK_KEYS, 2, "mask")
+    return image, raw_label, has_label, raw_mask if has_mask else None
+
+
+def _classifier_label(raw_label: Any, has_label: bool, label_key: Selector, where: str,
+                      num_labels: int | None) -> tuple[int | Tensor | None, int | None]:
+    """A class index or a multi-hot vector (all of one length ``num_labels``), or None; and ``num_labels``."""
+    label: int | Tensor | None = _to_label(raw_label) if has_label else None
+    if has_label and label is None:
+        label = _to_multi_hot(raw_label)
+        if label is not None:
+            if num_labels is None:
+                num_labels = label.numel()
+            if label.numel() != num_labels:
+                raise ValueError(f"{where}: a multi-hot label of {label.numel()} classes after one of "
+                                 f"{num_labels}")
+    if has_label and label is None and label_key is not None:
+        raise ValueError(f"{where}: `label_key`={label_key!r} selects {_describe(raw_label)}, not a class index, "
+                         "a multi-hot vector or an integer class map of the image's size (segmentation)")
+    return label, num_labels
+
+
+def _read_samples(
+    source: Any, max_scan: int, input_key: Selector, label_key: Selector, mask_key: Selector,
+    class_maps: ClassMapRule | None = None, segmented: list[bool] | None = None,
+) -> list[tuple[int, Tensor, int | Tensor | None, Tensor | None]]:
+    """Samples as ``(index, image, label, mask)``; a segmentation class map becomes ``class_maps``' label and mask
+    (``segmented``, if given, gets one entry per such sample)."""
+    rule = ClassMapRule() if class_maps is None else class_maps
+    pairs, prepared = _sample_pairs(source, max_scan)
 
     out: list[tuple[int, Tensor, int | Tensor | None, Tensor | None]] = []
     shape = None
     num_labels = None  # K of multi-hot labels, once one is seen
     for index, item in pairs:
         where = f"`source` sample {index}"
-        if prepared:
-            image, raw_label, raw_mask = item
-            has_label = raw_label is not None
-        else:
-            image, found = _select(item, input_key, _IMAGE_KEYS, 0, "input")
-            if not found:
-                raise TypeError(
-                    f"{where}: cannot find the image in a sample of type {type(item).__name__} "
-                    f"(pass `input_key`); dict keys tried: {_IMAGE_KEYS}"
-                )
-            raw_label, has_label = _select(item, label_key, _LABEL_KEYS, 1, "label")
-            raw_mask, has_mask = _select(item, mask_key, _MASK_KEYS, 2, "mask")
-            if not has_mask:
-                raw_mask = None
+        image, raw_label, has_label, raw_mask = _unpack(item, prepared, where, input_key, label_key, mask_key)
         image = _check_image(image, where)
         if shape is None:
             shape = image.shape
@@ -635,18 +663,7 @@ def _read_samples(
             if len(out) >= max_scan:
                 break
             continue
-        label: int | Tensor | None = _to_label(raw_label) if has_label else None
-        if has_label and label is None:
-            label = _to_multi_hot(raw_label)
-            if label is not None:
-                if num_labels is None:
-                    num_labels = label.numel()
-                if label.numel() != num_labels:
-                    raise ValueError(f"{where}: a multi-hot label of {label.numel()} classes after one of "
-                                     f"{num_labels}")
-        if has_label and label is None and label_key is not None:
-            raise ValueError(f"{where}: `label_key`={label_key!r} selects {_describe(raw_label)}, not a class index, "
-                             "a multi-hot vector or an integer class map of the image's size (segmentation)")
+        label, num_labels = _classifier_label(raw_label, has_label, label_key, where, num_labels)
         mask = None
         if raw_mask is not None:
             mask = _as_mask(raw_mask, image)
