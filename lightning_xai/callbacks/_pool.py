@@ -29,7 +29,7 @@ from lightning_xai.probes import ProbeSet, _is_map_style, read_samples_at, selec
 
 __all__ = ["DetectionPool", "budget_pool_rows", "cheap_methods", "resolve_pool_size"]
 
-#: ``drift={"pool_size": "auto"}``: this share of the training set's samples (at most :data:`AUTO_MAX`), so the
+#: ``drift_options={"pool_size": "auto"}``: this share of the training set's samples (at most :data:`AUTO_MAX`), so the
 #: pool's cost stays a small share of an epoch's training (one forward + backward per pool sample and cheap method).
 AUTO_SHARE = 1 / 16
 AUTO_MAX = 128
@@ -171,7 +171,7 @@ class DetectionPool:
             size = budget_rows if where != "both" or budget_rows < 2 else budget_rows // 2 * 2
             self.budget_note = (
                 f"the drift detection pool watches {size} samples besides the display probes instead of {self.chosen}"
-                f": what max_overhead={share:g} of this run's training pays for (drift={{'pool_size': "
+                f": what max_overhead={share:g} of this run's training pays for (drift_options={{'pool_size': "
                 f"{self.chosen}}} or max_overhead=None keeps them all)")
         if not self.methods or size == 0:
             return
@@ -204,7 +204,7 @@ class DetectionPool:
                                       "pool takes validation samples only")
         except (TypeError, ValueError) as err:
             raise MisconfigurationException(
-                f"ExplanationMonitor could not build the drift detection pool: {err} Set drift={{'pool_size': 0}} "
+                f"ExplanationMonitor could not build the drift detection pool: {err} Set drift_options={{'pool_size': 0}} "
                 "to watch the display probes only, or probe_options={'input_key': ..., 'label_key': ...}.") from err
         n_val = 0 if self.extra_validation is None else len(self.extra_validation)
         self.size = n_val + len(self.train_ids)
