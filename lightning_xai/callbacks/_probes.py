@@ -21,6 +21,7 @@ from lightning_xai.attribution import (
     gradient_blockers,
     preserved_state,
 )
+from lightning_xai.attribution._batching import _cpu_available_bytes as cpu_available_bytes
 from lightning_xai.callbacks._compat import EARLY_STOPPING, MisconfigurationException, muted_logging, rank_zero_warn
 from lightning_xai.callbacks._config import MonitorConfig, class_map_rule, explain_options, uses_layer
 from lightning_xai.callbacks._round import ProbeExplainer, module_device
@@ -515,14 +516,7 @@ def available_bytes(device: torch.device) -> int:
     """Memory available now: free device memory on CUDA, ``MemAvailable`` on the host (4 GiB where unknown)."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 4 << 30
+    return cpu_available_bytes()
 
 
 def _saved_bytes_per_image(model: torch.nn.Module, image: Tensor, output_transform: Any) -> int:
