@@ -6,7 +6,7 @@ detector by default: Grad-CAM and saliency on the detection pool (the 16 display
 64 training images as they are at that epoch) and Integrated Gradients (16 steps) on the display probes, pooled to
 16 x 16. Runs are cached under ``--cache``; the detector is then *replayed* on the cached series (seconds).
 
-    python bench/drift.py record --jobs 2          # record missing runs (about 40 s per run per core)
+    python bench/drift.py record --jobs 2          # record missing runs (40-200 s per run per core; 90 runs)
     python bench/drift.py report --part eval       # the default detector on the evaluation part
     python bench/drift.py report --part tune       # ... on the tuning part (where its constants were chosen)
     python bench/drift.py curve --part eval        # detection per family vs false-alarm epochs, threshold varied
