@@ -1,7 +1,8 @@
 """Drift-alarm benchmark: a generated scenario suite, split once into a tuning and an evaluation part.
 
 Each run (``bench/drift_scenarios.py``) trains the demo CNN or a small ResNet on the shapes data (32 px, 768
-training images per epoch, 14 epochs, change at epoch 7) and keeps, per epoch, what the monitor hands the drift
+training images per epoch, or the demo's 2,048 for the calm-regime runs and the ``demo`` part; 14 epochs, change at
+epoch 7) and keeps, per epoch, what the monitor hands the drift
 detector by default: Grad-CAM and saliency on the detection pool (the 16 display probes + 48 more validation images +
 64 training images as they are at that epoch) and Integrated Gradients (16 steps) on the display probes, pooled to
 16 x 16. Runs are cached under ``--cache``; the detector is then *replayed* on the cached series (seconds).
