@@ -20,6 +20,7 @@ from lit_models import (
     make_images,
     trainer_kwargs,
 )
+from observer_checks import assert_same_training
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from tb_events import read_events
@@ -73,19 +74,7 @@ def test_training_is_bitwise_identical_with_and_without_monitor(tmp_path, datamo
     rng_b = torch.get_rng_state()
 
     assert len(monitor.history) == 3, "the monitor must actually have run at every epoch"
-    state_a, state_b = model_a.state_dict(), model_b.state_dict()
-    assert state_a.keys() == state_b.keys()
-    for key in state_a:  # weights and BatchNorm buffers
-        assert torch.equal(state_a[key], state_b[key]), key
-    opt_a = trainer_a.optimizers[0].state_dict()["state"]
-    opt_b = trainer_b.optimizers[0].state_dict()["state"]
-    for idx in opt_a:
-        assert torch.equal(opt_a[idx]["momentum_buffer"], opt_b[idx]["momentum_buffer"])
-    assert torch.equal(rng_a, rng_b)
-    for (name, mod_a), (_, mod_b) in zip(model_a.named_modules(), model_b.named_modules()):
-        assert mod_a.training == mod_b.training, name
-    for p_a, p_b in zip(model_a.parameters(), model_b.parameters()):
-        assert p_a.requires_grad == p_b.requires_grad
+    assert_same_training(trainer_a, model_a, rng_a, trainer_b, model_b, rng_b)
 
 
 class SentinelMonitor(ExplanationMonitor):

@@ -8,6 +8,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from lit_models import TinyCNN, TinyDataModule, trainer_kwargs
+from observer_checks import assert_same_training
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from seg_models import NUM_CLASSES, VOID, SegModule, TinyUNet, loaders, shapes, torchvision_model
 from tb_events import read_events
@@ -237,17 +238,7 @@ def test_training_is_bitwise_identical_with_and_without_the_monitor(tmp_path):
     trainer_b, model_b = fit(tmp_path / "b", TinyUNet, [monitor])
     rng_b = torch.get_rng_state()
     assert len(monitor.history) == 2
-    state_a, state_b = model_a.state_dict(), model_b.state_dict()
-    assert state_a.keys() == state_b.keys()
-    for key in state_a:  # weights and BatchNorm buffers
-        assert torch.equal(state_a[key], state_b[key]), key
-    opt_a = trainer_a.optimizers[0].state_dict()["state"]
-    opt_b = trainer_b.optimizers[0].state_dict()["state"]
-    for idx in opt_a:
-        assert torch.equal(opt_a[idx]["momentum_buffer"], opt_b[idx]["momentum_buffer"])
-    assert torch.equal(rng_a, rng_b)
-    for (name, mod_a), (_, mod_b) in zip(model_a.named_modules(), model_b.named_modules()):
-        assert mod_a.training == mod_b.training, name
+    assert_same_training(trainer_a, model_a, rng_a, trainer_b, model_b, rng_b)
     assert trainer_a.callback_metrics["val_loss"] == trainer_b.callback_metrics["val_loss"]
 
 
