@@ -8,10 +8,11 @@ layer with one traced forward and returns the reshape that fits it.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,21 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 def _is_wrapper(module: nn.Module) -> bool:
     return isinstance(getattr(module, "_orig_mod", None), nn.Module) or isinstance(
         module, (nn.DataParallel, nn.parallel.DistributedDataParallel))
+
+
+@contextlib.contextmanager
+def hooked_modules(net: nn.Module, make_hook: Callable[[str], Callable[..., Any]]) -> Iterator[None]:
+    """A forward hook ``make_hook(name)`` on every named submodule but wrappers, for one ``with`` block (removed in
+    ``finally``)."""
+    handles = []
+    try:
+        for name, module in net.named_modules():
+            if name and not _is_wrapper(module):
+                handles.append(module.register_forward_hook(make_hook(name)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _plain_name(name: str) -> str:
@@ -361,17 +377,10 @@ class _Trace:
 
             return hook
 
-        handles = []
         with preserved_state(model):
             x = example_inputs.detach().clone().requires_grad_(True)
-            try:
-                for name, module in net.named_modules():
-                    if name and not _is_wrapper(module):
-                        handles.append(module.register_forward_hook(make_hook(name)))
+            with hooked_modules(net, make_hook):
                 out = net(x)
-            finally:
-                for handle in handles:
-                    handle.remove()
             if output_transform is not None:
                 out = output_transform(out)
             if isinstance(out, Tensor) and out.ndim == 2 and out.requires_grad:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_xai.attribution._layers import _is_feature, _is_wrapper, unwrap_model
+from lightning_xai.attribution._layers import _is_feature, hooked_modules, unwrap_model
 from lightning_xai.attribution._state import preserved_state
 
 __all__ = ["ClassScores", "RegionScores", "SEGMENTATION_TARGETS", "explained_regions", "region_outcome",
@@ -178,7 +178,6 @@ def segmentation_layer(model: nn.Module, example: Tensor, transform: Callable[[A
     """
     net = unwrap_model(model)
     seen: list[tuple[str, nn.Module, tuple[int, ...]]] = []
-    handles = []
 
     def make_hook(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
@@ -187,14 +186,8 @@ def segmentation_layer(model: nn.Module, example: Tensor, transform: Callable[[A
         return hook
 
     with preserved_state(model), torch.no_grad():
-        try:
-            for name, module in net.named_modules():
-                if name and not _is_wrapper(module):
-                    handles.append(module.register_forward_hook(make_hook(name)))
+        with hooked_modules(net, make_hook):
             output = net(example)
-        finally:
-            for handle in handles:
-                handle.remove()
         logits = _Logits(transform).logits(output)
     classes = logits.shape[1]
     for name, module, shape in reversed(seen):
